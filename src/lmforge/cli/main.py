@@ -1,0 +1,63 @@
+"""`lmforge` entry point.
+
+Every module in `lmforge.cli` that defines `register(subparsers)` is a verb; `ORDER` (an int) places it in
+`--help`. A verb parses its flags into a config dataclass (`lmforge.config`) and calls a library function; it holds
+no logic a user could not reach by importing. Heavy imports (torch) happen inside the verb's function so that
+`lmforge --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+import lmforge
+import lmforge.cli
+from lmforge.errors import UserError
+
+DESCRIPTION = """\
+lmforge: from raw text to a trained, evaluated and served language model.
+
+Start with `lmforge quickstart` (tokenizer + small model on the built-in corpus, a few minutes on a CPU), then
+`lmforge prepare` your own corpus, `lmforge train` on it and `lmforge generate` from the checkpoint.
+Every verb takes `--config FILE.yaml` and/or flags (flags win); `lmforge VERB --help` lists its options.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmforge", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"lmforge {lmforge.__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    modules = []
+    for info in pkgutil.iter_modules(lmforge.cli.__path__):
+        if info.name == "main":
+            continue
+        module = importlib.import_module(f"lmforge.cli.{info.name}")
+        if hasattr(module, "register"):
+            modules.append(module)
+    for module in sorted(modules, key=lambda m: (getattr(m, "ORDER", 100), m.__name__)):
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        sys.stderr.write(f"lmforge {args.verb}: error: {e.line()}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write(f"lmforge {args.verb}: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

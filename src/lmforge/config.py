@@ -1,0 +1,204 @@
+"""Configs: one dataclass per verb, filled from a YAML file and/or command-line flags.
+
+Every field of a verb's config dataclass is both a YAML key and a flag (`n_layer` <-> `--n-layer`; a nested
+dataclass field `model.n_layer` <-> `--model.n-layer`). Flags override the file, the file overrides the defaults.
+The effective config is written next to a run's outputs (`save_config`) so the run can be reproduced with
+`--config that/file.yaml`. The field's `help` metadata becomes the `--help` text.
+
+Written by hand rather than taken from jsonargparse to keep the core dependencies lean; it is ~150 lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from lmforge.atomic import write_text
+from lmforge.errors import UserError
+
+T = TypeVar("T")
+
+
+def field(default: Any = dataclasses.MISSING, help: str = "", *, choices: typing.Sequence[Any] | None = None,
+          default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with `--help` text and optional choices."""
+    meta = {"help": help, "choices": tuple(choices) if choices else None}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _flag(prefix: str, name: str) -> str:
+    return "--" + (prefix + name).replace("_", "-")
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    """Add one flag per (nested) field of dataclass `cls`. Defaults are suppressed so only given flags override."""
+    if not prefix:
+        parser.add_argument("--config", type=Path, default=None, metavar="FILE.yaml",
+                            help="YAML file with any of the options below; flags given here override it")
+    hints = _hints(cls)
+    group = parser.add_argument_group(prefix.rstrip(".") or "options") if prefix else parser
+    for f in dataclasses.fields(cls):
+        tp, _ = _unwrap_optional(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            add_config_args(parser, tp, prefix + f.name + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        help_text = f.metadata.get("help", "")
+        help_text = f"{help_text} (default: {default!r})" if help_text else f"default: {default!r}"
+        kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if f.metadata.get("choices"):
+            kwargs["choices"] = f.metadata["choices"]
+        origin = typing.get_origin(tp)
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin in (list, tuple):
+            (item,) = typing.get_args(tp)[:1]
+            kwargs.update(nargs="+", type=item if item in (int, float) else str)
+        elif tp in (int, float, str):
+            kwargs["type"] = tp
+            kwargs["metavar"] = tp.__name__.upper()
+        else:
+            kwargs["type"] = str
+        group.add_argument(_flag(prefix, f.name), **kwargs)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    tp, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"option '{where}' may not be empty", fix="give it a value or leave it out")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise UserError(f"option '{where}' must be a mapping of its sub-options, got {value!r}")
+        return from_dict(tp, value, prefix=where + ".")
+    origin = typing.get_origin(tp)
+    try:
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "yes", "1", "on"):
+                    return True
+                if value.lower() in ("false", "no", "0", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if origin in (list, tuple):
+            item = typing.get_args(tp)[0]
+            items = value if isinstance(value, list | tuple) else [value]
+            out = [_coerce(v, item, where) for v in items]
+            return tuple(out) if origin is tuple else out
+        if tp in (int, float, str):
+            if tp is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return tp(value)
+    except (TypeError, ValueError):
+        name = getattr(tp, "__name__", str(tp))
+        raise UserError(f"option '{where}' must be {name}, got {value!r}") from None
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass `cls` from a (nested) dict, rejecting unknown keys with a clear message."""
+    hints = _hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        key = key.replace("-", "_")
+        if key not in names:
+            raise UserError(f"unknown option '{prefix}{key}'",
+                            fix=f"valid options here: {', '.join(sorted(names))}")
+        f = names[key]
+        if f.metadata.get("choices") and value not in f.metadata["choices"]:
+            raise UserError(f"option '{prefix}{key}' is {value!r}",
+                            fix=f"choose one of {', '.join(map(str, f.metadata['choices']))}")
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    try:
+        obj = cls(**kwargs)
+    except TypeError as e:
+        raise UserError(f"incomplete config for {cls.__name__}: {e}") from None
+    return obj
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain, YAML-safe dict of a config dataclass (paths become strings, tuples lists)."""
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, list | tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, Path):
+            return str(v)
+        return v
+    return plain(obj)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("config file not found", where=path, fix="check the path given to --config")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise UserError(f"config file is not valid YAML ({getattr(e, 'problem', e)})", where=where) from None
+    if not isinstance(data, dict):
+        raise UserError("config file must hold a mapping of option: value", where=path)
+    return data
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = data
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise UserError(f"option '{dotted}' conflicts with a non-mapping value of '{p}' in the config file")
+    node[last] = value
+
+
+def resolve(cls: type[T], args: argparse.Namespace | None = None, config: str | Path | None = None,
+            **overrides: Any) -> T:
+    """Defaults <- YAML file <- flags (or keyword overrides, with dots as `model__n_layer` or nested dicts)."""
+    data: dict[str, Any] = {}
+    cfg_path = config if config is not None else getattr(args, "config", None)
+    if cfg_path is not None:
+        data = load_yaml(cfg_path)
+    given = {k: v for k, v in vars(args).items() if k not in ("config", "func", "verb")} if args else {}
+    given.update({k.replace("__", "."): v for k, v in overrides.items()})
+    for dotted, value in given.items():
+        _set_dotted(data, dotted, value)
+    return from_dict(cls, data)
+
+
+def save_config(obj: Any, path: str | Path) -> Path:
+    """Write the effective config as YAML (atomically) and return its path."""
+    path = Path(path)
+    write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
+    return path

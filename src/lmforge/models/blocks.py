@@ -1,0 +1,215 @@
+"""Shared Transformer blocks: every family (decoder, encoder, encoder-decoder) is built from these.
+
+One attention (through `F.scaled_dot_product_attention`, so flash / memory-efficient kernels are used where they
+apply), one MLP, one norm factory, one position scheme per kind. The KV cache is a preallocated buffer per layer
+indexed by position (gpt-fast style), so the decode step has static shapes and can later be compiled or batched
+without touching the model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from lmforge.models.config import ModelConfig
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+ACTIVATIONS = {
+    "gelu": nn.GELU(),
+    "gelu_tanh": nn.GELU(approximate="tanh"),
+    "silu": nn.SiLU(),
+    "relu": nn.ReLU(),
+}
+
+
+class MLP(nn.Module):
+    """Standard (up -> act -> down) or gated (act(gate) * up -> down, i.e. SwiGLU / GeGLU)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gated = cfg.mlp == "gated"
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias) if self.gated else None
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+        self.act = ACTIVATIONS[cfg.activation]
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.act(self.gate(x)) * self.up(x) if self.gated else self.act(self.up(x))
+        return self.drop(self.down(h))
+
+
+# --- positions -----------------------------------------------------------------------------------------------
+
+def sinusoidal_table(n_pos: int, dim: int) -> Tensor:
+    """The fixed sin/cos table of "Attention Is All You Need": (n_pos, dim)."""
+    pos = torch.arange(n_pos, dtype=torch.float32)[:, None]
+    inv = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(n_pos, dim)
+    table[:, 0::2] = torch.sin(pos * inv)
+    table[:, 1::2] = torch.cos(pos * inv[: dim // 2])
+    return table
+
+
+def rope_table(n_pos: int, head_dim: int, theta: float) -> Tensor:
+    """cos and sin of the rotary angles, stacked: (2, n_pos, head_dim // 2)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(n_pos, dtype=torch.float32), inv_freq)
+    return torch.stack([angles.cos(), angles.sin()])
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (i, i + D/2) of x (B, H, T, D) by the angles cos/sin (B or 1, T, D/2).
+
+    The "rotate half" pairing, as in Hugging Face Llama checkpoints, so their weights load without permutation.
+    """
+    x1, x2 = x.float().chunk(2, dim=-1)
+    cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
+    out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    return out.type_as(x)
+
+
+class Positions(nn.Module):
+    """Token embedding plus position information, shared by every family.
+
+    Learned or sinusoidal positions are added to the embeddings; RoPE is returned as (cos, sin) for attention to
+    apply to queries and keys.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.kind = cfg.pos
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.pos == "learned" else None
+        if cfg.pos == "sinusoidal":
+            self.register_buffer("table", sinusoidal_table(cfg.max_seq_len, cfg.d_model), persistent=False)
+        if cfg.pos == "rope":
+            self.register_buffer("rope", rope_table(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta),
+                                 persistent=False)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, idx: Tensor, positions: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """idx (B, T), positions (B or 1, T) -> embeddings (B, T, C) and RoPE angles or None."""
+        x = self.tok(idx)
+        rope = None
+        if self.kind == "learned":
+            x = x + self.pos(positions)
+        elif self.kind == "sinusoidal":
+            x = x + self.table[positions]
+        elif self.kind == "rope":
+            rope = (self.rope[0][positions], self.rope[1][positions])
+        return self.drop(x), rope
+
+
+# --- attention -----------------------------------------------------------------------------------------------
+
+class KVCache(nn.Module):
+    """Preallocated keys and values for one attention layer: (B, H_kv, S, D), written at the given slots."""
+
+    def __init__(self, batch_size: int, max_seq_len: int, n_kv_head: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        shape = (batch_size, n_kv_head, max_seq_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v (B, H, T, D) at slots input_pos (T,) and return the whole cache."""
+        self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
+        return self.k, self.v
+
+
+class Attention(nn.Module):
+    """Multi-head attention with optional grouped-query heads; self-attention or cross-attention.
+
+    Self-attention projects q, k, v with one fused matmul; cross-attention takes k, v from `context`.
+    """
+
+    def __init__(self, cfg: ModelConfig, causal: bool, cross: bool = False) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.causal, self.cross = causal, cross
+        q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+        if cross:
+            self.wq = nn.Linear(cfg.d_model, q_dim, bias=cfg.bias)
+            self.wkv = nn.Linear(cfg.d_model, 2 * kv_dim, bias=cfg.bias)
+        else:
+            self.wqkv = nn.Linear(cfg.d_model, q_dim + 2 * kv_dim, bias=cfg.bias)
+        self.wo = nn.Linear(q_dim, cfg.d_model, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.cache: KVCache | None = None
+
+    def forward(self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None,
+                input_pos: Tensor | None = None, context: Tensor | None = None) -> Tensor:
+        B, T, C = x.shape
+        q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        if self.cross:
+            q = self.wq(x)
+            k, v = self.wkv(context).split([kv_dim, kv_dim], dim=-1)
+        else:
+            q, k, v = self.wqkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, k.shape[1], self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, S, D)
+        v = v.view(B, v.shape[1], self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if self.cache is not None and input_pos is not None:
+            k, v = self.cache.update(input_pos, k, v)
+        if self.n_kv_head != self.n_head:
+            rep = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=self.causal and mask is None,
+        )
+        y = y.transpose(1, 2).reshape(B, T, q_dim)  # (B, T, C)
+        return self.resid_drop(self.wo(y))
+
+
+class Block(nn.Module):
+    """One Transformer layer: self-attention, optional cross-attention, MLP; pre- or post-norm residuals."""
+
+    def __init__(self, cfg: ModelConfig, causal: bool, cross: bool = False) -> None:
+        super().__init__()
+        self.pre = cfg.norm_position == "pre"
+        self.norm1, self.attn = make_norm(cfg), Attention(cfg, causal=causal)
+        self.norm_cross = make_norm(cfg) if cross else None
+        self.cross_attn = Attention(cfg, causal=False, cross=True) if cross else None
+        self.norm2, self.mlp = make_norm(cfg), MLP(cfg)
+
+    def _residual(self, x: Tensor, norm: nn.Module, fn, **kw) -> Tensor:
+        return x + fn(norm(x), **kw) if self.pre else norm(x + fn(x, **kw))
+
+    def forward(self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None,
+                input_pos: Tensor | None = None, context: Tensor | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
+        x = self._residual(x, self.norm1, self.attn, rope=rope, mask=mask, input_pos=input_pos)
+        if self.cross_attn is not None:
+            x = self._residual(x, self.norm_cross, self.cross_attn, mask=context_mask, context=context)
+        return self._residual(x, self.norm2, self.mlp)
+
+
+def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
+    """GPT-2 initialisation: N(0, std) weights, zero biases, residual projections scaled by 1/sqrt(2 L)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            std = cfg.init_std
+            if name.endswith(("attn.wo", "mlp.down")):
+                std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=cfg.init_std)

@@ -1,0 +1,70 @@
+"""Decoder-only language model (GPT-2-style and Llama-style, by config).
+
+Knows nothing of training, checkpoints, devices or parallelism: those wrap it from outside.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from lmforge.models.blocks import Block, KVCache, Positions, init_weights, make_norm
+from lmforge.models.config import ModelConfig
+
+
+class DecoderLM(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = Positions(cfg)
+        self.blocks = nn.ModuleList(Block(cfg, causal=True) for _ in range(cfg.n_layer))
+        self.norm_f = make_norm(cfg) if cfg.norm_position == "pre" else nn.Identity()
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        init_weights(self, cfg)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.tok.weight
+        # Causal mask over cache slots, used only by cached decoding (training uses SDPA's is_causal).
+        n = cfg.max_seq_len
+        self.register_buffer("causal_mask", torch.ones(n, n, dtype=torch.bool).tril(), persistent=False)
+
+    # --- KV cache ---------------------------------------------------------------------------------------------
+    def setup_cache(self, batch_size: int, max_seq_len: int | None = None, dtype: torch.dtype | None = None) -> None:
+        """Preallocate a KV cache for `batch_size` sequences of up to `max_seq_len` tokens."""
+        p = self.lm_head.weight
+        s = max_seq_len or self.cfg.max_seq_len
+        for block in self.blocks:
+            block.attn.cache = KVCache(batch_size, s, self.cfg.n_kv_head, self.cfg.head_dim,
+                                       dtype or p.dtype, p.device)
+
+    def clear_cache(self) -> None:
+        for block in self.blocks:
+            block.attn.cache = None
+
+    # --- forward ----------------------------------------------------------------------------------------------
+    def forward(self, idx: Tensor, *, input_pos: Tensor | None = None, positions: Tensor | None = None,
+                key_mask: Tensor | None = None) -> Tensor:
+        """Logits (B, T, V) for tokens idx (B, T).
+
+        Training: call with idx only. Cached decoding (after `setup_cache`): `input_pos` (T,) are the cache slots
+        the tokens are written to; `positions` (B, T) the positions used for position information (they differ
+        from the slots for left-padded rows); `key_mask` (B, S) marks cache slots holding real tokens.
+        """
+        B, T = idx.shape
+        if input_pos is None:
+            if T > self.cfg.max_seq_len:
+                raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
+            pos = positions if positions is not None else torch.arange(T, device=idx.device)[None]
+            mask = None
+        else:
+            pos = positions if positions is not None else input_pos[None]
+            S = self.blocks[0].attn.cache.k.shape[2]
+            mask = self.causal_mask[input_pos, :S][None, None]  # (1, 1, T, S)
+            if key_mask is not None:
+                # A query may always see its own slot, so rows of padding never attend to nothing (NaN).
+                own = torch.arange(S, device=idx.device)[None, :] == input_pos[:, None]  # (T, S)
+                mask = (mask & key_mask[:, None, None, :S]) | own[None, None]
+        x, rope = self.embed(idx, pos)
+        for block in self.blocks:
+            x = block(x, rope=rope, mask=mask, input_pos=input_pos)
+        return self.lm_head(self.norm_f(x))

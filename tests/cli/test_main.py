@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import lmforge
+from lmforge.cli.main import main
+
+
+def test_version(capsys):
+    try:
+        main(["--version"])
+    except SystemExit as e:
+        assert e.code == 0
+    assert capsys.readouterr().out.strip() == f"lmforge {lmforge.__version__}"
+
+
+def test_help_lists_verbs(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "quickstart" in out or "VERB" in out
+
+
+def test_console_script_runs_as_module():
+    out = subprocess.run([sys.executable, "-m", "lmforge", "--help"], capture_output=True, text=True, check=True)
+    assert "lmforge" in out.stdout

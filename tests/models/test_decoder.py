@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmforge.errors import UserError
+from lmforge.models import PRESETS, DecoderLM, ModelConfig, get_preset
+
+VARIANTS = {
+    "gpt": dict(family="gpt"),
+    "llama-gqa": dict(family="llama", norm="rmsnorm", mlp="gated", activation="silu", pos="rope", bias=False,
+                      tie_embeddings=False, n_kv_head=2),
+    "sinusoidal-post-norm": dict(pos="sinusoidal", norm_position="post"),
+}
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(vocab_size=97, max_seq_len=32, n_layer=2, n_head=4, d_model=32)
+    return ModelConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_param_count_matches_config_estimate(name):
+    cfg = get_preset(name)
+    if cfg.num_params() > 50e6:
+        cfg.n_layer = 1  # build a one-layer slice of the big presets; the formula is per layer
+    model = DecoderLM(cfg)
+    assert sum(p.numel() for p in model.parameters()) == cfg.num_params()
+
+
+def test_gpt2_124m_preset_has_gpt2_size():
+    assert 123e6 < get_preset("gpt2-124m").num_params() < 125.5e6
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_forward_shapes_and_causality(variant):
+    torch.manual_seed(0)
+    model = DecoderLM(tiny(**VARIANTS[variant])).eval()
+    idx = torch.randint(0, 97, (2, 10))
+    logits = model(idx)
+    assert logits.shape == (2, 10, 97)
+    changed = idx.clone()
+    changed[:, 6:] = (changed[:, 6:] + 1) % 97
+    # Changing future tokens must not change earlier logits.
+    assert torch.allclose(model(changed)[:, :6], logits[:, :6], atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_cached_decoding_matches_full_recompute(variant):
+    torch.manual_seed(0)
+    model = DecoderLM(tiny(**VARIANTS[variant])).eval()
+    idx = torch.randint(0, 97, (3, 12))
+    full = model(idx)
+    model.setup_cache(batch_size=3)
+    prefill = model(idx[:, :5], input_pos=torch.arange(5))
+    steps = [model(idx[:, t : t + 1], input_pos=torch.tensor([t])) for t in range(5, 12)]
+    cached = torch.cat([prefill, *steps], dim=1)
+    assert torch.allclose(cached, full, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_left_padded_rows_match_unpadded(variant):
+    torch.manual_seed(0)
+    model = DecoderLM(tiny(**VARIANTS[variant])).eval()
+    short = torch.randint(0, 97, (1, 4))
+    pad = 3
+    idx = torch.cat([torch.zeros(1, pad, dtype=torch.long), short], dim=1)
+    key_mask = torch.zeros(1, 32, dtype=torch.bool)
+    key_mask[:, pad:] = True
+    positions = (torch.arange(idx.shape[1]) - pad).clamp(min=0)[None]
+    model.setup_cache(batch_size=1)
+    padded = model(idx, input_pos=torch.arange(idx.shape[1]), positions=positions, key_mask=key_mask)
+    assert torch.isfinite(padded).all()
+    model.clear_cache()
+    assert torch.allclose(padded[:, pad:], model(short), atol=1e-5)
+
+
+def test_invalid_config_is_one_clear_error():
+    with pytest.raises(UserError, match="not divisible by n_head"):
+        tiny(d_model=30)
+
+
+def test_flops_estimate_is_about_6n_per_token():
+    cfg = get_preset("gpt2-124m")
+    assert 6 * cfg.num_params() * 0.95 < cfg.flops_per_token(1024) < 6 * cfg.num_params() * 1.5
