@@ -194,6 +194,9 @@ def resolve(cls: type[T], args: argparse.Namespace | None = None, config: str | 
     given.update({k.replace("__", "."): v for k, v in overrides.items()})
     for dotted, value in given.items():
         _set_dotted(data, dotted, value)
+    # A config class may fill defaults that depend on other options (e.g. a model preset under model overrides).
+    if hasattr(cls, "config_defaults"):
+        data = cls.config_defaults(data)
     return from_dict(cls, data)
 
 

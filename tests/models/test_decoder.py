@@ -83,3 +83,25 @@ def test_invalid_config_is_one_clear_error():
 def test_flops_estimate_is_about_6n_per_token():
     cfg = get_preset("gpt2-124m")
     assert 6 * cfg.num_params() * 0.95 < cfg.flops_per_token(1024) < 6 * cfg.num_params() * 1.5
+
+
+def test_save_and_load_round_trip_and_bad_checkpoints(tmp_path):
+    from lmforge.models.io import load_model, save_model
+
+    torch.manual_seed(0)
+    cfg = tiny()
+    model = DecoderLM(cfg).eval()
+    save_model(tmp_path / "ckpt", model, cfg)
+    loaded, cfg2 = load_model(tmp_path / "ckpt")
+    idx = torch.randint(0, 97, (2, 8))
+    assert cfg2 == cfg and torch.equal(loaded(idx), model(idx))
+
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(UserError, match="unreadable or truncated"):
+        load_model(tmp_path / "ckpt")
+
+    save_model(tmp_path / "other", DecoderLM(tiny(**VARIANTS["llama-gqa"])), tiny(**VARIANTS["llama-gqa"]))
+    (tmp_path / "other" / "config.json").write_text((tmp_path / "ckpt" / "config.json").read_text())
+    with pytest.raises(UserError, match="do not match the model config"):
+        load_model(tmp_path / "other")

@@ -1,0 +1,90 @@
+"""Model checkpoints on disk: `model.safetensors` + `config.json` (+ the tokenizer files), nothing else.
+
+This is the format every later stage reads (generation, serving, evaluation, export); it knows nothing of
+training state, which lives beside it in the trainer's own file. Writes are atomic (a whole directory appears, or
+the old one stays).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lmforge.atomic import atomic_directory
+from lmforge.errors import UserError
+from lmforge.models.config import ModelConfig
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors, with tied weights stored once (safetensors refuses shared storage)."""
+    out, seen = {}, {}
+    for name, t in model.state_dict().items():
+        key = (t.data_ptr(), t.shape, t.dtype)
+        if t.numel() and key in seen:
+            continue  # e.g. lm_head.weight tied to the embedding; restored by the model's own tying
+        seen[key] = name
+        out[name] = t.detach().to("cpu").contiguous()
+    return out
+
+
+def write_model_files(directory: Path, model: nn.Module, cfg: ModelConfig, tokenizer_dir: Path | None) -> None:
+    """Write weights, config and tokenizer files into an existing directory (the caller makes it atomic)."""
+    save_file(state_dict_for_save(model), str(directory / WEIGHTS), metadata={"format": "pt"})
+    cfg.save(directory / CONFIG)
+    if tokenizer_dir is not None:
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer_dir) / name).is_file():
+                shutil.copy2(Path(tokenizer_dir) / name, directory / name)
+
+
+def save_model(path: str | Path, model: nn.Module, cfg: ModelConfig, tokenizer_dir: str | Path | None = None) -> Path:
+    """Save a model checkpoint directory atomically."""
+    with atomic_directory(path) as tmp:
+        write_model_files(tmp, model, cfg, Path(tokenizer_dir) if tokenizer_dir else None)
+    return Path(path)
+
+
+def load_state(model: nn.Module, path: Path) -> None:
+    """Load `model.safetensors` into `model`, with one clear line for a truncated or mismatched file."""
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"model weights are unreadable or truncated ({e})", where=path,
+                        fix="re-save the checkpoint, or use an earlier one") from None
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not _is_tied(model, k)]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                           for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                               ("wrong shape", wrong)) if keys)
+        raise UserError(f"weights do not match the model config ({detail})", where=path,
+                        fix="the checkpoint comes from another model family or config; use its own config.json")
+    model.load_state_dict(state, strict=False)
+
+
+def _is_tied(model: nn.Module, name: str) -> bool:
+    return name == "lm_head.weight" and getattr(getattr(model, "cfg", None), "tie_embeddings", False)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig]:
+    """Build the model described by `path/config.json` and load its weights; eval mode, on `device`."""
+    from lmforge.models import build_model
+
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError("checkpoint directory not found", where=path,
+                        fix="pass a directory holding model.safetensors and config.json")
+    cfg = ModelConfig.load(path / CONFIG)
+    model = build_model(cfg)
+    load_state(model, path / WEIGHTS)
+    return model.to(device).eval(), cfg
