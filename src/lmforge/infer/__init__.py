@@ -1,0 +1,1 @@
+"""Inference: sampling, KV-cached generation. Knows nothing of training."""
