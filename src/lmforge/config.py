@@ -66,7 +66,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, prefix: str = ""
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         help_text = f.metadata.get("help", "")
-        help_text = f"{help_text} (default: {default!r})" if help_text else f"default: {default!r}"
+        if "default" not in help_text:
+            help_text = f"{help_text} (default: {default!r})" if help_text else f"default: {default!r}"
         kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": argparse.SUPPRESS, "help": help_text}
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]

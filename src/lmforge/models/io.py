@@ -88,3 +88,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     model = build_model(cfg)
     load_state(model, path / WEIGHTS)
     return model.to(device).eval(), cfg
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a training run directory (its best checkpoint, else its latest)."""
+    path = Path(path)
+    if (path / CONFIG).is_file():
+        return path
+    ckpts = path / "checkpoints"
+    if (ckpts / "best" / CONFIG).is_file():
+        return ckpts / "best"
+    latest = ckpts / "latest"
+    if latest.is_file():
+        candidate = ckpts / latest.read_text(encoding="utf-8").strip()
+        if (candidate / CONFIG).is_file():
+            return candidate
+    raise UserError("no model checkpoint here", where=path,
+                    fix="pass a checkpoint directory (with config.json and model.safetensors) or a training run "
+                        "directory made by `lmforge train`")

@@ -1,0 +1,141 @@
+"""Training throughput: lmforge's decoder against Hugging Face `transformers` in the same run, same shapes.
+
+Both models are trained by the same harness (same batches, bf16 autocast on CUDA, fused AdamW, same loss on the
+logits, `torch.compile` on CUDA), so the ratio is the models' own speed. On CUDA the script also measures the bf16
+matmul peak of this GPU and reports MFU against it (FLOPs per token: 6N + 12 L d T, PaLM appendix B).
+
+    PYTHONPATH=src python3 benchmarks/train_throughput.py             # GPU: GPT-2 124M shape; CPU: tiny preset
+    PYTHONPATH=src python3 benchmarks/train_throughput.py --device cpu --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from lmforge.models import DecoderLM, get_preset
+from lmforge.models.config import ModelConfig
+
+
+def matmul_peak_tflops(device: torch.device, n: int = 8192, iters: int = 20) -> float:
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * iters / (time.perf_counter() - t) / 1e12
+
+
+def hf_gpt2(cfg: ModelConfig) -> torch.nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.d_model, n_layer=cfg.n_layer,
+                    n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                    layer_norm_epsilon=cfg.norm_eps)
+    hf._attn_implementation = "sdpa"
+    model = GPT2LMHeadModel(hf)
+    model.config.use_cache = False
+    return model
+
+
+def measure(name: str, model: torch.nn.Module, logits_of: Callable, cfg: ModelConfig, device: torch.device,
+            batch: int, seq: int, steps: int, warmup: int, compile: bool) -> dict:
+    model = model.to(device).train()
+    cuda = device.type == "cuda"
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=3e-4, betas=(0.9, 0.95), fused=cuda)
+
+    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            logits = logits_of(model, x)
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+
+    step_loss = torch.compile(loss_fn) if compile else loss_fn
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(0, cfg.vocab_size, (steps + warmup, batch, seq + 1), generator=g)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = None
+    for i in range(steps + warmup):
+        if i == warmup:
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        xy = data[i].to(device, non_blocking=True)
+        loss = step_loss(xy[:, :-1], xy[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    if cuda:
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"name": name, "tokens_per_s": steps * batch * seq / dt, "step_ms": 1000 * dt / steps,
+            "loss": float(loss), "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--preset", default=None, help="default: gpt2-124m on CUDA, tiny on CPU")
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--seq", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--json", default=None, help="also write results here (default: $OUT/train_throughput.json)")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    cfg = get_preset(args.preset or ("gpt2-124m" if cuda else "tiny"))
+    cfg.dropout = 0.0
+    batch = args.batch or (16 if cuda else 8)
+    seq = args.seq or min(cfg.max_seq_len, 1024 if cuda else 256)
+    steps = args.steps or (30 if cuda else 10)
+    warmup = args.warmup or (10 if cuda else 3)
+    compile = cuda and not args.no_compile
+    torch.set_float32_matmul_precision("high")
+
+    peak = matmul_peak_tflops(device) if cuda else None
+    torch.manual_seed(0)
+    rows = [
+        measure("lmforge", DecoderLM(cfg), lambda m, x: m(x), cfg, device, batch, seq, steps, warmup, compile),
+        measure("hf-transformers GPT2LMHeadModel (sdpa)", hf_gpt2(cfg), lambda m, x: m(input_ids=x).logits, cfg,
+                device, batch, seq, steps, warmup, compile),
+    ]
+    flops_tok = cfg.flops_per_token(seq)
+    name = torch.cuda.get_device_name(device) if cuda else "CPU"
+    print(f"\ntraining throughput — {name}, preset {args.preset or ('gpt2-124m' if cuda else 'tiny')}, "
+          f"batch {batch} x seq {seq}, {'bf16 autocast, compiled' if compile else 'fp32'}, {steps} timed steps")
+    if peak:
+        print(f"measured bf16 matmul peak: {peak:.0f} TFLOP/s")
+    print(f"{'model':42s} {'tokens/s':>12s} {'step ms':>9s} {'MFU':>7s} {'peak GB':>8s} {'vs HF':>7s}")
+    for r in rows:
+        r["mfu"] = flops_tok * r["tokens_per_s"] / (peak * 1e12) if peak else None
+        r["ratio_vs_hf"] = r["tokens_per_s"] / rows[1]["tokens_per_s"]
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "-"
+        mem = f"{r['peak_mem_gb']:.1f}" if r["peak_mem_gb"] else "-"
+        print(f"{r['name']:42s} {r['tokens_per_s']:12,.0f} {r['step_ms']:9.1f} {mfu:>7s} {mem:>8s} "
+              f"{r['ratio_vs_hf']:6.2f}x")
+    out = args.json or (os.path.join(os.environ["OUT"], "train_throughput.json") if os.environ.get("OUT") else None)
+    if out:
+        with open(out, "w") as f:
+            json.dump({"device": name, "peak_tflops": peak, "batch": batch, "seq": seq, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
