@@ -19,13 +19,23 @@ def tiny(**kw) -> ModelConfig:
     return ModelConfig(**{**base, **kw})
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_presets_param_count_matches_config_estimate(name):
+def decoder_param_formula(cfg: ModelConfig) -> int:
+    """Parameter count of a decoder written out by hand, independent of the module code."""
+    d, f, L, kv, b = cfg.d_model, cfg.d_ff, cfg.n_layer, cfg.n_kv_head * cfg.head_dim, int(cfg.bias)
+    norm = d * (2 if cfg.norm == "layernorm" and cfg.bias else 1)
+    attn = d * (d + 2 * kv) + b * (d + 2 * kv) + d * d + b * d
+    gated = cfg.mlp == "gated"
+    mlp = (3 if gated else 2) * d * f + b * (f * (2 if gated else 1) + d)
+    n = L * (attn + mlp + 2 * norm) + norm + cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
+    return n + (cfg.max_seq_len * d if cfg.pos == "learned" else 0)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in PRESETS if get_preset(n).family in ("gpt", "llama")))
+def test_decoder_param_count_matches_formula(name):
     cfg = get_preset(name)
-    if cfg.num_params() > 50e6:
-        cfg.n_layer = 1  # build a one-layer slice of the big presets; the formula is per layer
-    model = DecoderLM(cfg)
-    assert sum(p.numel() for p in model.parameters()) == cfg.num_params()
+    assert cfg.num_params() == decoder_param_formula(cfg)
+    if cfg.num_params() < 30e6:
+        assert sum(p.numel() for p in DecoderLM(cfg).parameters()) == cfg.num_params()
 
 
 def test_gpt2_124m_preset_has_gpt2_size():

@@ -6,13 +6,19 @@ from torch import nn
 
 from lmforge.models.config import PRESETS, ModelConfig, get_preset
 from lmforge.models.decoder import DecoderLM
+from lmforge.models.encoder import EncoderModel
+from lmforge.models.encoder_decoder import EncoderDecoderLM
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The model of `cfg.family`, randomly initialised, on the CPU in fp32."""
     if cfg.family in ("gpt", "llama"):
         return DecoderLM(cfg)
+    if cfg.family == "bert":
+        return EncoderModel(cfg)
+    if cfg.family == "t5":
+        return EncoderDecoderLM(cfg)
     raise ValueError(f"unknown family {cfg.family!r}")
 
 
-__all__ = ["PRESETS", "DecoderLM", "ModelConfig", "build_model", "get_preset"]
+__all__ = ["PRESETS", "DecoderLM", "EncoderDecoderLM", "EncoderModel", "ModelConfig", "build_model", "get_preset"]

@@ -91,6 +91,8 @@ class Positions(nn.Module):
         self.kind = cfg.pos
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.pos == "learned" else None
+        self.types = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
+        self.norm = make_norm(cfg) if cfg.embed_norm else None
         if cfg.pos == "sinusoidal":
             self.register_buffer("table", sinusoidal_table(cfg.max_seq_len, cfg.d_model), persistent=False)
         if cfg.pos == "rope":
@@ -98,9 +100,12 @@ class Positions(nn.Module):
                                  persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, idx: Tensor, positions: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+    def forward(self, idx: Tensor, positions: Tensor, token_types: Tensor | None = None,
+                ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         """idx (B, T), positions (B or 1, T) -> embeddings (B, T, C) and RoPE angles or None."""
         x = self.tok(idx)
+        if self.types is not None:
+            x = x + self.types(token_types if token_types is not None else torch.zeros_like(idx))
         rope = None
         if self.kind == "learned":
             x = x + self.pos(positions)
@@ -108,7 +113,39 @@ class Positions(nn.Module):
             x = x + self.table[positions]
         elif self.kind == "rope":
             rope = (self.rope[0][positions], self.rope[1][positions])
+        if self.norm is not None:
+            x = self.norm(x)
         return self.drop(x), rope
+
+
+class RelativePositionBias(nn.Module):
+    """T5's learned, bucketed relative-position attention bias, shared by all layers of a stack: (1, H, T, S)."""
+
+    def __init__(self, cfg: ModelConfig, bidirectional: bool) -> None:
+        super().__init__()
+        self.bidirectional = bidirectional
+        self.n_buckets, self.max_distance = cfg.relative_buckets, cfg.relative_max_distance
+        self.bias = nn.Embedding(cfg.relative_buckets, cfg.n_head)
+
+    def bucket(self, rel: Tensor) -> Tensor:
+        """Half the buckets for exact small distances, the rest log-spaced up to max_distance."""
+        n = self.n_buckets
+        out = torch.zeros_like(rel)
+        if self.bidirectional:
+            n //= 2
+            out += (rel > 0).long() * n
+            rel = rel.abs()
+        else:
+            rel = -rel.clamp(max=0)
+        exact = n // 2
+        large = exact + (torch.log(rel.float().clamp(min=1) / exact) / math.log(self.max_distance / exact)
+                         * (n - exact)).long()
+        large = large.clamp(max=n - 1)
+        return out + torch.where(rel < exact, rel, large)
+
+    def forward(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        rel = k_pos[None, :] - q_pos[:, None]  # (T, S): key position minus query position
+        return self.bias(self.bucket(rel)).permute(2, 0, 1)[None]  # (1, H, T, S)
 
 
 # --- attention -----------------------------------------------------------------------------------------------
@@ -130,6 +167,27 @@ class KVCache(nn.Module):
         return self.k, self.v
 
 
+class CrossKVCache(nn.Module):
+    """Keys and values of the encoder output for cross-attention: computed on the first decode step, then reused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kv: tuple[Tensor, Tensor] | None = None
+
+
+def cache_mask(causal_mask: Tensor, input_pos: Tensor, size: int, key_mask: Tensor | None) -> Tensor:
+    """Attention mask (B or 1, 1, T, S) for queries at cache slots input_pos (T,) over `size` slots.
+
+    A query sees earlier slots holding real tokens (key_mask (B, S)), and always its own slot, so that a row of
+    left padding never attends to nothing (which would give NaN).
+    """
+    mask = causal_mask[input_pos, :size][None, None]
+    if key_mask is not None:
+        own = torch.arange(size, device=input_pos.device)[None, :] == input_pos[:, None]  # (T, S)
+        mask = (mask & key_mask[:, None, None, :size]) | own[None, None]
+    return mask
+
+
 class Attention(nn.Module):
     """Multi-head attention with optional grouped-query heads; self-attention or cross-attention.
 
@@ -147,32 +205,40 @@ class Attention(nn.Module):
         else:
             self.wqkv = nn.Linear(cfg.d_model, q_dim + 2 * kv_dim, bias=cfg.bias)
         self.wo = nn.Linear(q_dim, cfg.d_model, bias=cfg.bias)
+        self.scale = cfg.attn_scale
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
-        self.cache: KVCache | None = None
+        self.cache: KVCache | CrossKVCache | None = None
 
     def forward(self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None,
                 input_pos: Tensor | None = None, context: Tensor | None = None) -> Tensor:
-        B, T, C = x.shape
+        B, T, _ = x.shape
         q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         if self.cross:
-            q = self.wq(x)
-            k, v = self.wkv(context).split([kv_dim, kv_dim], dim=-1)
+            q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+            if isinstance(self.cache, CrossKVCache) and self.cache.kv is not None:
+                k, v = self.cache.kv
+            else:
+                k, v = self.wkv(context).split([kv_dim, kv_dim], dim=-1)
+                k = k.view(B, -1, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, S, D)
+                v = v.view(B, -1, self.n_kv_head, self.head_dim).transpose(1, 2)
+                if isinstance(self.cache, CrossKVCache):
+                    self.cache.kv = (k, v)
         else:
             q, k, v = self.wqkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, k.shape[1], self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, S, D)
-        v = v.view(B, v.shape[1], self.n_kv_head, self.head_dim).transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if self.cache is not None and input_pos is not None:
-            k, v = self.cache.update(input_pos, k, v)
+            q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+            k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+            v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            if isinstance(self.cache, KVCache) and input_pos is not None:
+                k, v = self.cache.update(input_pos, k, v)
         if self.n_kv_head != self.n_head:
             rep = self.n_head // self.n_kv_head
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=self.causal and mask is None,
+            is_causal=self.causal and mask is None, scale=self.scale,
         )
         y = y.transpose(1, 2).reshape(B, T, q_dim)  # (B, T, C)
         return self.resid_drop(self.wo(y))
@@ -199,6 +265,39 @@ class Block(nn.Module):
         if self.cross_attn is not None:
             x = self._residual(x, self.norm_cross, self.cross_attn, mask=context_mask, context=context)
         return self._residual(x, self.norm2, self.mlp)
+
+
+class Stack(nn.Module):
+    """Blocks plus final norm: the body of an encoder, or of the decoder of an encoder-decoder.
+
+    With relative positions the stack owns the bias table and adds it, with the mask, to every layer's
+    self-attention (T5). Masks are boolean (True = may attend) or, with a relative bias, additive floats.
+    """
+
+    def __init__(self, cfg: ModelConfig, n_layer: int, causal: bool, cross: bool = False) -> None:
+        super().__init__()
+        self.causal = causal
+        self.blocks = nn.ModuleList(Block(cfg, causal=causal, cross=cross) for _ in range(n_layer))
+        self.rel_bias = RelativePositionBias(cfg, bidirectional=not causal) if cfg.pos == "relative" else None
+        self.norm_f = make_norm(cfg) if cfg.norm_position == "pre" else nn.Identity()
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None,
+                input_pos: Tensor | None = None, context: Tensor | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
+        """x (B, T, C); mask (B or 1, 1, T, S) bool or None (= causal / full); input_pos (T,) cache slots."""
+        if self.rel_bias is not None:
+            T = x.shape[1]
+            q_pos = input_pos if input_pos is not None else torch.arange(T, device=x.device)
+            S = mask.shape[-1] if mask is not None else T
+            bias = self.rel_bias(q_pos, torch.arange(S, device=x.device))
+            if mask is None and self.causal:
+                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril()[None, None]
+            mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
+            mask = mask.to(x.dtype)
+        for block in self.blocks:
+            x = block(x, rope=rope, mask=mask, input_pos=input_pos, context=context, context_mask=context_mask)
+        return self.drop(self.norm_f(x))
 
 
 def init_weights(model: nn.Module, cfg: ModelConfig) -> None:

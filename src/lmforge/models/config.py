@@ -16,17 +16,19 @@ from pathlib import Path
 from lmforge.config import field
 from lmforge.errors import UserError
 
-FAMILIES = ("gpt", "llama")
+FAMILIES = ("gpt", "llama", "bert", "t5")
 
 
 @dataclass
 class ModelConfig:
-    family: str = field("gpt", "model family: gpt (GPT-2-style) or llama (Llama-style)", choices=FAMILIES)
+    family: str = field("gpt", "model family: gpt / llama (decoders), bert (encoder), t5 (encoder-decoder)",
+                        choices=FAMILIES)
     vocab_size: int = field(8192, "vocabulary size (set from the tokenizer when training)")
     max_seq_len: int = field(256, "longest sequence the model accepts (learned positions, cache size)")
     n_layer: int = field(4, "number of Transformer blocks")
     n_head: int = field(4, "attention heads")
     n_kv_head: int | None = field(None, "key/value heads for grouped-query attention (default: n_head)")
+    head_dim: int | None = field(None, "width of each attention head (default: d_model / n_head)")
     d_model: int = field(256, "residual stream width")
     d_ff: int | None = field(None, "MLP hidden width (default: 4*d_model, or 8/3*d_model rounded for gated MLPs)")
     norm: str = field("layernorm", "normalisation layer", choices=("layernorm", "rmsnorm"))
@@ -36,8 +38,17 @@ class ModelConfig:
     mlp: str = field("standard", "MLP kind: standard (up, act, down) or gated (SwiGLU/GeGLU)",
                      choices=("standard", "gated"))
     activation: str = field("gelu_tanh", "MLP activation", choices=("gelu", "gelu_tanh", "silu", "relu"))
-    pos: str = field("learned", "position information", choices=("learned", "sinusoidal", "rope", "none"))
+    pos: str = field("learned", "position information (relative: T5 bucketed attention biases)",
+                     choices=("learned", "sinusoidal", "rope", "relative", "none"))
     rope_theta: float = field(10000.0, "RoPE base")
+    relative_buckets: int = field(32, "relative positions: number of buckets")
+    relative_max_distance: int = field(128, "relative positions: distance beyond which all share a bucket")
+    attn_scale: float | None = field(None, "attention score scale (default 1/sqrt(head_dim); T5 uses 1)")
+    type_vocab_size: int = field(0, "segment (token type) embeddings, as BERT's sentence A/B (0 = none)")
+    embed_norm: bool = field(False, "normalise the summed embeddings (BERT)")
+    n_decoder_layer: int | None = field(None, "encoder-decoder: decoder blocks (default: n_layer)")
+    scale_decoder_output: bool = field(False, "multiply the last hidden state by d_model**-0.5 before a tied output "
+                                              "projection (T5)")
     bias: bool = field(True, "biases in linear and norm layers")
     tie_embeddings: bool = field(True, "share the input embedding and output projection weights")
     dropout: float = field(0.0, "dropout on embeddings, attention and residual branches")
@@ -46,6 +57,13 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
+        if self.head_dim is None:
+            if self.n_head > 0 and self.d_model % self.n_head:
+                raise UserError(f"invalid model config: d_model {self.d_model} is not divisible by n_head "
+                                f"{self.n_head}", fix="adjust d_model or n_head, or set head_dim explicitly")
+            self.head_dim = self.d_model // max(self.n_head, 1)
+        if self.n_decoder_layer is None:
+            self.n_decoder_layer = self.n_layer
         if self.d_ff is None:
             if self.mlp == "gated":  # keep parameter count ~ a 4x standard MLP (Llama), rounded to 64
                 self.d_ff = 64 * ((int(8 * self.d_model / 3) + 63) // 64)
@@ -53,14 +71,8 @@ class ModelConfig:
                 self.d_ff = 4 * self.d_model
         self.validate()
 
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
-
     def validate(self) -> None:
         problems = []
-        if self.d_model % self.n_head:
-            problems.append(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
         if self.n_head % self.n_kv_head:
             problems.append(f"n_head {self.n_head} is not divisible by n_kv_head {self.n_kv_head}")
         if self.pos == "rope" and self.head_dim % 2:
@@ -102,27 +114,24 @@ class ModelConfig:
         return cls.from_dict(data)
 
     def num_params(self, include_embeddings: bool = True) -> int:
-        """Parameter count from the config alone (matches `sum(p.numel())` of the built model)."""
-        d, f, L = self.d_model, self.d_ff, self.n_layer
-        kv = self.n_kv_head * self.head_dim
-        b = 1 if self.bias else 0
-        norm = d * (2 if self.norm == "layernorm" and self.bias else 1)
-        attn = d * (d + 2 * kv) + b * (d + 2 * kv) + d * d + b * d
-        mlp = (3 if self.mlp == "gated" else 2) * d * f + b * (f * (2 if self.mlp == "gated" else 1) + d)
-        n = L * (attn + mlp + 2 * norm) + norm
-        if include_embeddings:
-            n += self.vocab_size * d
-            if not self.tie_embeddings:
-                n += self.vocab_size * d
-            if self.pos == "learned":
-                n += self.max_seq_len * d
+        """Parameter count, exact for every family: the model is built on the meta device (no memory)."""
+        import torch
+
+        from lmforge.models import build_model
+
+        with torch.device("meta"):
+            model = build_model(self)
+        n = sum(p.numel() for p in model.parameters())  # parameters() yields tied weights once
+        if not include_embeddings:
+            n -= sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L d T."""
         t = seq_len or self.max_seq_len
+        layers = self.n_layer + (self.n_decoder_layer if self.family == "t5" else 0)
         return 6 * self.num_params(include_embeddings=False) + 6 * self.vocab_size * self.d_model \
-            + 12 * self.n_layer * self.d_model * t
+            + 12 * layers * self.d_model * t
 
 
 PRESETS: dict[str, Callable[[], ModelConfig]] = {}
@@ -168,6 +177,39 @@ def gpt2_350m() -> ModelConfig:
 @preset
 def llama_tiny() -> ModelConfig:
     return _llama(n_layer=4, n_head=4, n_kv_head=2, d_model=128, max_seq_len=256)
+
+
+def _bert(**kw) -> ModelConfig:
+    return ModelConfig(family="bert", norm="layernorm", norm_eps=1e-12, norm_position="post", mlp="standard",
+                       activation="gelu", pos="learned", bias=True, tie_embeddings=True, type_vocab_size=2,
+                       embed_norm=True, **kw)
+
+
+def _t5(**kw) -> ModelConfig:
+    """T5 v1.1: RMSNorm, no biases, relative positions, unscaled attention, gated-GELU."""
+    return ModelConfig(family="t5", norm="rmsnorm", norm_eps=1e-6, mlp="gated", activation="gelu_tanh",
+                       pos="relative", attn_scale=1.0, bias=False, tie_embeddings=True, scale_decoder_output=True,
+                       init_std=0.05, **kw)
+
+
+@preset
+def bert_tiny() -> ModelConfig:
+    return _bert(n_layer=2, n_head=2, d_model=128, max_seq_len=256)
+
+
+@preset
+def bert_base() -> ModelConfig:
+    return _bert(n_layer=12, n_head=12, d_model=768, max_seq_len=512, vocab_size=30528)
+
+
+@preset
+def t5_tiny() -> ModelConfig:
+    return _t5(n_layer=2, n_head=4, d_model=128, max_seq_len=256)
+
+
+@preset
+def t5_small() -> ModelConfig:
+    return _t5(n_layer=6, n_head=8, d_model=512, d_ff=1024, max_seq_len=512, vocab_size=32128)
 
 
 @preset

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from lmforge.models.blocks import Block, KVCache, Positions, init_weights, make_norm
+from lmforge.models.blocks import Block, KVCache, Positions, cache_mask, init_weights, make_norm
 from lmforge.models.config import ModelConfig
 
 
@@ -58,12 +58,7 @@ class DecoderLM(nn.Module):
             mask = None
         else:
             pos = positions if positions is not None else input_pos[None]
-            S = self.blocks[0].attn.cache.k.shape[2]
-            mask = self.causal_mask[input_pos, :S][None, None]  # (1, 1, T, S)
-            if key_mask is not None:
-                # A query may always see its own slot, so rows of padding never attend to nothing (NaN).
-                own = torch.arange(S, device=idx.device)[None, :] == input_pos[:, None]  # (T, S)
-                mask = (mask & key_mask[:, None, None, :S]) | own[None, None]
+            mask = cache_mask(self.causal_mask, input_pos, self.blocks[0].attn.cache.k.shape[2], key_mask)
         x, rope = self.embed(idx, pos)
         for block in self.blocks:
             x = block(x, rope=rope, mask=mask, input_pos=input_pos)
