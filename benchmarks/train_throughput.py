@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from lmforge.models import DecoderLM, get_preset
+from lmforge.models import DecoderLM, EncoderModel, get_preset
 from lmforge.models.config import ModelConfig
 
 
@@ -46,6 +46,16 @@ def hf_gpt2(cfg: ModelConfig) -> torch.nn.Module:
     model = GPT2LMHeadModel(hf)
     model.config.use_cache = False
     return model
+
+
+def hf_bert(cfg: ModelConfig) -> torch.nn.Module:
+    from transformers import BertConfig, BertForMaskedLM
+
+    hf = BertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layer,
+                    num_attention_heads=cfg.n_head, intermediate_size=cfg.d_ff, max_position_embeddings=cfg.max_seq_len,
+                    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layer_norm_eps=cfg.norm_eps)
+    hf._attn_implementation = "sdpa"
+    return BertForMaskedLM(hf)
 
 
 def measure(name: str, model: torch.nn.Module, logits_of: Callable, cfg: ModelConfig, device: torch.device,
@@ -83,13 +93,14 @@ def measure(name: str, model: torch.nn.Module, logits_of: Callable, cfg: ModelCo
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     return {"name": name, "tokens_per_s": steps * batch * seq / dt, "step_ms": 1000 * dt / steps,
-            "loss": float(loss), "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None}
+            "loss": loss.item(), "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--preset", default=None, help="default: gpt2-124m on CUDA, tiny on CPU")
+    ap.add_argument("--suites", nargs="+", default=["gpt", "bert"], choices=["gpt", "bert"])
+    ap.add_argument("--preset", default=None, help="default: gpt2-124m / bert-base on CUDA, tiny / bert-tiny on CPU")
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--seq", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
@@ -101,40 +112,47 @@ def main() -> None:
     cuda = device.type == "cuda"
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    cfg = get_preset(args.preset or ("gpt2-124m" if cuda else "tiny"))
-    cfg.dropout = 0.0
-    batch = args.batch or (16 if cuda else 8)
-    seq = args.seq or min(cfg.max_seq_len, 1024 if cuda else 256)
-    steps = args.steps or (30 if cuda else 10)
-    warmup = args.warmup or (10 if cuda else 3)
-    compile = cuda and not args.no_compile
-    torch.set_float32_matmul_precision("high")
-
+    suites = {  # name -> (lmforge preset on CUDA / CPU, lmforge model + logits, HF model + logits)
+        "gpt": (("gpt2-124m", "tiny"), lambda c: (DecoderLM(c), lambda m, x: m(x)),
+                lambda c: (hf_gpt2(c), lambda m, x: m(input_ids=x).logits), "GPT2LMHeadModel"),
+        "bert": (("bert-base", "bert-tiny"), lambda c: (EncoderModel(c), lambda m, x: m.mlm_logits(m(x))),
+                 lambda c: (hf_bert(c), lambda m, x: m(input_ids=x).logits), "BertForMaskedLM"),
+    }
+    results = {}
     peak = matmul_peak_tflops(device) if cuda else None
-    torch.manual_seed(0)
-    rows = [
-        measure("lmforge", DecoderLM(cfg), lambda m, x: m(x), cfg, device, batch, seq, steps, warmup, compile),
-        measure("hf-transformers GPT2LMHeadModel (sdpa)", hf_gpt2(cfg), lambda m, x: m(input_ids=x).logits, cfg,
-                device, batch, seq, steps, warmup, compile),
-    ]
-    flops_tok = cfg.flops_per_token(seq)
     name = torch.cuda.get_device_name(device) if cuda else "CPU"
-    print(f"\ntraining throughput — {name}, preset {args.preset or ('gpt2-124m' if cuda else 'tiny')}, "
-          f"batch {batch} x seq {seq}, {'bf16 autocast, compiled' if compile else 'fp32'}, {steps} timed steps")
     if peak:
-        print(f"measured bf16 matmul peak: {peak:.0f} TFLOP/s")
-    print(f"{'model':42s} {'tokens/s':>12s} {'step ms':>9s} {'MFU':>7s} {'peak GB':>8s} {'vs HF':>7s}")
-    for r in rows:
-        r["mfu"] = flops_tok * r["tokens_per_s"] / (peak * 1e12) if peak else None
-        r["ratio_vs_hf"] = r["tokens_per_s"] / rows[1]["tokens_per_s"]
-        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "-"
-        mem = f"{r['peak_mem_gb']:.1f}" if r["peak_mem_gb"] else "-"
-        print(f"{r['name']:42s} {r['tokens_per_s']:12,.0f} {r['step_ms']:9.1f} {mfu:>7s} {mem:>8s} "
-              f"{r['ratio_vs_hf']:6.2f}x")
+        print(f"measured bf16 matmul peak on {name}: {peak:.0f} TFLOP/s")
+    for suite in args.suites:
+        presets, ours, theirs, hf_name = suites[suite]
+        preset = args.preset or presets[0 if cuda else 1]
+        cfg = get_preset(preset)
+        cfg.dropout = 0.0
+        batch = args.batch or (16 if cuda else 8)
+        seq = args.seq or min(cfg.max_seq_len, 1024 if cuda else 256)
+        steps = args.steps or (30 if cuda else 10)
+        warmup = args.warmup or (10 if cuda else 3)
+        compile = cuda and not args.no_compile
+        torch.manual_seed(0)
+        rows = [measure("lmforge", *ours(cfg), cfg, device, batch, seq, steps, warmup, compile),
+                measure(f"hf-transformers {hf_name} (sdpa)", *theirs(cfg), cfg, device, batch, seq, steps, warmup,
+                        compile)]
+        flops_tok = cfg.flops_per_token(seq)
+        print(f"\n{suite}: training throughput — {name}, preset {preset}, batch {batch} x seq {seq}, "
+              f"{'bf16 autocast, compiled' if compile else 'fp32'}, {steps} timed steps")
+        print(f"{'model':44s} {'tokens/s':>12s} {'step ms':>9s} {'MFU':>7s} {'peak GB':>8s} {'vs HF':>7s}")
+        for r in rows:
+            r["mfu"] = flops_tok * r["tokens_per_s"] / (peak * 1e12) if peak else None
+            r["ratio_vs_hf"] = r["tokens_per_s"] / rows[1]["tokens_per_s"]
+            mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "-"
+            mem = f"{r['peak_mem_gb']:.1f}" if r["peak_mem_gb"] else "-"
+            print(f"{r['name']:44s} {r['tokens_per_s']:12,.0f} {r['step_ms']:9.1f} {mfu:>7s} {mem:>8s} "
+                  f"{r['ratio_vs_hf']:6.2f}x")
+        results[suite] = {"preset": preset, "batch": batch, "seq": seq, "rows": rows}
     out = args.json or (os.path.join(os.environ["OUT"], "train_throughput.json") if os.environ.get("OUT") else None)
     if out:
         with open(out, "w") as f:
-            json.dump({"device": name, "peak_tflops": peak, "batch": batch, "seq": seq, "rows": rows}, f, indent=2)
+            json.dump({"device": name, "peak_tflops": peak, "suites": results}, f, indent=2)
 
 
 if __name__ == "__main__":
