@@ -26,7 +26,7 @@ examples:
 
 @dataclass
 class GenerateConfig(GenerationConfig):
-    checkpoint: str = field("runs/quickstart/train", "checkpoint directory, or a training run directory (uses its best)")
+    checkpoint: str = field("runs/quickstart/train", "checkpoint directory, or a run directory (uses its best)")
     prompts: list[str] = field(default_factory=lambda: [""], help="prompts (positional); empty = start a new document")
     device: str = field("auto", "device to run on", choices=DEVICES)
     stream: bool = field(True, "print tokens as they are generated (single prompt)")

@@ -175,15 +175,17 @@ class CrossKVCache(nn.Module):
         self.kv: tuple[Tensor, Tensor] | None = None
 
 
-def cache_mask(causal_mask: Tensor, input_pos: Tensor, size: int, key_mask: Tensor | None) -> Tensor:
+def cache_mask(input_pos: Tensor, size: int, key_mask: Tensor | None) -> Tensor:
     """Attention mask (B or 1, 1, T, S) for queries at cache slots input_pos (T,) over `size` slots.
 
     A query sees earlier slots holding real tokens (key_mask (B, S)), and always its own slot, so that a row of
-    left padding never attends to nothing (which would give NaN).
+    left padding never attends to nothing (which would give NaN). Built from positions, never from an
+    S x S buffer: that would cost gigabytes for long-context models.
     """
-    mask = causal_mask[input_pos, :size][None, None]
+    slots = torch.arange(size, device=input_pos.device)[None, :]
+    mask = (slots <= input_pos[:, None])[None, None]  # (1, 1, T, S) causal
     if key_mask is not None:
-        own = torch.arange(size, device=input_pos.device)[None, :] == input_pos[:, None]  # (T, S)
+        own = slots == input_pos[:, None]  # (T, S)
         mask = (mask & key_mask[:, None, None, :size]) | own[None, None]
     return mask
 

@@ -24,9 +24,6 @@ class DecoderLM(nn.Module):
         init_weights(self, cfg)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.tok.weight
-        # Causal mask over cache slots, used only by cached decoding (training uses SDPA's is_causal).
-        n = cfg.max_seq_len
-        self.register_buffer("causal_mask", torch.ones(n, n, dtype=torch.bool).tril(), persistent=False)
 
     # --- KV cache ---------------------------------------------------------------------------------------------
     def setup_cache(self, batch_size: int, max_seq_len: int | None = None, dtype: torch.dtype | None = None) -> None:
@@ -58,7 +55,7 @@ class DecoderLM(nn.Module):
             mask = None
         else:
             pos = positions if positions is not None else input_pos[None]
-            mask = cache_mask(self.causal_mask, input_pos, self.blocks[0].attn.cache.k.shape[2], key_mask)
+            mask = cache_mask(input_pos, self.blocks[0].attn.cache.k.shape[2], key_mask)
         x, rope = self.embed(idx, pos)
         for block in self.blocks:
             x = block(x, rope=rope, mask=mask, input_pos=input_pos)

@@ -23,8 +23,6 @@ class EncoderDecoderLM(nn.Module):
         init_weights(self, cfg)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.tok.weight
-        n = cfg.max_seq_len
-        self.register_buffer("causal_mask", torch.ones(n, n, dtype=torch.bool).tril(), persistent=False)
 
     def _positions(self, T: int, device: torch.device) -> Tensor:
         if T > self.cfg.max_seq_len:
@@ -48,7 +46,7 @@ class EncoderDecoderLM(nn.Module):
             pos, mask = self._positions(tgt.shape[1], tgt.device), None
         else:
             pos = input_pos[None]
-            mask = cache_mask(self.causal_mask, input_pos, self.decoder.blocks[0].attn.cache.k.shape[2], None)
+            mask = cache_mask(input_pos, self.decoder.blocks[0].attn.cache.k.shape[2], None)
         x, rope = self.embed(tgt, pos)
         h = self.decoder(x, rope=rope, mask=mask, input_pos=input_pos, context=memory, context_mask=context_mask)
         if self.cfg.scale_decoder_output:

@@ -1,0 +1,46 @@
+"""`lmforge export`: an lmforge checkpoint as a Hugging Face model directory (see docs/interop.md)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from lmforge.cli.common import add_verb
+from lmforge.config import field
+
+ORDER = 70
+
+DESCRIPTION = """\
+Write an lmforge checkpoint as a Hugging Face model directory: config.json, model.safetensors,
+generation_config.json and the tokenizer files. transformers' AutoModelForCausalLM / AutoTokenizer load it
+without custom code, and so can tools that take Hugging Face directories (vLLM, TGI, llama.cpp's
+convert_hf_to_gguf.py). GPT-style checkpoints become GPT2LMHeadModel, Llama-style ones LlamaForCausalLM.
+"""
+
+
+@dataclass
+class ExportOptions:
+    out: str | None = field(None, "output directory (an earlier model directory there is replaced, "
+                                  "anything else is refused)")
+    format: str = field("hf", "output format", choices=("hf",))
+
+
+def run(args: argparse.Namespace) -> int:
+    from lmforge.config import resolve
+    from lmforge.errors import UserError
+    from lmforge.interop.hf import export_hf
+
+    checkpoint = args.checkpoint
+    options = resolve(ExportOptions, argparse.Namespace(**{k: v for k, v in vars(args).items()
+                                                             if k != "checkpoint"}))
+    if not options.out:
+        raise UserError("no output directory given", fix="pass --out DIR")
+    out = export_hf(checkpoint, options.out)
+    print(f"exported {checkpoint} to {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
+def register(sub) -> None:
+    parser = add_verb(sub, "export", ExportOptions, run, help="export a checkpoint as a Hugging Face model",
+                      description=DESCRIPTION)
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="lmforge checkpoint directory")

@@ -1,0 +1,311 @@
+"""Hugging Face interop: an lmforge checkpoint <-> a Hugging Face model directory.
+
+One mechanism for every family (torchtitan's state-dict-adapter idea): it reads the weights, walks the family's
+table from `families.py` to rename, fuse or split and transpose tensors, maps the config, and writes the other
+side's files atomically. It knows no family; a family is a table.
+
+An exported directory holds `config.json`, `model.safetensors`, `generation_config.json` and the tokenizer files,
+so `transformers.AutoModelForCausalLM.from_pretrained(dir)` and `AutoTokenizer.from_pretrained(dir)` load it with
+no custom code, and tools that read Hugging Face directories (vLLM, TGI, llama.cpp's `convert_hf_to_gguf.py`)
+can take it. Neither direction needs `transformers` itself: both sides are safetensors and JSON.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import pickle
+import shutil
+import string
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from lmforge.atomic import atomic_directory, write_json
+from lmforge.errors import UserError
+from lmforge.interop.families import FAMILIES, Family, Rule
+from lmforge.models.config import ModelConfig
+from lmforge.models.io import CONFIG, TOKENIZER_FILES, WEIGHTS, resolve_checkpoint
+
+HF_CONFIG, HF_WEIGHTS, HF_GENERATION = "config.json", "model.safetensors", "generation_config.json"
+# Special-token roles written to the tokenizer and generation configs, and lmforge's names for them.
+SPECIAL_ROLES = ("bos", "eos", "pad", "unk")
+
+
+# --- families ------------------------------------------------------------------------------------------------
+
+def family_for_lmforge(cfg: ModelConfig) -> Family:
+    for family in FAMILIES:
+        if family.lmforge_family == cfg.family:
+            return family
+    raise UserError(f"lmforge family '{cfg.family}' has no Hugging Face export yet",
+                    fix=f"export one of: {', '.join(f.lmforge_family for f in FAMILIES)}")
+
+
+def family_for_hf(hf_config: dict[str, Any], where: Path) -> Family:
+    model_type = hf_config.get("model_type")
+    if model_type is None:
+        raise UserError("config.json has no model_type: not a Hugging Face model directory", where=where,
+                        fix="lmforge checkpoints need no import; pass a directory saved by transformers")
+    for family in FAMILIES:
+        if family.model_type == model_type:
+            return family
+    raise UserError(f"Hugging Face model_type '{model_type}' is not supported", where=where,
+                    fix=f"lmforge imports: {', '.join(f.model_type for f in FAMILIES)}")
+
+
+def _expand(family: Family, cfg: ModelConfig) -> Iterator[tuple[Rule, str, tuple[str, ...]]]:
+    """Each rule once per value of its placeholders: (rule, lmforge name, Hugging Face names)."""
+    counts = family.layers(cfg)
+    for rule in family.rules:
+        keys = sorted({key for _, key, _, _ in string.Formatter().parse(rule.ours) if key})
+        for values in itertools.product(*(range(counts[k]) for k in keys)):
+            sub = dict(zip(keys, values))
+            yield rule, rule.ours.format(**sub), tuple(t.format(**sub) for t in rule.theirs)
+
+
+# --- tensors -------------------------------------------------------------------------------------------------
+
+def to_hf_state(family: Family, cfg: ModelConfig, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """lmforge tensors -> Hugging Face tensors (names, fused q|k|v split, Conv1D transposed)."""
+    remaining = dict(state)
+    if cfg.tie_embeddings:
+        remaining.pop("lm_head.weight", None)  # the Hugging Face model ties it again from tie_word_embeddings
+    out: dict[str, Tensor] = {}
+    for rule, ours, theirs in _expand(family, cfg):
+        t = remaining.pop(ours, None)
+        if t is None and family.zero_missing_bias and ours.endswith(".bias"):
+            weight = state.get(ours.removesuffix("bias") + "weight")
+            t = None if weight is None else weight.new_zeros(weight.shape[0])  # a zero bias adds nothing
+        if t is None:
+            continue  # not in this config (no biases, no gate, tied head)
+        parts = t.split(rule.split(cfg), dim=0) if rule.split else (t,)
+        for name, part in zip(theirs, parts, strict=True):
+            # clone: slices of one fused tensor share storage, which safetensors refuses to write
+            out[name] = (part.T if rule.transpose else part).contiguous().clone()
+    if remaining:  # check_state passed, so the family's table is incomplete: a bug, not the user's doing
+        raise RuntimeError(f"the {family.model_type} table maps no Hugging Face name for {sorted(remaining)}")
+    return out
+
+
+def from_hf_state(family: Family, cfg: ModelConfig, hf_state: dict[str, Tensor], where: Path) -> dict[str, Tensor]:
+    """Hugging Face tensors -> lmforge tensors (the inverse of `to_hf_state`)."""
+    remaining = {k: v for k, v in hf_state.items() if not k.endswith(family.hf_ignore)}
+    if family.hf_prefix and not any(k.startswith(family.hf_prefix) for k in remaining):
+        remaining = {family.hf_prefix + k: v for k, v in remaining.items()}  # saved from the base model class
+    if cfg.tie_embeddings:
+        remaining.pop("lm_head.weight", None)
+    out: dict[str, Tensor] = {}
+    for rule, ours, theirs in _expand(family, cfg):
+        present = [name for name in theirs if name in remaining]
+        if not present:
+            continue
+        if len(present) != len(theirs):
+            missing = ", ".join(n for n in theirs if n not in remaining)
+            raise UserError(f"weights are incomplete: {missing} missing", where=where)
+        parts = [remaining.pop(name) for name in theirs]
+        parts = [p.T if rule.transpose else p for p in parts]
+        out[ours] = (torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]).contiguous()
+    if remaining:
+        raise UserError(f"weights lmforge's {family.model_type} import does not know: "
+                        f"{', '.join(sorted(remaining)[:4])}{' ...' if len(remaining) > 4 else ''}", where=where,
+                        fix=f"only {family.architecture} checkpoints are supported")
+    return out
+
+
+def check_state(cfg: ModelConfig, state: dict[str, Tensor], where: Path) -> None:
+    """The tensors must be exactly those of the lmforge model `cfg` describes (names and shapes)."""
+    from lmforge.models import build_model
+
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        expected = {k: v.shape for k, v in build_model(cfg).state_dict().items()}
+    if cfg.tie_embeddings:
+        expected.pop("lm_head.weight", None)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} (config: {tuple(expected[k])})" for k in state
+             if k in expected and state[k].shape != expected[k]]
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                           for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                               ("wrong shape", wrong)) if keys)
+        raise UserError(f"weights do not match the model config ({detail})", where=where)
+
+
+def _load_tensors(path: Path) -> dict[str, Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)  # weights_only: never runs pickled code
+    except (SafetensorError, OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise UserError(f"model weights are unreadable or truncated ({e})", where=path) from None
+
+
+def read_hf_weights(hf_dir: Path) -> dict[str, Tensor]:
+    """All tensors of a Hugging Face directory: one file, or shards listed in an index."""
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if (hf_dir / single).is_file():
+            return _load_tensors(hf_dir / single)
+        if (hf_dir / index).is_file():
+            weight_map = _read_json(hf_dir / index).get("weight_map", {})
+            state: dict[str, Tensor] = {}
+            for shard in sorted(set(weight_map.values())):
+                state.update(_load_tensors(hf_dir / shard))
+            return state
+    raise UserError("no model weights found", where=hf_dir,
+                    fix="expected model.safetensors (or a sharded index) or pytorch_model.bin")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path.name} not found", where=path.parent,
+                        fix="point at a model directory that holds config.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"not valid JSON ({e})", where=path) from None
+    if not isinstance(data, dict):
+        raise UserError("expected a JSON object", where=path)
+    return data
+
+
+# --- tokenizer -----------------------------------------------------------------------------------------------
+
+def special_tokens(tokenizer_dir: Path) -> dict[str, tuple[str, int]]:
+    """role -> (token, id) for the bos/eos/pad/unk tokens the tokenizer has.
+
+    A role named in `special_tokens_map.json` / `tokenizer_config.json` wins; otherwise lmforge's own names
+    (`<bos>`, `<eos>`, `<pad>`, `<unk>`) are looked up in the vocabulary.
+    """
+    if not (tokenizer_dir / "tokenizer.json").is_file():
+        return {}
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    declared: dict[str, Any] = {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (tokenizer_dir / name).is_file():
+            declared.update(_read_json(tokenizer_dir / name))
+    found = {}
+    for role in SPECIAL_ROLES:
+        token = declared.get(f"{role}_token") or f"<{role}>"
+        if isinstance(token, dict):  # {"content": "<bos>", ...} as transformers writes AddedToken
+            token = token.get("content")
+        token_id = tok.token_to_id(token) if isinstance(token, str) else None
+        if token_id is not None:
+            found[role] = (token, token_id)
+    return found
+
+
+def _write_hf_tokenizer(src: Path, dst: Path, specials: dict[str, tuple[str, int]], max_len: int) -> None:
+    """tokenizer.json as is, plus the configs `AutoTokenizer` needs to build a fast tokenizer from it."""
+    if not (src / "tokenizer.json").is_file():
+        return
+    shutil.copy2(src / "tokenizer.json", dst / "tokenizer.json")
+    config = _read_json(src / "tokenizer_config.json") if (src / "tokenizer_config.json").is_file() else {}
+    roles = {f"{role}_token": token for role, (token, _) in specials.items()}
+    config.update(roles, tokenizer_class="PreTrainedTokenizerFast", model_max_length=max_len,
+                  clean_up_tokenization_spaces=False)  # decode exactly what tokenizers decodes
+    write_json(dst / "tokenizer_config.json", config)
+    write_json(dst / "special_tokens_map.json", roles)
+
+
+def _copy_lmforge_tokenizer(hf_dir: Path, dst: Path) -> None:
+    """Copy the tokenizer files lmforge reads, when the directory has a tokenizer.json.
+
+    Slow-only tokenizers (vocab.json + merges.txt, tokenizer.model) are not converted here: loading one with
+    `transformers.AutoTokenizer` and `save_pretrained` writes the tokenizer.json.
+    """
+    if (hf_dir / "tokenizer.json").is_file():
+        for name in TOKENIZER_FILES:
+            if (hf_dir / name).is_file():
+                shutil.copy2(hf_dir / name, dst / name)
+
+
+# --- directories ---------------------------------------------------------------------------------------------
+
+def _check_out_dir(out: Path, src: Path) -> None:
+    """atomic_directory replaces `out` wholesale: only ever replace an earlier model directory."""
+    if out.resolve() == src.resolve() or out.resolve() in src.resolve().parents:
+        raise UserError("the output directory would replace the input", where=out, fix="choose another --out")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
+        raise UserError("output path exists and is not a model directory; refusing to replace it", where=out,
+                        fix="choose a new --out, or remove it first")
+
+
+def hf_config(family: Family, cfg: ModelConfig, specials: dict[str, tuple[str, int]], dtype: torch.dtype
+              ) -> dict[str, Any]:
+    ids = {f"{role}_token_id": specials[role][1] if role in specials else None for role in ("bos", "eos", "pad")}
+    dtype_name = str(dtype).removeprefix("torch.")
+    return {
+        "architectures": [family.architecture],
+        "model_type": family.model_type,
+        **family.config_to_hf(cfg),
+        # Written even when None: the Hugging Face config classes default to their own ids (GPT-2: 50256),
+        # which may not even exist in this vocabulary.
+        **ids,
+        "dtype": dtype_name,
+        "torch_dtype": dtype_name,  # the name older transformers and other readers look for
+        "use_cache": True,
+    }
+
+
+def export_hf(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write the lmforge checkpoint `checkpoint_dir` as a Hugging Face model directory `out_dir`.
+
+    `checkpoint_dir` may also be a training run directory (its best checkpoint, else its latest).
+    """
+    ckpt, out = resolve_checkpoint(checkpoint_dir), Path(out_dir)
+    cfg = ModelConfig.load(ckpt / CONFIG)
+    family = family_for_lmforge(cfg)
+    problems = family.unsupported_export(cfg)
+    if problems:
+        raise UserError(f"{family.architecture} cannot express this model: {'; '.join(problems)}", where=ckpt,
+                        fix=f"only models that keep the {family.model_type} layout export to Hugging Face")
+    _check_out_dir(out, ckpt)
+    if not (ckpt / WEIGHTS).is_file():
+        raise UserError("model weights not found", where=ckpt / WEIGHTS, fix="re-save the checkpoint")
+    state = _load_tensors(ckpt / WEIGHTS)
+    check_state(cfg, state, ckpt / WEIGHTS)
+    hf_state = to_hf_state(family, cfg, state)
+    specials = special_tokens(ckpt)
+    dtype = state["embed.tok.weight"].dtype
+    with atomic_directory(out) as tmp:
+        save_file(hf_state, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})  # transformers wants "pt"
+        write_json(tmp / HF_CONFIG, hf_config(family, cfg, specials, dtype))
+        write_json(tmp / HF_GENERATION, {f"{role}_token_id": token_id for role, (_, token_id) in specials.items()
+                                         if role in ("bos", "eos", "pad")})
+        _write_hf_tokenizer(ckpt, tmp, specials, cfg.max_seq_len)
+    return out
+
+
+def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write the Hugging Face model directory `hf_dir` as an lmforge checkpoint `out_dir`."""
+    src, out = Path(hf_dir), Path(out_dir)
+    if not src.is_dir():
+        raise UserError("Hugging Face model directory not found", where=src,
+                        fix="pass a directory holding config.json and model.safetensors")
+    config = _read_json(src / HF_CONFIG)
+    family = family_for_hf(config, src / HF_CONFIG)
+    problems = family.unsupported_import(config)
+    if problems:
+        raise UserError(f"lmforge cannot express this {family.model_type} model: {'; '.join(problems)}",
+                        where=src / HF_CONFIG, fix="only the standard architecture imports")
+    try:
+        cfg = family.config_from_hf(config)
+    except KeyError as e:
+        raise UserError(f"config.json lacks {e}", where=src / HF_CONFIG) from None
+    _check_out_dir(out, src)
+    state = from_hf_state(family, cfg, read_hf_weights(src), src)
+    check_state(cfg, state, src)
+    with atomic_directory(out) as tmp:
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        cfg.save(tmp / CONFIG)
+        _copy_lmforge_tokenizer(src, tmp)
+    return out
