@@ -1,0 +1,1 @@
+"""Data: reading corpora, cleaning, tokenizer training and token shards (`lmforge prepare`)."""
