@@ -25,6 +25,7 @@ identical to `Tokenizer.encode` and does not depend on the number of workers.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import mmap
 import multiprocessing
@@ -247,7 +248,7 @@ def _encode_chunk(task: tuple[np.ndarray, np.ndarray]) -> tuple[dict[str, tuple]
     offsets, codes = task
     text, dtype, eos = _STATE["text"], _STATE["dtype"], _STATE["eos"]
     bounds = offsets.tolist()
-    docs = [text[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:])]
+    docs = [text[a:b].decode("utf-8") for a, b in itertools.pairwise(bounds)]
     ids = _STATE["encoder"].encode(docs)
     nbytes = np.diff(offsets)
     counts = np.zeros(_STATE["vocab_size"], dtype=np.int64)
