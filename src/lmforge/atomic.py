@@ -17,6 +17,17 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp/mkdtemp create 0600/0700 for privacy while writing; finished outputs get the usual permissions.
+_FILE_MODE = 0o666 & ~_umask()
+_DIR_MODE = 0o777 & ~_umask()
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):  # some filesystems do not support fsync on directories
         fd = os.open(path, os.O_RDONLY)
@@ -37,6 +48,7 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
@@ -68,6 +80,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
             if child.is_file():
                 with open(child, "rb") as f:
                     os.fsync(f.fileno())
+        os.chmod(tmp, _DIR_MODE)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old")

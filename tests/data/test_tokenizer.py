@@ -1,0 +1,137 @@
+"""Tokenizers: the four kinds train, save as a tokenizer.json that `tokenizers` and `transformers` read alike."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer
+
+from lmforge.data.tokenizer import (
+    KINDS,
+    SPECIAL_TOKENS,
+    TokenizerOptions,
+    load_tokenizer,
+    save_tokenizer,
+    special_token_ids,
+    tokenizer_hash,
+    tokenizer_kind,
+    train_tokenizer,
+)
+from lmforge.errors import UserError
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Tokenizers split text into pieces; a model predicts the next piece.",
+    "Naïve café owners in Zürich serve crème brûlée — déjà vu!",
+    "日本語のテキストも扱えます。",
+    "def f(x):\n    return x * 2  # doubled\n",
+] * 20
+
+SAMPLES = ["The lazy fox serves crème brûlée.", "return x * 2", "Zürich café", "テキスト"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Tokenizer]:
+    out = {}
+    for kind in KINDS:
+        vocab = 400 if kind == "bpe" else 300
+        tok = train_tokenizer(TEXTS, TokenizerOptions(kind=kind, vocab_size=vocab, min_frequency=1))
+        directory = tmp_path_factory.mktemp(kind)
+        save_tokenizer(tok, directory)
+        out[kind] = directory
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_special_tokens_come_first_in_order(trained, kind):
+    tok = load_tokenizer(trained[kind])
+    assert tokenizer_kind(tok) == kind
+    for i, name in enumerate(SPECIAL_TOKENS):
+        assert tok.token_to_id(SPECIAL_TOKENS[name]) == i
+    assert special_token_ids(tok) == {name: i for i, name in enumerate(SPECIAL_TOKENS)}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_transformers_loads_the_file_and_encodes_identically(trained, kind):
+    transformers = pytest.importorskip("transformers")
+    ours = Tokenizer.from_file(str(trained[kind] / "tokenizer.json"))
+    theirs = transformers.AutoTokenizer.from_pretrained(str(trained[kind]))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(trained[kind] / "tokenizer.json"))
+    for text in SAMPLES:
+        ids = ours.encode(text).ids
+        assert theirs(text)["input_ids"] == ids
+        assert fast(text)["input_ids"] == ids
+    assert theirs.eos_token == "<eos>" and theirs.pad_token == "<pad>" and theirs.mask_token == "<mask>"
+
+
+@pytest.mark.parametrize("kind", ["bpe", "char"])
+def test_lossless_kinds_decode_back_exactly(trained, kind):
+    tok = load_tokenizer(trained[kind])
+    for text in SAMPLES:
+        assert tok.decode(tok.encode(text).ids) == text
+
+
+def test_char_tokenizer_has_one_token_per_seen_character(trained):
+    tok = load_tokenizer(trained["char"])
+    chars = sorted(set("".join(TEXTS)))
+    assert tok.get_vocab_size() == len(SPECIAL_TOKENS) + len(chars)
+    assert tok.encode("fox").tokens == ["f", "o", "x"]
+    assert tok.encode("€").ids == [tok.token_to_id("<unk>")]  # never seen
+
+
+@pytest.fixture(scope="module")
+def bpe(trained) -> Tokenizer:
+    return load_tokenizer(trained["bpe"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_byte_level_bpe_round_trips_any_unicode_string(bpe, text):
+    encoding = bpe.encode(text)
+    assert bpe.token_to_id("<unk>") not in encoding.ids or "<unk>" in text
+    assert bpe.decode(encoding.ids, skip_special_tokens=False) == text
+
+
+def test_training_is_deterministic_and_hash_identifies_the_file(tmp_path):
+    opts = TokenizerOptions(kind="bpe", vocab_size=350, min_frequency=1)
+    a = save_tokenizer(train_tokenizer(TEXTS, opts), tmp_path / "a")
+    b = save_tokenizer(train_tokenizer(TEXTS, opts), tmp_path / "b")
+    assert a.read_bytes() == b.read_bytes()
+    assert tokenizer_hash(a) == tokenizer_hash(tmp_path / "b")
+
+
+@pytest.mark.parametrize(("opts", "message"), [
+    (dict(kind="bpe", vocab_size=200), "smaller than the byte alphabet"),
+    (dict(kind="char", vocab_size=20), "distinct characters seen"),
+    (dict(kind="unigram", vocab_size=30), "distinct characters seen"),
+    (dict(kind="wordpiece", vocab_size=40), "smaller than the"),
+])
+def test_vocabulary_smaller_than_alphabet_plus_specials_is_a_user_error(opts, message):
+    with pytest.raises(UserError, match=message) as e:
+        train_tokenizer(TEXTS, TokenizerOptions(**opts))
+    assert "vocab_size to at least" in e.value.line()
+
+
+@pytest.mark.parametrize(("opts", "message"), [
+    (dict(kind="sentencepiece"), "tokenizer kind is 'sentencepiece'"),
+    (dict(special_tokens=["eos", "foo"]), "unknown special token name"),
+    (dict(kind="wordpiece", special_tokens=["eos"]), "needs the unk special token"),
+    (dict(vocab_size=0), "vocab_size is 0"),
+])
+def test_bad_options_are_user_errors(opts, message):
+    with pytest.raises(UserError, match=message):
+        TokenizerOptions(**opts)
+
+
+def test_empty_stream_is_a_user_error():
+    with pytest.raises(UserError, match="no text to train the tokenizer on"):
+        train_tokenizer([], TokenizerOptions(vocab_size=300))
+
+
+def test_loading_a_missing_or_corrupt_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no tokenizer.json here"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(UserError, match="not a valid tokenizer file"):
+        load_tokenizer(tmp_path)
