@@ -12,9 +12,21 @@ ORDER = 70
 
 DESCRIPTION = """\
 Write an lmforge checkpoint as a Hugging Face model directory: config.json, model.safetensors,
-generation_config.json and the tokenizer files. transformers' AutoModelForCausalLM / AutoTokenizer load it
-without custom code, and so can tools that take Hugging Face directories (vLLM, TGI, llama.cpp's
-convert_hf_to_gguf.py). GPT-style checkpoints become GPT2LMHeadModel, Llama-style ones LlamaForCausalLM.
+generation_config.json (generative models) and the tokenizer files. transformers loads it without custom code,
+and so can tools that take Hugging Face directories (serve it with vLLM or TGI, convert it for llama.cpp with
+convert_hf_to_gguf.py). Each family becomes the standard class:
+
+  gpt    GPT2LMHeadModel             AutoModelForCausalLM
+  llama  LlamaForCausalLM            AutoModelForCausalLM
+  bert   BertForPreTraining          AutoModelForPreTraining (MLM + NSP heads), AutoModelForMaskedLM
+  t5     T5ForConditionalGeneration  AutoModelForSeq2SeqLM
+
+examples:
+  lmforge export runs/train --out exported/            # a run directory: its best checkpoint, else its latest
+  lmforge export runs/bert/checkpoints/best --out bert-hf/
+
+Options the Hugging Face class cannot express (post-norm GPT, sinusoidal BERT positions, ...) are refused with
+the reason, and nothing is written. See docs/interop.md.
 """
 
 
@@ -28,7 +40,7 @@ class ExportOptions:
 def run(args: argparse.Namespace) -> int:
     from lmforge.config import resolve
     from lmforge.errors import UserError
-    from lmforge.interop.hf import export_hf
+    from lmforge.interop.hf import export_hf, loader_hint
 
     checkpoint = args.checkpoint
     options = resolve(ExportOptions, argparse.Namespace(**{k: v for k, v in vars(args).items()
@@ -36,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if not options.out:
         raise UserError("no output directory given", fix="pass --out DIR")
     out = export_hf(checkpoint, options.out)
-    print(f"exported {checkpoint} to {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
+    print(f"exported {checkpoint} to {out} (load with {loader_hint(out)})")
     return 0
 
 

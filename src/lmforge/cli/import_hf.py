@@ -1,4 +1,4 @@
-"""`lmforge import`: a Hugging Face GPT-2 or Llama model directory as an lmforge checkpoint."""
+"""`lmforge import`: a Hugging Face GPT-2, Llama, BERT or T5 model directory as an lmforge checkpoint."""
 
 from __future__ import annotations
 
@@ -11,9 +11,15 @@ from lmforge.config import field
 ORDER = 71
 
 DESCRIPTION = """\
-Read a Hugging Face model directory (GPT2LMHeadModel or LlamaForCausalLM: config.json and safetensors or
-pytorch_model.bin weights, sharded or not) and write an lmforge checkpoint that `lmforge generate`, `train` and
-`export` take. Options the lmforge model cannot express (RoPE scaling, for one) are refused with the reason.
+Read a Hugging Face model directory (GPT2LMHeadModel, LlamaForCausalLM, BertForPreTraining or
+T5ForConditionalGeneration: config.json and safetensors or pytorch_model.bin weights, sharded or not) and write
+an lmforge checkpoint that `lmforge generate`, `train` and `export` take. A BERT saved without its pooler or NSP
+head (BertForMaskedLM, BertModel) imports with those heads freshly initialised, and a note says so. Options the
+lmforge model cannot express (RoPE scaling, relative BERT positions, ...) are refused with the reason.
+
+examples:
+  lmforge import path/to/hf-model --out checkpoints/imported
+  lmforge generate --checkpoint checkpoints/imported "Once upon a time"
 """
 
 

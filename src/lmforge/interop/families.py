@@ -2,8 +2,9 @@
 
 The mechanism that reads, renames, fuses, transposes and writes lives in `hf.py` and knows no family. A family is
 one `Family` value here: a table of `Rule`s (lmforge name <- Hugging Face name(s)), the config mapping both ways,
-and the options the Hugging Face architecture cannot express. Adding a family (BERT, T5) is adding one more table
-and config mapping, and a line in `FAMILIES`.
+and the options the Hugging Face architecture cannot express. Four families: GPT-2 and Llama (decoders), BERT
+(encoder with its pretraining heads) and T5 (encoder-decoder). Adding one is adding a table, a config mapping and a
+line in `FAMILIES`.
 """
 
 from __future__ import annotations
@@ -23,12 +24,21 @@ class Rule:
     are concatenated along dim 0 into the one lmforge tensor (lmforge fuses q|k|v into one matmul); `split` gives
     their row counts from the config, to cut it apart again on export. `transpose` marks GPT-2's `Conv1D`, which
     stores its weight as (in, out) where `nn.Linear` stores (out, in).
+
+    `when` limits a rule to the configs it holds for (T5 names its MLP `wi` or `wi_0`/`wi_1` by gating). `also`
+    names further Hugging Face tensors holding a copy of the same values: all are written on export, and on import
+    the first present is read (BERT keeps its output bias both as `decoder.bias` and as `predictions.bias`).
+    `zeros` gives the shape of an all-zero tensor to write when the lmforge model has none (BERT always has a
+    token-type table; zeros add nothing to the embeddings).
     """
 
     ours: str
     theirs: tuple[str, ...]
     transpose: bool = False
     split: Callable[[ModelConfig], list[int]] | None = None
+    when: Callable[[ModelConfig], bool] | None = None
+    also: tuple[str, ...] = ()
+    zeros: Callable[[ModelConfig], tuple[int, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class Family:
     lmforge_family: str  # ModelConfig.family exported with this table
     model_type: str  # Hugging Face `model_type`, which picks the table on import
     architecture: str  # Hugging Face class in `architectures`, what `AutoModelFor*` instantiates
+    auto_class: str  # the transformers Auto class that loads the exported directory, for messages and docs
     rules: tuple[Rule, ...]
     config_to_hf: Callable[[ModelConfig], dict[str, Any]]
     config_from_hf: Callable[[dict[str, Any]], ModelConfig]
@@ -53,6 +64,13 @@ class Family:
     hf_ignore: tuple[str, ...] = ()
     # The Hugging Face architecture always has biases: export a bias-free lmforge model with zero biases.
     zero_missing_bias: bool = False
+    # Older spellings of tensor-name endings, renamed on import (BERT's TensorFlow-era `LayerNorm.gamma`).
+    hf_renames: tuple[tuple[str, str], ...] = ()
+    # Prefixes of lmforge tensors (task heads) a checkpoint may lack, e.g. BertForMaskedLM has no pooler or NSP
+    # head: imported with lmforge's initialisation, and named in a note.
+    optional: tuple[str, ...] = ()
+    # Write generation_config.json (models that generate; not BERT).
+    generates: bool = True
 
 
 def _module(ours: str, *theirs: str, transpose: bool = False,
@@ -60,6 +78,12 @@ def _module(ours: str, *theirs: str, transpose: bool = False,
     """Rules for a layer's weight and bias (a bias-free model simply has no bias tensor to map)."""
     return (Rule(f"{ours}.weight", tuple(f"{t}.weight" for t in theirs), transpose, split),
             Rule(f"{ours}.bias", tuple(f"{t}.bias" for t in theirs), False, split))
+
+
+def _weight(ours: str, *theirs: str, split: Callable[[ModelConfig], list[int]] | None = None,
+            when: Callable[[ModelConfig], bool] | None = None) -> Rule:
+    """A rule for a bias-free layer's weight (T5 has no biases)."""
+    return Rule(f"{ours}.weight", tuple(f"{t}.weight" for t in theirs), split=split, when=when)
 
 
 # Activation names: Hugging Face `ACT2FN` keys <-> lmforge `ModelConfig.activation`.
@@ -160,7 +184,8 @@ def _gpt2_from_hf(hf: dict[str, Any]) -> ModelConfig:
 
 
 GPT2 = Family(
-    lmforge_family="gpt", model_type="gpt2", architecture="GPT2LMHeadModel", rules=GPT2_RULES,
+    lmforge_family="gpt", model_type="gpt2", architecture="GPT2LMHeadModel", auto_class="AutoModelForCausalLM",
+    rules=GPT2_RULES,
     config_to_hf=_gpt2_to_hf, config_from_hf=_gpt2_from_hf,
     unsupported_export=_gpt2_unsupported_export, unsupported_import=_gpt2_unsupported_import,
     hf_prefix="transformer.", hf_ignore=(".attn.bias", ".attn.masked_bias"), zero_missing_bias=True,
@@ -262,11 +287,255 @@ def _llama_from_hf(hf: dict[str, Any]) -> ModelConfig:
 
 
 LLAMA = Family(
-    lmforge_family="llama", model_type="llama", architecture="LlamaForCausalLM", rules=LLAMA_RULES,
+    lmforge_family="llama", model_type="llama", architecture="LlamaForCausalLM", auto_class="AutoModelForCausalLM",
+    rules=LLAMA_RULES,
     config_to_hf=_llama_to_hf, config_from_hf=_llama_from_hf,
     unsupported_export=_llama_unsupported_export, unsupported_import=_llama_unsupported_import,
     hf_prefix="model.", hf_ignore=("rotary_emb.inv_freq",),
 )
 
 
-FAMILIES: tuple[Family, ...] = (GPT2, LLAMA)
+# --- BERT (BertForPreTraining) -------------------------------------------------------------------------------
+
+def _bert_layer(ours: str, theirs: str) -> tuple[Rule, ...]:
+    return _module(f"encoder.blocks.{{i}}.{ours}", f"bert.encoder.layer.{{i}}.{theirs}")
+
+
+BERT_RULES = (
+    Rule("embed.tok.weight", ("bert.embeddings.word_embeddings.weight",)),
+    Rule("embed.pos.weight", ("bert.embeddings.position_embeddings.weight",)),
+    # BERT always adds a token-type embedding; a model without segments exports one all-zero type.
+    Rule("embed.types.weight", ("bert.embeddings.token_type_embeddings.weight",), zeros=lambda cfg: (1, cfg.d_model)),
+    *_module("embed.norm", "bert.embeddings.LayerNorm"),
+    *_module("encoder.blocks.{i}.attn.wqkv", "bert.encoder.layer.{i}.attention.self.query",
+             "bert.encoder.layer.{i}.attention.self.key", "bert.encoder.layer.{i}.attention.self.value",
+             split=_qkv_rows),
+    *_bert_layer("attn.wo", "attention.output.dense"),
+    *_bert_layer("norm1", "attention.output.LayerNorm"),  # post-norm: after the attention residual
+    *_bert_layer("mlp.up", "intermediate.dense"),
+    *_bert_layer("mlp.down", "output.dense"),
+    *_bert_layer("norm2", "output.LayerNorm"),
+    *_module("pooler", "bert.pooler.dense"),
+    *_module("mlm_head.dense", "cls.predictions.transform.dense"),
+    *_module("mlm_head.norm", "cls.predictions.transform.LayerNorm"),
+    Rule("mlm_head.out.weight", ("cls.predictions.decoder.weight",)),
+    # transformers ties `decoder.bias` to `predictions.bias` in a tied model; an untied one computes with
+    # `decoder.bias` (transformers 5 saves both), so that one is read first and both are written.
+    Rule("mlm_head.out.bias", ("cls.predictions.decoder.bias",), also=("cls.predictions.bias",)),
+    *_module("nsp_head", "cls.seq_relationship"),
+)
+
+
+def _bert_unsupported_export(cfg: ModelConfig) -> list[str]:
+    problems = _mismatches(cfg, norm="layernorm", norm_position="post", pos="learned", mlp="standard")
+    if not cfg.embed_norm:
+        problems.append("embed_norm=False (BERT normalises the summed embeddings)")
+    if cfg.n_kv_head != cfg.n_head:
+        problems.append(f"n_kv_head={cfg.n_kv_head} (BERT has no grouped-query attention)")
+    if cfg.head_dim * cfg.n_head != cfg.d_model:
+        problems.append(f"head_dim={cfg.head_dim} (BERT needs d_model / n_head)")
+    if cfg.attn_scale is not None:
+        problems.append(f"attn_scale={cfg.attn_scale} (BERT scales attention by 1/sqrt(head_dim))")
+    return problems
+
+
+def _bert_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    return {
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "intermediate_size": cfg.d_ff,
+        "hidden_act": _act_to_hf(cfg.activation, "gelu_new"),
+        "hidden_dropout_prob": cfg.dropout,
+        "attention_probs_dropout_prob": cfg.dropout,
+        "max_position_embeddings": cfg.max_seq_len,
+        "type_vocab_size": max(cfg.type_vocab_size, 1),
+        "layer_norm_eps": cfg.norm_eps,
+        "initializer_range": cfg.init_std,
+        "position_embedding_type": "absolute",  # transformers 4 reads it; 5 knows only absolute positions
+        "is_decoder": False,
+        "add_cross_attention": False,
+        "tie_word_embeddings": cfg.tie_embeddings,
+    }
+
+
+def _bert_unsupported_import(hf: dict[str, Any]) -> list[str]:
+    problems = _flagged(hf, "is_decoder", "add_cross_attention")
+    position = hf.get("position_embedding_type") or "absolute"
+    if position != "absolute":
+        problems.append(f"position_embedding_type={position} (lmforge's BERT has learned absolute positions)")
+    act = hf.get("hidden_act", "gelu")
+    if act not in ACT_FROM_HF:
+        problems.append(f"hidden_act={act}")
+    return problems
+
+
+def _bert_from_hf(hf: dict[str, Any]) -> ModelConfig:
+    return ModelConfig(
+        family="bert", vocab_size=hf["vocab_size"], max_seq_len=hf["max_position_embeddings"],
+        n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"], d_model=hf["hidden_size"],
+        d_ff=hf["intermediate_size"], norm="layernorm", norm_eps=hf.get("layer_norm_eps", 1e-12),
+        norm_position="post", mlp="standard", activation=ACT_FROM_HF[hf.get("hidden_act", "gelu")], pos="learned",
+        type_vocab_size=hf.get("type_vocab_size", 2), embed_norm=True, bias=True,
+        tie_embeddings=hf.get("tie_word_embeddings", True), dropout=hf.get("hidden_dropout_prob", 0.1),
+        init_std=hf.get("initializer_range", 0.02),
+    )
+
+
+BERT = Family(
+    lmforge_family="bert", model_type="bert", architecture="BertForPreTraining", auto_class="AutoModelForPreTraining",
+    rules=BERT_RULES, config_to_hf=_bert_to_hf, config_from_hf=_bert_from_hf,
+    unsupported_export=_bert_unsupported_export, unsupported_import=_bert_unsupported_import,
+    hf_prefix="bert.", hf_ignore=("embeddings.position_ids",), zero_missing_bias=True,
+    hf_renames=((".LayerNorm.gamma", ".LayerNorm.weight"), (".LayerNorm.beta", ".LayerNorm.bias")),
+    optional=("pooler.", "mlm_head.", "nsp_head."), generates=False,
+)
+
+
+# --- T5 (T5ForConditionalGeneration) -------------------------------------------------------------------------
+
+def _gated(cfg: ModelConfig) -> bool:
+    return cfg.mlp == "gated"
+
+
+def _standard(cfg: ModelConfig) -> bool:
+    return cfg.mlp != "gated"
+
+
+def _kv_rows(cfg: ModelConfig) -> list[int]:
+    return [cfg.n_kv_head * cfg.head_dim] * 2
+
+
+def _t5_attention(ours: str, theirs: str) -> tuple[Rule, ...]:
+    return (_weight(f"{ours}.attn.wqkv", f"{theirs}.q", f"{theirs}.k", f"{theirs}.v", split=_qkv_rows),
+            _weight(f"{ours}.attn.wo", f"{theirs}.o"))
+
+
+def _t5_mlp(ours: str, theirs: str) -> tuple[Rule, ...]:
+    """T5 names its MLP by gating: `wi` (standard), or `wi_0` (the activated gate) and `wi_1` (the linear half)."""
+    return (_weight(f"{ours}.gate", f"{theirs}.wi_0", when=_gated),
+            _weight(f"{ours}.up", f"{theirs}.wi_1", when=_gated),
+            _weight(f"{ours}.up", f"{theirs}.wi", when=_standard),
+            _weight(f"{ours}.down", f"{theirs}.wo"))
+
+
+# Encoder blocks are {i}, decoder blocks {j}. Only block 0 of each stack holds the relative-position table in
+# Hugging Face; lmforge's stack owns it and adds it in every layer, which is what T5 does with block 0's output.
+T5_RULES = (
+    Rule("embed.tok.weight", ("shared.weight",)),
+    _weight("encoder.rel_bias.bias", "encoder.block.0.layer.0.SelfAttention.relative_attention_bias"),
+    _weight("encoder.blocks.{i}.norm1", "encoder.block.{i}.layer.0.layer_norm"),
+    *_t5_attention("encoder.blocks.{i}", "encoder.block.{i}.layer.0.SelfAttention"),
+    _weight("encoder.blocks.{i}.norm2", "encoder.block.{i}.layer.1.layer_norm"),
+    *_t5_mlp("encoder.blocks.{i}.mlp", "encoder.block.{i}.layer.1.DenseReluDense"),
+    _weight("encoder.norm_f", "encoder.final_layer_norm"),
+    _weight("decoder.rel_bias.bias", "decoder.block.0.layer.0.SelfAttention.relative_attention_bias"),
+    _weight("decoder.blocks.{j}.norm1", "decoder.block.{j}.layer.0.layer_norm"),
+    *_t5_attention("decoder.blocks.{j}", "decoder.block.{j}.layer.0.SelfAttention"),
+    _weight("decoder.blocks.{j}.norm_cross", "decoder.block.{j}.layer.1.layer_norm"),
+    _weight("decoder.blocks.{j}.cross_attn.wq", "decoder.block.{j}.layer.1.EncDecAttention.q"),
+    _weight("decoder.blocks.{j}.cross_attn.wkv", "decoder.block.{j}.layer.1.EncDecAttention.k",
+            "decoder.block.{j}.layer.1.EncDecAttention.v", split=_kv_rows),
+    _weight("decoder.blocks.{j}.cross_attn.wo", "decoder.block.{j}.layer.1.EncDecAttention.o"),
+    _weight("decoder.blocks.{j}.norm2", "decoder.block.{j}.layer.2.layer_norm"),
+    *_t5_mlp("decoder.blocks.{j}.mlp", "decoder.block.{j}.layer.2.DenseReluDense"),
+    _weight("decoder.norm_f", "decoder.final_layer_norm"),
+    Rule("lm_head.weight", ("lm_head.weight",)),
+)
+
+
+def _t5_unsupported_export(cfg: ModelConfig) -> list[str]:
+    problems = _mismatches(cfg, norm="rmsnorm", norm_position="pre", pos="relative")
+    if cfg.bias:
+        problems.append("bias=True (T5 has no biases)")
+    if cfg.attn_scale != 1.0:
+        problems.append(f"attn_scale={cfg.attn_scale} (T5 leaves attention scores unscaled: needs 1.0)")
+    if cfg.n_kv_head != cfg.n_head:
+        problems.append(f"n_kv_head={cfg.n_kv_head} (T5 has no grouped-query attention)")
+    if cfg.mlp == "gated" and cfg.activation == "gelu":
+        problems.append("mlp=gated with activation=gelu (T5's gated-gelu is the tanh approximation: gelu_tanh)")
+    if cfg.scale_decoder_output and not cfg.tie_embeddings:
+        problems.append("scale_decoder_output=True with tie_embeddings=False (T5 scales only a tied output "
+                        "projection)")
+    if cfg.type_vocab_size:
+        problems.append(f"type_vocab_size={cfg.type_vocab_size} (T5 has no token types)")
+    if cfg.embed_norm:
+        problems.append("embed_norm=True (T5 does not normalise embeddings)")
+    return problems
+
+
+def _t5_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    if cfg.mlp == "gated":
+        ff = "gated-gelu" if cfg.activation == "gelu_tanh" else f"gated-{cfg.activation}"
+    else:
+        ff = _act_to_hf(cfg.activation, "gelu_new")
+    return {
+        "vocab_size": cfg.vocab_size,
+        "d_model": cfg.d_model,
+        "d_kv": cfg.head_dim,
+        "d_ff": cfg.d_ff,
+        "num_layers": cfg.n_layer,
+        "num_decoder_layers": cfg.n_decoder_layer,
+        "num_heads": cfg.n_head,
+        "relative_attention_num_buckets": cfg.relative_buckets,
+        "relative_attention_max_distance": cfg.relative_max_distance,
+        "feed_forward_proj": ff,
+        "layer_norm_epsilon": cfg.norm_eps,
+        "dropout_rate": cfg.dropout,
+        "initializer_factor": 1.0,
+        "n_positions": cfg.max_seq_len,  # T5 has no position limit; older T5 configs carry this, lmforge reads it
+        "is_encoder_decoder": True,
+        # Older transformers (and other readers) scale the decoder output exactly when tie_word_embeddings is
+        # true; transformers 5 reads scale_decoder_outputs. A tied lmforge model without the scaling is written
+        # untied, with a copy of the embedding as lm_head: every reader then computes the same logits.
+        "tie_word_embeddings": cfg.tie_embeddings and cfg.scale_decoder_output,
+        "scale_decoder_outputs": cfg.scale_decoder_output,
+    }
+
+
+def _t5_activation(hf: dict[str, Any]) -> tuple[bool, str]:
+    """(gated, Hugging Face activation name) from `feed_forward_proj`, as T5Config reads it."""
+    ff = hf.get("feed_forward_proj", "relu")
+    parts = ff.split("-")
+    return parts[0] == "gated", "gelu_new" if ff == "gated-gelu" else parts[-1]
+
+
+def _t5_unsupported_import(hf: dict[str, Any]) -> list[str]:
+    ff = hf.get("feed_forward_proj", "relu")
+    parts = ff.split("-")
+    _, act = _t5_activation(hf)
+    if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated") or act not in ACT_FROM_HF:
+        return [f"feed_forward_proj={ff}"]
+    return []
+
+
+def _t5_from_hf(hf: dict[str, Any]) -> ModelConfig:
+    gated, act = _t5_activation(hf)
+    tie = hf.get("tie_word_embeddings", True)
+    return ModelConfig(
+        family="t5", vocab_size=hf["vocab_size"], max_seq_len=hf.get("n_positions") or 512,
+        n_layer=hf["num_layers"], n_decoder_layer=hf.get("num_decoder_layers") or hf["num_layers"],
+        n_head=hf["num_heads"], head_dim=hf["d_kv"], d_model=hf["d_model"], d_ff=hf["d_ff"], norm="rmsnorm",
+        norm_eps=hf.get("layer_norm_epsilon", 1e-6), norm_position="pre", mlp="gated" if gated else "standard",
+        activation=ACT_FROM_HF[act], pos="relative", relative_buckets=hf.get("relative_attention_num_buckets", 32),
+        relative_max_distance=hf.get("relative_attention_max_distance", 128), attn_scale=1.0, bias=False,
+        # transformers 5 writes scale_decoder_outputs; before it, a tied head meant a scaled one (T5 v1.0) and an
+        # untied head an unscaled one (v1.1).
+        tie_embeddings=tie, scale_decoder_output=hf.get("scale_decoder_outputs", tie),
+        dropout=hf.get("dropout_rate", 0.1), init_std=0.05,  # lmforge's T5 initialisation (T5 has no such key)
+    )
+
+
+T5 = Family(
+    lmforge_family="t5", model_type="t5", architecture="T5ForConditionalGeneration",
+    auto_class="AutoModelForSeq2SeqLM", rules=T5_RULES, config_to_hf=_t5_to_hf, config_from_hf=_t5_from_hf,
+    unsupported_export=_t5_unsupported_export, unsupported_import=_t5_unsupported_import,
+    layers=lambda cfg: {"i": cfg.n_layer, "j": cfg.n_decoder_layer},
+    # transformers' own copies of the shared embedding, and a table some old checkpoints carry but never use.
+    hf_ignore=("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
+               "EncDecAttention.relative_attention_bias.weight"),
+)
+
+
+FAMILIES: tuple[Family, ...] = (GPT2, LLAMA, BERT, T5)

@@ -4,14 +4,16 @@ One mechanism for every family (torchtitan's state-dict-adapter idea): it reads 
 table from `families.py` to rename, fuse or split and transpose tensors, maps the config, and writes the other
 side's files atomically. It knows no family; a family is a table.
 
-An exported directory holds `config.json`, `model.safetensors`, `generation_config.json` and the tokenizer files,
-so `transformers.AutoModelForCausalLM.from_pretrained(dir)` and `AutoTokenizer.from_pretrained(dir)` load it with
-no custom code, and tools that read Hugging Face directories (vLLM, TGI, llama.cpp's `convert_hf_to_gguf.py`)
-can take it. Neither direction needs `transformers` itself: both sides are safetensors and JSON.
+An exported directory holds `config.json`, `model.safetensors`, `generation_config.json` (models that generate)
+and the tokenizer files, so the family's `transformers` Auto class (`AutoModelForCausalLM`,
+`AutoModelForPreTraining`, `AutoModelForSeq2SeqLM`) and `AutoTokenizer` load it with no custom code, and tools
+that read Hugging Face directories (vLLM, TGI, llama.cpp's `convert_hf_to_gguf.py`) can take it. Neither
+direction needs `transformers` itself: both sides are safetensors and JSON.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import pickle
@@ -24,7 +26,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from lmforge.atomic import atomic_directory, write_json
 from lmforge.errors import UserError
@@ -33,8 +35,10 @@ from lmforge.models.config import ModelConfig
 from lmforge.models.io import CONFIG, TOKENIZER_FILES, WEIGHTS, resolve_checkpoint
 
 HF_CONFIG, HF_WEIGHTS, HF_GENERATION = "config.json", "model.safetensors", "generation_config.json"
-# Special-token roles written to the tokenizer and generation configs, and lmforge's names for them.
-SPECIAL_ROLES = ("bos", "eos", "pad", "unk")
+# Special-token roles written to the tokenizer configs (lmforge spells them `<bos>`, ...); the first three are also
+# the model's bos/eos/pad ids in config.json and generation_config.json.
+SPECIAL_ROLES = ("bos", "eos", "pad", "unk", "mask", "sep", "cls")
+MODEL_ROLES = ("bos", "eos", "pad")
 
 
 # --- families ------------------------------------------------------------------------------------------------
@@ -59,14 +63,43 @@ def family_for_hf(hf_config: dict[str, Any], where: Path) -> Family:
                     fix=f"lmforge imports: {', '.join(f.model_type for f in FAMILIES)}")
 
 
-def _expand(family: Family, cfg: ModelConfig) -> Iterator[tuple[Rule, str, tuple[str, ...]]]:
-    """Each rule once per value of its placeholders: (rule, lmforge name, Hugging Face names)."""
+def _expand(family: Family, cfg: ModelConfig) -> Iterator[tuple[Rule, str, tuple[str, ...], tuple[str, ...]]]:
+    """The rules that hold for `cfg`, each once per value of its placeholders: (rule, lmforge name, Hugging Face
+    names, Hugging Face copies)."""
     counts = family.layers(cfg)
     for rule in family.rules:
+        if rule.when is not None and not rule.when(cfg):
+            continue
         keys = sorted({key for _, key, _, _ in string.Formatter().parse(rule.ours) if key})
         for values in itertools.product(*(range(counts[k]) for k in keys)):
             sub = dict(zip(keys, values))
-            yield rule, rule.ours.format(**sub), tuple(t.format(**sub) for t in rule.theirs)
+            yield (rule, rule.ours.format(**sub), tuple(t.format(**sub) for t in rule.theirs),
+                   tuple(t.format(**sub) for t in rule.also))
+
+
+def _meta_model(cfg: ModelConfig) -> nn.Module:
+    from lmforge.models import build_model
+
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        return build_model(cfg)
+
+
+def tied_names(cfg: ModelConfig) -> dict[str, str]:
+    """lmforge tensors that are another one (a tied output projection): {copy: source}.
+
+    Checkpoints store the source only (`models.io` writes a shared tensor once), whatever the family calls it.
+    """
+    first: dict[int, str] = {}
+    tied = {}
+    for name, t in _meta_model(cfg).state_dict(keep_vars=True).items():
+        tied_to = first.setdefault(id(t), name)
+        if tied_to != name:
+            tied[name] = tied_to
+    return tied
+
+
+def _hf_name(family: Family, cfg: ModelConfig, ours: str) -> str | None:
+    return next((theirs[0] for _, name, theirs, _ in _expand(family, cfg) if name == ours), None)
 
 
 # --- tensors -------------------------------------------------------------------------------------------------
@@ -74,35 +107,76 @@ def _expand(family: Family, cfg: ModelConfig) -> Iterator[tuple[Rule, str, tuple
 def to_hf_state(family: Family, cfg: ModelConfig, state: dict[str, Tensor]) -> dict[str, Tensor]:
     """lmforge tensors -> Hugging Face tensors (names, fused q|k|v split, Conv1D transposed)."""
     remaining = dict(state)
-    if cfg.tie_embeddings:
-        remaining.pop("lm_head.weight", None)  # the Hugging Face model ties it again from tie_word_embeddings
+    hf_ties = family.config_to_hf(cfg).get("tie_word_embeddings", cfg.tie_embeddings)
+    for copy, source in tied_names(cfg).items():
+        if hf_ties:
+            remaining.pop(copy, None)  # the Hugging Face model ties it again from tie_word_embeddings
+        else:
+            remaining[copy] = state[source]  # tied here, not there (T5 without output scaling): write a copy
+    dtype = state["embed.tok.weight"].dtype
     out: dict[str, Tensor] = {}
-    for rule, ours, theirs in _expand(family, cfg):
+    for rule, ours, theirs, also in _expand(family, cfg):
         t = remaining.pop(ours, None)
         if t is None and family.zero_missing_bias and ours.endswith(".bias"):
             weight = state.get(ours.removesuffix("bias") + "weight")
             t = None if weight is None else weight.new_zeros(weight.shape[0])  # a zero bias adds nothing
+        if t is None and rule.zeros is not None:
+            t = torch.zeros(rule.zeros(cfg), dtype=dtype)
         if t is None:
             continue  # not in this config (no biases, no gate, tied head)
         parts = t.split(rule.split(cfg), dim=0) if rule.split else (t,)
         for name, part in zip(theirs, parts, strict=True):
             # clone: slices of one fused tensor share storage, which safetensors refuses to write
             out[name] = (part.T if rule.transpose else part).contiguous().clone()
+        for name in also:
+            out[name] = out[theirs[0]].clone()
     if remaining:  # check_state passed, so the family's table is incomplete: a bug, not the user's doing
         raise RuntimeError(f"the {family.model_type} table maps no Hugging Face name for {sorted(remaining)}")
     return out
 
 
+def normalize_hf_state(family: Family, hf_state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Today's Hugging Face names: buffers dropped, old spellings renamed, the base-model prefix added back."""
+    state = {}
+    for name, t in hf_state.items():
+        if name.endswith(family.hf_ignore):
+            continue
+        for old, new in family.hf_renames:
+            if name.endswith(old):
+                name = name.removesuffix(old) + new
+        state[name] = t
+    if family.hf_prefix and not any(k.startswith(family.hf_prefix) for k in state):
+        state = {family.hf_prefix + k: v for k, v in state.items()}  # saved from the base model class
+    return state
+
+
+def untie_if_distinct(family: Family, cfg: ModelConfig, hf_state: dict[str, Tensor]) -> ModelConfig:
+    """A config that ties the output projection, over weights holding a different one: untied, as transformers
+    loads it (transformers 5 saves T5 v1.1 that way)."""
+    if not cfg.tie_embeddings:
+        return cfg
+    for copy, source in tied_names(cfg).items():
+        a, b = hf_state.get(_hf_name(family, cfg, copy) or ""), hf_state.get(_hf_name(family, cfg, source) or "")
+        if a is not None and b is not None and not torch.equal(a, b):
+            return dataclasses.replace(cfg, tie_embeddings=False)
+    return cfg
+
+
 def from_hf_state(family: Family, cfg: ModelConfig, hf_state: dict[str, Tensor], where: Path) -> dict[str, Tensor]:
-    """Hugging Face tensors -> lmforge tensors (the inverse of `to_hf_state`)."""
-    remaining = {k: v for k, v in hf_state.items() if not k.endswith(family.hf_ignore)}
-    if family.hf_prefix and not any(k.startswith(family.hf_prefix) for k in remaining):
-        remaining = {family.hf_prefix + k: v for k, v in remaining.items()}  # saved from the base model class
+    """Hugging Face tensors (normalized) -> lmforge tensors (the inverse of `to_hf_state`)."""
+    remaining = dict(hf_state)
     if cfg.tie_embeddings:
-        remaining.pop("lm_head.weight", None)
+        for copy in tied_names(cfg):
+            remaining.pop(_hf_name(family, cfg, copy) or "", None)  # a stored copy of the tied embedding
     out: dict[str, Tensor] = {}
-    for rule, ours, theirs in _expand(family, cfg):
+    for rule, ours, theirs, also in _expand(family, cfg):
         present = [name for name in theirs if name in remaining]
+        if not present:
+            theirs = tuple(name for name in also if name in remaining)[:1]  # a copy stands in for the original
+            present = list(theirs)
+        for name in also:
+            if name not in theirs:
+                remaining.pop(name, None)
         if not present:
             continue
         if len(present) != len(theirs):
@@ -120,12 +194,8 @@ def from_hf_state(family: Family, cfg: ModelConfig, hf_state: dict[str, Tensor],
 
 def check_state(cfg: ModelConfig, state: dict[str, Tensor], where: Path) -> None:
     """The tensors must be exactly those of the lmforge model `cfg` describes (names and shapes)."""
-    from lmforge.models import build_model
-
-    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        expected = {k: v.shape for k, v in build_model(cfg).state_dict().items()}
-    if cfg.tie_embeddings:
-        expected.pop("lm_head.weight", None)
+    tied = tied_names(cfg)
+    expected = {k: v.shape for k, v in _meta_model(cfg).state_dict().items() if k not in tied}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [f"{k} {tuple(state[k].shape)} (config: {tuple(expected[k])})" for k in state
@@ -178,10 +248,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 # --- tokenizer -----------------------------------------------------------------------------------------------
 
 def special_tokens(tokenizer_dir: Path) -> dict[str, tuple[str, int]]:
-    """role -> (token, id) for the bos/eos/pad/unk tokens the tokenizer has.
+    """role -> (token, id) for the special tokens (SPECIAL_ROLES) the tokenizer has.
 
     A role named in `special_tokens_map.json` / `tokenizer_config.json` wins; otherwise lmforge's own names
-    (`<bos>`, `<eos>`, `<pad>`, `<unk>`) are looked up in the vocabulary.
+    (`<bos>`, `<eos>`, `<pad>`, `<unk>`, `<mask>`, `<sep>`, `<cls>`) are looked up in the vocabulary.
     """
     if not (tokenizer_dir / "tokenizer.json").is_file():
         return {}
@@ -203,15 +273,17 @@ def special_tokens(tokenizer_dir: Path) -> dict[str, tuple[str, int]]:
     return found
 
 
-def _write_hf_tokenizer(src: Path, dst: Path, specials: dict[str, tuple[str, int]], max_len: int) -> None:
+def _write_hf_tokenizer(src: Path, dst: Path, specials: dict[str, tuple[str, int]], cfg: ModelConfig) -> None:
     """tokenizer.json as is, plus the configs `AutoTokenizer` needs to build a fast tokenizer from it."""
     if not (src / "tokenizer.json").is_file():
         return
     shutil.copy2(src / "tokenizer.json", dst / "tokenizer.json")
     config = _read_json(src / "tokenizer_config.json") if (src / "tokenizer_config.json").is_file() else {}
     roles = {f"{role}_token": token for role, (token, _) in specials.items()}
-    config.update(roles, tokenizer_class="PreTrainedTokenizerFast", model_max_length=max_len,
+    config.update(roles, tokenizer_class="PreTrainedTokenizerFast", model_max_length=cfg.max_seq_len,
                   clean_up_tokenization_spaces=False)  # decode exactly what tokenizers decodes
+    if cfg.type_vocab_size:  # the fast tokenizer returns the template's segment ids only when asked to
+        config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
     write_json(dst / "tokenizer_config.json", config)
     write_json(dst / "special_tokens_map.json", roles)
 
@@ -239,17 +311,26 @@ def _check_out_dir(out: Path, src: Path) -> None:
                         fix="choose a new --out, or remove it first")
 
 
+def token_ids(config: dict[str, Any], specials: dict[str, tuple[str, int]]) -> dict[str, int | None]:
+    """bos/eos/pad ids (and, for an encoder-decoder, the decoder's start id) for config.json and generation."""
+    ids = {f"{role}_token_id": specials[role][1] if role in specials else None for role in MODEL_ROLES}
+    if config.get("is_encoder_decoder"):
+        # T5's convention, which lmforge's encoder-decoder follows: decoding starts from the padding token.
+        ids["decoder_start_token_id"] = ids["pad_token_id"] if ids["pad_token_id"] is not None else 0
+    return ids
+
+
 def hf_config(family: Family, cfg: ModelConfig, specials: dict[str, tuple[str, int]], dtype: torch.dtype
               ) -> dict[str, Any]:
-    ids = {f"{role}_token_id": specials[role][1] if role in specials else None for role in ("bos", "eos", "pad")}
+    config = family.config_to_hf(cfg)
     dtype_name = str(dtype).removeprefix("torch.")
     return {
         "architectures": [family.architecture],
         "model_type": family.model_type,
-        **family.config_to_hf(cfg),
+        **config,
         # Written even when None: the Hugging Face config classes default to their own ids (GPT-2: 50256),
         # which may not even exist in this vocabulary.
-        **ids,
+        **token_ids(config, specials),
         "dtype": dtype_name,
         "torch_dtype": dtype_name,  # the name older transformers and other readers look for
         "use_cache": True,
@@ -275,14 +356,37 @@ def export_hf(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     check_state(cfg, state, ckpt / WEIGHTS)
     hf_state = to_hf_state(family, cfg, state)
     specials = special_tokens(ckpt)
-    dtype = state["embed.tok.weight"].dtype
+    config = hf_config(family, cfg, specials, state["embed.tok.weight"].dtype)
     with atomic_directory(out) as tmp:
         save_file(hf_state, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})  # transformers wants "pt"
-        write_json(tmp / HF_CONFIG, hf_config(family, cfg, specials, dtype))
-        write_json(tmp / HF_GENERATION, {f"{role}_token_id": token_id for role, (_, token_id) in specials.items()
-                                         if role in ("bos", "eos", "pad")})
-        _write_hf_tokenizer(ckpt, tmp, specials, cfg.max_seq_len)
+        write_json(tmp / HF_CONFIG, config)
+        if family.generates:
+            write_json(tmp / HF_GENERATION, {k: v for k, v in token_ids(config, specials).items() if v is not None})
+        _write_hf_tokenizer(ckpt, tmp, specials, cfg)
     return out
+
+
+def loader_hint(hf_dir: str | Path) -> str:
+    """How to load an exported directory, for messages: `transformers.AutoModelFor...from_pretrained`."""
+    family = family_for_hf(_read_json(Path(hf_dir) / HF_CONFIG), Path(hf_dir) / HF_CONFIG)
+    return f"transformers.{family.auto_class}.from_pretrained"
+
+
+def fill_optional(family: Family, cfg: ModelConfig, state: dict[str, Tensor]) -> list[str]:
+    """Add the optional heads (`Family.optional`) the checkpoint lacks, initialised as lmforge initialises them.
+
+    Returns the heads added, e.g. ["pooler", "nsp_head"] for a BertForMaskedLM checkpoint.
+    """
+    tied = tied_names(cfg)
+    expected = [k for k in _meta_model(cfg).state_dict() if k not in tied]
+    absent = [k for k in expected if k not in state and k.startswith(family.optional)]
+    if not absent:
+        return []
+    from lmforge.models import build_model
+
+    fresh = build_model(cfg).state_dict()
+    state.update({k: fresh[k] for k in absent})
+    return [prefix.rstrip(".") for prefix in family.optional if any(k.startswith(prefix) for k in absent)]
 
 
 def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
@@ -302,8 +406,16 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
     except KeyError as e:
         raise UserError(f"config.json lacks {e}", where=src / HF_CONFIG) from None
     _check_out_dir(out, src)
-    state = from_hf_state(family, cfg, read_hf_weights(src), src)
+    hf_state = normalize_hf_state(family, read_hf_weights(src))
+    cfg = untie_if_distinct(family, cfg, hf_state)
+    state = from_hf_state(family, cfg, hf_state, src)
+    added = fill_optional(family, cfg, state)
     check_state(cfg, state, src)
+    if added:
+        from lmforge.progress import console
+
+        console.print(f"note: {src} has no {', '.join(added)} weights: initialised randomly (fine-tune before "
+                      "using them)", markup=False, highlight=False, soft_wrap=True)
     with atomic_directory(out) as tmp:
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
         cfg.save(tmp / CONFIG)

@@ -60,7 +60,8 @@ def load_state(model: nn.Module, path: Path) -> None:
         raise UserError(f"model weights are unreadable or truncated ({e})", where=path,
                         fix="re-save the checkpoint, or use an earlier one") from None
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not _is_tied(model, k)]
+    tied = _tied_names(model)
+    missing = [k for k in expected if k not in state and k not in tied]
     unexpected = [k for k in state if k not in expected]
     wrong = [k for k in state if k in expected and state[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
@@ -72,8 +73,16 @@ def load_state(model: nn.Module, path: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def _is_tied(model: nn.Module, name: str) -> bool:
-    return name == "lm_head.weight" and getattr(getattr(model, "cfg", None), "tie_embeddings", False)
+def _tied_names(model: nn.Module) -> set[str]:
+    """Tensors that are an earlier one (a tied output projection: `lm_head.weight`, BERT's `mlm_head.out.weight`),
+    which the checkpoint holds once, under the first name."""
+    seen: set[int] = set()
+    tied = set()
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) in seen:
+            tied.add(name)
+        seen.add(id(t))
+    return tied
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig]:
