@@ -1,0 +1,76 @@
+"""Distributed training, applied to a built model from outside (torchtitan-style).
+
+- `env`: join the torchrun process group (or not), pick the device, small collectives that are no-ops alone.
+- `parallelize`: activation checkpointing -> torch.compile -> FSDP2 or DDP, per Transformer block.
+- `checkpoint`: full and sharded (DCP) checkpoints that load into any world size, and export to one file.
+
+Launch: `torchrun --nproc_per_node N ...`; without torchrun everything here runs as a single process.
+"""
+
+from __future__ import annotations
+
+from lmforge.dist.checkpoint import (
+    export_single_file,
+    full_model,
+    is_sharded_checkpoint,
+    load_model_state,
+    load_optimizer_state,
+    load_sharded,
+    model_state,
+    optimizer_state,
+    read_extra,
+    save_sharded,
+)
+from lmforge.dist.env import (
+    DistEnv,
+    Place,
+    all_gather_object,
+    all_reduce_max,
+    all_reduce_mean,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    record,
+    setup,
+    teardown,
+)
+from lmforge.dist.parallelize import (
+    ParallelConfig,
+    clip_grad_norm_,
+    is_fsdp,
+    no_grad_sync,
+    parallelize,
+    transformer_blocks,
+    unwrap,
+)
+
+__all__ = [
+    "DistEnv",
+    "ParallelConfig",
+    "Place",
+    "all_gather_object",
+    "all_reduce_max",
+    "all_reduce_mean",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_object",
+    "clip_grad_norm_",
+    "export_single_file",
+    "full_model",
+    "is_fsdp",
+    "is_sharded_checkpoint",
+    "load_model_state",
+    "load_optimizer_state",
+    "load_sharded",
+    "model_state",
+    "no_grad_sync",
+    "optimizer_state",
+    "parallelize",
+    "read_extra",
+    "record",
+    "save_sharded",
+    "setup",
+    "teardown",
+    "transformer_blocks",
+    "unwrap",
+]
