@@ -12,6 +12,18 @@ os.environ.setdefault("LMFORGE_QUIET", "1")  # no live progress bars in test log
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test on one intra-op thread: the suite runs one test per core (pytest -n 2), tiny models gain
+    nothing from more, and matmuls are bit-for-bit repeatable against subprocesses run with OMP_NUM_THREADS=1."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """../shared/data beside the checkout; the test is skipped with a reason when it is absent."""

@@ -80,6 +80,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
             if child.is_file():
                 with open(child, "rb") as f:
                     os.fsync(f.fileno())
+                os.chmod(child, _FILE_MODE)  # some writers (safetensors) create owner-only files
         os.chmod(tmp, _DIR_MODE)
         old = None
         if path.exists():

@@ -1,0 +1,78 @@
+"""`lmforge train`: train a model on prepared data (the loop is `lmforge.train.train`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lmforge.cli.common import add_verb
+from lmforge.config import resolve
+from lmforge.train.config import TrainConfig
+
+ORDER = 30
+
+DESCRIPTION = """\
+Train a language model on a directory made by `lmforge prepare`.
+
+The model starts from a preset (--preset, default tiny); any model.* option overrides the preset's value, and the
+vocabulary size comes from the data's tokenizer. AdamW with linear warmup then a schedule (--optim.schedule),
+gradient accumulation (--grad-accum) and clipping (--optim.grad-clip). On CUDA the run uses bf16 autocast (fp16
+with loss scaling on GPUs without bf16) and torch.compile (--no-compile to skip it); on a CPU, fp32.
+
+Outputs in OUT: checkpoints/step_NNNNNN (weights, config, tokenizer and the training state; the newest
+--keep-last are kept) and checkpoints/best (lowest val loss), metrics.jsonl, tensorboard/, loss_curve.png and the
+effective config.yaml. Every --eval-every steps the val split gives loss, perplexity and bits per byte;
+--early-stop-patience N stops after N evaluations without a better val loss. A NaN/inf loss stops the run
+(exit status 2) unless --on-nonfinite skip. With --resume a killed run continues exactly where its last
+checkpoint left it.
+
+examples:
+  lmforge train --data data/prepared --out runs/tiny                       # tiny preset, default schedule
+  lmforge train --data data/prepared --out runs/deeper --model.n-layer 6 --model.dropout 0.1
+  lmforge train --data data/prepared --preset llama-tiny --steps 5000 --optim.lr 3e-4 --optim.schedule linear
+  lmforge train --data data/prepared --batch-size 8 --grad-accum 4 --eval-every 100 --early-stop-patience 5
+  lmforge train --out runs/tiny --resume                                   # continue a run (its config.yaml)
+  lmforge train --out runs/tiny --resume --steps 4000                      # ... and train it for longer
+  lmforge train --config my_run.yaml --batch-size 32                       # YAML file, flags override it
+  tensorboard --logdir runs/tiny/tensorboard                               # watch the curves
+"""
+
+
+def _main(args: argparse.Namespace) -> int:
+    from lmforge.train.trainer import train
+
+    # `--resume` without `--config` continues the run under its own effective config; flags still override it.
+    config = None
+    if getattr(args, "resume", False) and getattr(args, "config", None) is None:
+        saved = Path(getattr(args, "out", TrainConfig.out)) / "config.yaml"
+        config = saved if saved.is_file() else None
+    cfg = resolve(TrainConfig, args, config=config)
+    result = train(cfg)
+
+    lines = [f"trained {result.step} steps ({result.stopped.replace('_', ' ')})"]
+    if result.val:
+        val = result.val
+        lines[0] += f": val loss {val['val_loss']:.4f}" + (f", {val['val_bpb']:.3f} bits/byte" if "val_bpb" in val
+                                                          else "")
+    if result.skipped_steps:
+        lines.append(f"  skipped non-finite steps: {result.skipped_steps}")
+    lines += [f"  checkpoint:  {result.checkpoint}"]
+    if result.best_checkpoint is not None:
+        lines.append(f"  best:        {result.best_checkpoint} (val loss {result.best_val_loss:.4f} at step "
+                     f"{result.best_step})")
+    lines.append(f"  metrics:     {result.metrics}")
+    if result.tensorboard is not None:
+        lines.append(f"  tensorboard: {result.tensorboard}")
+    if result.plot is not None:
+        lines.append(f"  loss curve:  {result.plot}")
+    lines.append(f"  config:      {result.config}")
+    if cfg.model.family == "bert":
+        lines.append(f"next: lmforge embed --checkpoint {result.out} --input sentences.txt --out emb.npy")
+    else:
+        lines.append(f"next: lmforge generate --checkpoint {result.out}")
+    print("\n".join(lines))
+    return 0
+
+
+def register(sub) -> None:
+    add_verb(sub, "train", TrainConfig, _main, help="train a model on prepared data", description=DESCRIPTION)

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity and bits per byte, model comparisons, retrieval and task metrics."""

@@ -1,0 +1,163 @@
+"""Checkpoints of a training run.
+
+    OUT/checkpoints/
+        step_000100/            model.safetensors, config.json, tokenizer files  (the model format, models/io.py)
+                                train_state.pt  (optimizer, schedule, grad scaler, RNG states, data position, ...)
+        step_000200/
+        best/                   model files + metrics.json: the lowest val loss so far
+        latest                  text file naming the newest step directory
+
+Every directory is built in a temporary sibling and renamed into place (`lmforge.atomic`), so a process killed at
+any moment leaves the previous checkpoint intact; `--resume` takes the newest complete one. A step directory is a
+model checkpoint every other verb reads; the training state sits beside the weights in its own file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lmforge.atomic import atomic_directory, write_json, write_text
+from lmforge.errors import UserError
+from lmforge.models.config import ModelConfig
+from lmforge.models.io import CONFIG, WEIGHTS, load_state, write_model_files
+
+STATE = "train_state.pt"
+STATE_FORMAT = "lmforge-train-state/1"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+# Options that define the model or the training data stream: a checkpoint resumes only under the same values.
+RESUME_MUST_MATCH = ("objective", "objective_options", "batch_size", "seq_len", "grad_accum")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+class Checkpointer:
+    """Writes, lists and prunes the checkpoints under `root` (OUT/checkpoints)."""
+
+    def __init__(self, root: str | Path, keep_last: int = 0, tokenizer_dir: Path | None = None) -> None:
+        self.root = Path(root)
+        self.keep_last = keep_last
+        self.tokenizer_dir = tokenizer_dir
+
+    def steps(self) -> list[tuple[int, Path]]:
+        """Complete step checkpoints, oldest first."""
+        found = []
+        if self.root.is_dir():
+            for d in self.root.iterdir():
+                m = _STEP_DIR.match(d.name)
+                if m and all((d / f).is_file() for f in (WEIGHTS, CONFIG, STATE)):
+                    found.append((int(m.group(1)), d))
+        return sorted(found)
+
+    def latest(self) -> Path | None:
+        steps = self.steps()
+        return steps[-1][1] if steps else None
+
+    def remove_stale(self) -> None:
+        """Clean up after a save that was killed half-way (see `lmforge.atomic.atomic_directory`).
+
+        `.NAME.XXXX.tmp` is an unfinished save (or a pruned directory not yet deleted): removed. `.NAME.old` is
+        the previous NAME (e.g. best/), moved aside just before the new one was renamed in: put back if the kill
+        came between the two renames, else removed.
+        """
+        if not self.root.is_dir():
+            return
+        for d in self.root.glob(".*.tmp"):
+            _remove(d)
+        for d in self.root.glob(".*.old"):
+            target = self.root / d.name[1:-len(".old")]
+            if target.exists():
+                _remove(d)
+            else:
+                os.replace(d, target)
+
+    def save(self, step: int, model: nn.Module, model_cfg: ModelConfig, train_state: dict[str, Any]) -> Path:
+        _check_finite(model)
+        path = self.root / step_dir_name(step)
+        with atomic_directory(path) as tmp:
+            write_model_files(tmp, model, model_cfg, self.tokenizer_dir)
+            torch.save({"format": STATE_FORMAT, "model_config": model_cfg.to_dict(), **train_state}, tmp / STATE)
+        write_text(self.root / "latest", path.name + "\n")
+        self.prune()
+        return path
+
+    def save_best(self, model: nn.Module, model_cfg: ModelConfig, metrics: dict[str, Any]) -> Path:
+        _check_finite(model)
+        path = self.root / "best"
+        with atomic_directory(path) as tmp:
+            write_model_files(tmp, model, model_cfg, self.tokenizer_dir)
+            write_json(tmp / "metrics.json", metrics)
+        return path
+
+    def prune(self) -> None:
+        if self.keep_last <= 0:
+            return
+        for _, d in self.steps()[: -self.keep_last]:
+            # Renamed out of the way first, so that a kill during the deletion never leaves a half-deleted
+            # directory that still looks like a checkpoint.
+            doomed = d.with_name(f".{d.name}.pruned.tmp")
+            os.replace(d, doomed)
+            _remove(doomed)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _check_finite(model: nn.Module) -> None:
+    # The loop never applies a non-finite update; this guards the guarantee that no checkpoint holds garbage.
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise RuntimeError(f"refusing to checkpoint non-finite parameters: {', '.join(bad[:4])}")
+
+
+def load_train_state(ckpt: Path) -> dict[str, Any]:
+    """Read `ckpt/train_state.pt`, with one clear line for a missing, truncated or foreign file."""
+    path = Path(ckpt) / STATE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError("training state not found", where=path,
+                        fix="resume from a step checkpoint made by `lmforge train`") from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a damaged file
+        raise UserError(f"training state is unreadable or truncated ({type(e).__name__})", where=path,
+                        fix="delete this checkpoint directory to resume from the one before it") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise UserError("not an lmforge training state", where=path,
+                        fix="resume only from checkpoints written by `lmforge train`")
+    return state
+
+
+def check_compatible(state: dict[str, Any], model_cfg: ModelConfig, train_cfg: dict[str, Any],
+                     where: Path) -> None:
+    """Refuse to resume a checkpoint under a different model or data stream, in one line."""
+    saved = state["model_config"]
+    if saved.get("family") != model_cfg.family:
+        raise UserError(f"checkpoint holds a '{saved.get('family')}' model but the config asks for "
+                        f"'{model_cfg.family}'", where=where,
+                        fix="resume with the run's own config (--config OUT/config.yaml) or use a new --out")
+    current = model_cfg.to_dict()
+    diff = [f"model.{k} {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v]
+    old = state.get("train_config", {})
+    diff += [f"{k} {old.get(k)!r} -> {train_cfg.get(k)!r}" for k in RESUME_MUST_MATCH
+             if k in old and old.get(k) != train_cfg.get(k)]
+    if diff:
+        raise UserError(f"config does not match the checkpoint ({'; '.join(diff[:4])}"
+                        f"{' ...' if len(diff) > 4 else ''})", where=where,
+                        fix="resume with the run's own config (--config OUT/config.yaml) or use a new --out")
+
+
+def load_weights(ckpt: Path, model: nn.Module) -> None:
+    load_state(model, Path(ckpt) / WEIGHTS)

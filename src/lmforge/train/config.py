@@ -1,0 +1,147 @@
+"""`TrainConfig`: every option of a training run, each both a YAML key and a flag.
+
+A run starts from a named model preset (`--preset tiny`); any `model.*` option given in the YAML file or on the
+command line overrides the preset's value, and the vocabulary size comes from the prepared data's tokenizer unless
+set. The resolved config is written to `OUT/config.yaml`, so `lmforge train --config OUT/config.yaml` reproduces
+the run and `lmforge train --out OUT --resume` continues it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+from lmforge.config import field
+from lmforge.errors import UserError
+from lmforge.models.config import ModelConfig, get_preset
+from lmforge.train.objectives.options import ObjectiveOptions
+
+SCHEDULES = ("cosine", "linear", "step", "exponential", "constant")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# With --on-nonfinite skip, this many non-finite steps in a row means the run has diverged for good: stop anyway.
+MAX_CONSECUTIVE_SKIPS = 25
+
+
+@dataclass
+class OptimConfig:
+    lr: float = field(1e-3, "peak learning rate (reached at the end of warmup)")
+    weight_decay: float = field(0.1, "AdamW weight decay, applied to matrices and embeddings only")
+    betas: tuple[float, float] = field((0.9, 0.95), "AdamW betas")
+    eps: float = field(1e-8, "AdamW epsilon")
+    grad_clip: float = field(1.0, "clip the global gradient norm to this (0 = no clipping)")
+    schedule: str = field("cosine", "learning-rate schedule after warmup", choices=SCHEDULES)
+    warmup_steps: int | None = field(None, "linear warmup steps (default: steps/20, at most 1000)")
+    min_lr_ratio: float = field(0.1, "lowest learning rate as a fraction of lr (end of cosine/linear; floor of "
+                                     "step/exponential)")
+    step_size: int = field(1000, "step/exponential schedules: steps per decay by gamma")
+    gamma: float = field(0.5, "step/exponential schedules: decay factor per step_size steps")
+
+
+def _tensorboard_installed() -> bool:
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = field(None, "prepared data directory (made by `lmforge prepare`)")
+    out: str = field("runs/train", "run directory: checkpoints, metrics, plot and the effective config go here")
+    preset: str = field("tiny", "model preset to start from; model.* options override its fields")
+    model: ModelConfig = field(default_factory=ModelConfig, help="model options (override the preset)")
+    objective: str = field("causal_lm", "training objective: causal_lm (decoders), mlm / mlm_nsp (encoders), "
+                                        "span_corruption / seq2seq (encoder-decoders), contrastive (encoders)")
+    objective_options: ObjectiveOptions = field(default_factory=ObjectiveOptions,
+                                                help="options of the objective (each names the objectives it affects)")
+    steps: int = field(1000, "optimizer steps to train for")
+    batch_size: int = field(16, "sequences per micro-batch")
+    seq_len: int | None = field(None, "tokens per training sequence (default: model.max_seq_len)")
+    grad_accum: int = field(1, "micro-batches accumulated per optimizer step")
+    optim: OptimConfig = field(default_factory=OptimConfig, help="optimizer and schedule")
+    eval_every: int = field(250, "evaluate on the val split every N steps (0 = only at the end)")
+    eval_batches: int = field(100, "batches per evaluation (0 = the whole val split)")
+    early_stop_patience: int = field(0, "stop after this many evaluations without a better val loss (0 = off)")
+    checkpoint_every: int = field(500, "save a checkpoint every N steps (and always at the end)")
+    keep_last: int = field(3, "keep the newest N step checkpoints (0 = keep all); best/ is kept apart")
+    device: str = field("auto", "device: auto picks CUDA, then Apple MPS, then the CPU", choices=DEVICES)
+    precision: str = field("auto", "auto = bf16 autocast on CUDA (fp16 + loss scaling where bf16 is missing), "
+                                   "fp32 elsewhere", choices=PRECISIONS)
+    compile: bool | None = field(None, "torch.compile the model (default: on for CUDA, off elsewhere)")
+    seed: int = field(0, "seed for initialisation, data order and dropout")
+    resume: bool = field(False, "continue from the newest complete checkpoint in out (fresh start if none)")
+    on_nonfinite: str = field("stop", "on a NaN/inf loss: stop (exit 2), or skip the step's update (counted as a "
+                                      f"step; {MAX_CONSECUTIVE_SKIPS} in a row still stop)", choices=("stop", "skip"))
+    log_every: int = field(10, "log training metrics every N steps")
+    tensorboard: bool = field(_tensorboard_installed(), "write TensorBoard event files to out/tensorboard")
+
+    def __post_init__(self) -> None:
+        if self.seq_len is None:
+            self.seq_len = self.model.max_seq_len
+        if self.optim.warmup_steps is None:
+            self.optim.warmup_steps = min(1000, self.steps // 20)
+        self.validate()
+
+    def validate(self) -> None:
+        if not self.data:
+            raise UserError("no prepared data given", fix="pass --data DIR, a directory made by `lmforge prepare`")
+        if self.seq_len > self.model.max_seq_len:
+            raise UserError(f"seq_len {self.seq_len} is longer than the model's max_seq_len "
+                            f"{self.model.max_seq_len}",
+                            fix="lower --seq-len or raise --model.max-seq-len")
+        problems = [f"{name} must be positive" for name in ("steps", "batch_size", "seq_len", "grad_accum",
+                                                           "log_every") if getattr(self, name) <= 0]
+        problems += [f"{name} may not be negative" for name in ("eval_every", "eval_batches",
+                                                               "early_stop_patience", "keep_last")
+                     if getattr(self, name) < 0]
+        if self.checkpoint_every <= 0:
+            problems.append("checkpoint_every must be positive")
+        o = self.optim
+        if len(o.betas) != 2:
+            problems.append(f"optim.betas needs two values, got {list(o.betas)}")
+        if o.lr < 0 or o.weight_decay < 0 or o.grad_clip < 0 or o.warmup_steps < 0:
+            problems.append("optim.lr, weight_decay, grad_clip and warmup_steps may not be negative")
+        if not 0.0 <= o.min_lr_ratio <= 1.0:
+            problems.append(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+        if o.step_size <= 0 or not 0.0 < o.gamma <= 1.0:
+            problems.append("optim.step_size must be positive and optim.gamma in (0, 1]")
+        if problems:
+            raise UserError("invalid training config: " + "; ".join(problems),
+                            fix="see `lmforge train --help`")
+
+    @classmethod
+    def config_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Fill `model` from the preset under the user's `model.*` overrides, and vocab_size from the data.
+
+        Called by `lmforge.config.resolve` on the merged YAML + flags, before the dataclass is built.
+        """
+        data = dict(data)
+        if not isinstance(data.get("model") or {}, dict):
+            return data  # from_dict reports the wrong type
+        user_model = {k.replace("-", "_"): v for k, v in (data.get("model") or {}).items()}
+        base = get_preset(str(data.get("preset", "tiny"))).to_dict()
+        # Fields the preset only derived (d_ff = 4*d_model, n_kv_head = n_head, ...: those defaulting to None) are
+        # re-derived after the overrides, so `--model.d-model 64` on the tiny preset gives d_ff 256, not 512.
+        optional = [f.name for f in dataclasses.fields(ModelConfig) if f.default is None]
+        derived = ModelConfig(**{**base, **dict.fromkeys(optional)})
+        for name in optional:
+            if base[name] == getattr(derived, name):
+                del base[name]
+        model = {**base, **user_model}
+        if data.get("data"):
+            from lmforge.data.loaders import TokenDataset
+
+            vocab = TokenDataset.open(data["data"], "train").vocab_size
+            if "vocab_size" not in user_model:
+                # span_corruption's T5 sentinels take the ids after the tokenizer's vocabulary.
+                sentinels = 0
+                if data.get("objective") == "span_corruption":
+                    options = data.get("objective_options") or {}
+                    sentinels = int(options.get("sentinels", ObjectiveOptions.sentinels))
+                model["vocab_size"] = vocab + sentinels
+            elif int(user_model["vocab_size"]) < vocab:
+                raise UserError(f"model.vocab_size {user_model['vocab_size']} is smaller than the tokenizer's "
+                                f"vocabulary ({vocab})", where=data["data"],
+                                fix="leave model.vocab_size out (it is taken from the tokenizer) or raise it")
+        data["model"] = model
+        return data

@@ -1,0 +1,128 @@
+"""Training objectives: what a batch is, and how `(model, batch)` becomes a loss and metrics.
+
+The loop (`lmforge.train.trainer`) knows nothing of tokens, labels or masks: it asks the objective for a stream of
+training batches, calls `objective.forward(model, batch)` for the loss, and for evaluation sums the additive
+statistics the objective returns over a pass of held-out batches and lets the objective turn the totals into
+metrics. A new objective (masked LM, span corruption, seq2seq, contrastive, classification, ...) is one module in
+this package with a class decorated `@register("name")`; it is found by `--objective name` without touching the
+loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from torch import Tensor, nn
+
+from lmforge.errors import UserError
+
+if TYPE_CHECKING:
+    from lmforge.train.config import TrainConfig
+    from lmforge.train.runtime import Runtime
+
+
+@dataclass
+class Output:
+    """What `Objective.forward` returns.
+
+    `loss` is what the optimizer minimises (a mean over this batch's units). `sums` are additive statistics,
+    summed over batches (and ranks) to give exact metrics over a whole split: at least `loss` (the summed loss)
+    and `count` (the units it sums over, e.g. predicted tokens); `tokens` (input tokens processed) feeds the
+    throughput meter when present.
+    """
+
+    loss: Tensor
+    sums: dict[str, Tensor | float]
+
+
+class Objective:
+    """Base class of training objectives. Subclasses implement the four methods that raise below."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, cfg: TrainConfig, rt: Runtime) -> None:
+        self.cfg, self.rt = cfg, rt
+        # Tokenizer files copied into every checkpoint so that it is self-contained (None: none to copy).
+        self.tokenizer_dir: Path | None = None
+
+    def build_model(self) -> nn.Module:
+        """The model this objective trains, randomly initialised on the CPU (override to add a head)."""
+        from lmforge.models import build_model
+
+        return build_model(self.cfg.model)
+
+    def train_batches(self) -> Iterator[Any]:
+        """An endless stream of training batches (CPU tensors), resumable through `state_dict`."""
+        raise NotImplementedError
+
+    def eval_batches(self) -> Iterable[Any] | None:
+        """A fresh, deterministic pass over held-out batches (at most `cfg.eval_batches`), or None if none."""
+        raise NotImplementedError
+
+    def forward(self, model: nn.Module, batch: Any) -> Output:
+        raise NotImplementedError
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        """Metrics from the totals of `Output.sums` over an evaluation pass."""
+        raise NotImplementedError
+
+    # Position of the training stream, saved in checkpoints for exact resume.
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def to_device(self, batch: Any) -> Any:
+        """Move a batch (tensors in tuples, lists or dicts) to the run's device, asynchronously from pinned memory."""
+        if isinstance(batch, Tensor):
+            if self.rt.device.type == "cuda":
+                return batch.pin_memory().to(self.rt.device, non_blocking=True)
+            return batch.to(self.rt.device)
+        if isinstance(batch, tuple | list):
+            return type(batch)(self.to_device(b) for b in batch)
+        if isinstance(batch, dict):
+            return {k: self.to_device(v) for k, v in batch.items()}
+        return batch
+
+
+OBJECTIVES: dict[str, type[Objective]] = {}
+
+
+def register(name: str):
+    """Class decorator: make an `Objective` subclass available as `--objective name`."""
+    def deco(cls: type[Objective]) -> type[Objective]:
+        cls.name = name
+        OBJECTIVES[name] = cls
+        return cls
+    return deco
+
+
+def _discover() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+def get_objective(name: str) -> type[Objective]:
+    _discover()
+    if name not in OBJECTIVES:
+        raise UserError(f"unknown objective '{name}'", fix=f"choose one of {', '.join(sorted(OBJECTIVES))}")
+    return OBJECTIVES[name]
+
+
+def total(sums: Iterable[dict[str, Tensor | float]]) -> dict[str, float]:
+    """Add up `Output.sums` dicts; tensors are summed on their device and read once at the end."""
+    acc: dict[str, Tensor | float] = {}
+    for s in sums:
+        for k, v in s.items():
+            v = v.detach() if isinstance(v, Tensor) else v
+            acc[k] = acc[k] + v if k in acc else v
+    return {k: float(v.item()) if isinstance(v, Tensor) else float(v) for k, v in acc.items()}
+
+
+__all__ = ["OBJECTIVES", "Objective", "Output", "get_objective", "register", "total"]

@@ -1,0 +1,299 @@
+"""The training loop: one `train(cfg)` for every objective, model family and device.
+
+Each step: `grad_accum` micro-batches through the objective's loss, backward (scaled for fp16), unscale, clip,
+check the loss and gradient norm are finite, optimizer step, schedule step. Around it the loop calls components:
+the objective (batches, loss, eval metrics), the checkpointer, the LR schedule and the logging sinks. The model
+never learns it is being trained: devices, precision and compilation are applied from outside (`runtime`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lmforge.config import save_config, to_dict
+from lmforge.errors import UserError
+from lmforge.progress import console
+from lmforge.train.checkpoint import Checkpointer, check_compatible, load_train_state, load_weights
+from lmforge.train.config import MAX_CONSECUTIVE_SKIPS, TrainConfig
+from lmforge.train.logging import NullLogger, RunLogger, peak_flops, plot_loss_curve
+from lmforge.train.objectives import Objective, get_objective, total
+from lmforge.train.optim import build_optimizer, build_scheduler, lr_factor
+from lmforge.train.runtime import (
+    Runtime,
+    eval_mode,
+    parallelize,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    setup_runtime,
+)
+
+
+class NonFiniteLoss(UserError):
+    """The loss or the gradients became NaN or infinite."""
+
+
+@dataclass
+class Progress:
+    """The loop's own counters, saved in every checkpoint."""
+
+    step: int = 0
+    tokens: int = 0
+    best_val: float = math.inf
+    best_step: int | None = None
+    bad_evals: int = 0  # evaluations since the best one (early stopping)
+    skipped: int = 0  # non-finite steps skipped (on_nonfinite=skip)
+    history: dict[str, list] = field(default_factory=lambda: {"train": [], "val": []})  # for the plot
+    # Losses of the steps since the last train log: saved so that a resumed run logs the same means.
+    pending: list[float] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    step: int  # optimizer steps done (the run's, not only this process's)
+    stopped: str  # "completed" or "early_stop"
+    train_loss: float | None  # mean over the last log interval
+    val: dict[str, float]  # last evaluation: val_loss, val_ppl, val_bpb, ... (empty without a val split)
+    best_val_loss: float | None
+    best_step: int | None
+    skipped_steps: int
+    tokens: int  # training tokens seen by the run
+    tokens_per_s: float  # training throughput of this process (step time only)
+    checkpoint: Path | None  # newest step checkpoint
+    best_checkpoint: Path | None
+    metrics: Path
+    plot: Path | None
+    config: Path
+    tensorboard: Path | None
+    history: dict[str, list]
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    out = Path(cfg.out)
+    rt = setup_runtime(cfg.device, cfg.precision, cfg.compile)
+    seed_everything(cfg.seed)
+    objective = get_objective(cfg.objective)(cfg, rt)
+    ckpt = Checkpointer(out / "checkpoints", cfg.keep_last, objective.tokenizer_dir)
+    resumed_from = _resume_point(cfg, ckpt)  # before anything is written: a refusal leaves `out` as it was
+    model = objective.build_model().to(rt.device).train()
+    optimizer = build_optimizer(model, cfg.optim, rt.device)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
+    scaler = rt.grad_scaler()
+
+    prog = Progress()
+    if resumed_from is not None:
+        # Last: restoring the RNG states must come after everything above that draws random numbers.
+        prog = _restore(resumed_from, cfg, model, optimizer, scheduler, scaler, objective)
+        if prog.step >= cfg.steps and rt.is_main:
+            console.print(f"[yellow]{resumed_from.name} is already at step {prog.step} of --steps {cfg.steps}: "
+                          f"nothing to train (raise --steps to continue)[/yellow]")
+    start_tokens = prog.tokens
+    if rt.is_main:
+        config_path = save_config(dataclasses.replace(cfg, resume=False), out / "config.yaml")
+        logger: RunLogger | NullLogger = RunLogger(
+            out, total_steps=cfg.steps, start_step=prog.step, start_tokens=prog.tokens,
+            resume=resumed_from is not None, tensorboard=cfg.tensorboard,
+            flops_per_token=cfg.model.flops_per_token(cfg.seq_len), peak=peak_flops(rt.device))
+        if resumed_from is not None:
+            logger.event({"event": "resume", "step": prog.step, "checkpoint": str(resumed_from)},
+                         f"resumed from {resumed_from} at step {prog.step}")
+    else:
+        config_path, logger = out / "config.yaml", NullLogger()
+
+    step_model = parallelize(model, rt)
+    batches = objective.train_batches()
+    stopped, last_val, busy, skips_in_row = "completed", {}, 0.0, 0
+    last_ckpt = ckpt.latest()
+    try:
+        while prog.step < cfg.steps and stopped == "completed":
+            lr = optimizer.param_groups[0]["lr"]
+            t0 = time.perf_counter()
+            loss, grad_norm, tokens = _train_step(step_model, model, objective, batches, optimizer, scaler, rt,
+                                                  cfg.grad_accum, cfg.optim.grad_clip)
+            scheduler.step()
+            busy += time.perf_counter() - t0
+            prog.step += 1
+            prog.tokens += tokens * rt.world_size
+            step, last = prog.step, prog.step == cfg.steps
+            train_record = {"step": step, "lr": lr, "grad_norm": grad_norm}
+
+            if loss is None:  # non-finite: nothing was applied to the weights
+                prog.skipped += 1
+                skips_in_row += 1
+                _on_nonfinite(cfg, logger, step, lr, grad_norm, skips_in_row, prog.skipped)
+            else:
+                skips_in_row = 0
+                prog.pending.append(loss)
+            if step % cfg.log_every == 0 or last:
+                _log_train(logger, prog, train_record, busy)
+            else:
+                logger.step(step)
+
+            if (cfg.eval_every and step % cfg.eval_every == 0) or last:
+                metrics = evaluate(model, objective, rt)
+                if metrics is not None:
+                    last_val = {f"val_{k}": v for k, v in metrics.items()}
+                    prog.history["val"].append((step, metrics["loss"]))
+                    logger.eval({"step": step, **last_val})
+                    if metrics["loss"] < prog.best_val:
+                        prog.best_val, prog.best_step, prog.bad_evals = metrics["loss"], step, 0
+                        if rt.is_main:
+                            ckpt.save_best(model, cfg.model, {"step": step, **last_val})
+                    else:
+                        prog.bad_evals += 1
+                    if cfg.early_stop_patience and prog.bad_evals >= cfg.early_stop_patience:
+                        stopped = "early_stop"
+                        _log_train(logger, prog, train_record, busy)  # the steps since the last log
+                        logger.event({"event": "early_stop", "step": step, "best_step": prog.best_step},
+                                     f"early stop at step {step}: no better val loss in {prog.bad_evals} "
+                                     f"evaluations (best {prog.best_val:.4f} at step {prog.best_step})")
+
+            if (step % cfg.checkpoint_every == 0 or last or stopped != "completed") and rt.is_main:
+                last_ckpt = ckpt.save(step, model, cfg.model, _train_state(
+                    cfg, prog, optimizer, scheduler, scaler, objective, rt))
+    finally:
+        logger.close()
+        plot = None
+        if rt.is_main and (prog.history["train"] or prog.history["val"]):
+            plot = plot_loss_curve(prog.history, out / "loss_curve.png")
+
+    best = ckpt.root / "best"
+    return TrainResult(
+        out=out, step=prog.step, stopped=stopped,
+        train_loss=prog.history["train"][-1][1] if prog.history["train"] else None,
+        val=last_val, best_val_loss=None if prog.best_step is None else prog.best_val, best_step=prog.best_step,
+        skipped_steps=prog.skipped, tokens=prog.tokens,
+        tokens_per_s=(prog.tokens - start_tokens) / busy if busy else 0.0,
+        checkpoint=last_ckpt, best_checkpoint=best if best.is_dir() else None, metrics=out / "metrics.jsonl",
+        plot=plot, config=config_path,
+        tensorboard=out / "tensorboard" if cfg.tensorboard and (out / "tensorboard").is_dir() else None,
+        history=prog.history,
+    )
+
+
+def _log_train(logger: RunLogger | NullLogger, prog: Progress, record: dict[str, Any], busy: float) -> None:
+    """Log the mean loss of the steps since the last log (none when they were all skipped as non-finite)."""
+    if not prog.pending:
+        logger.step(record["step"])
+        return
+    loss = sum(prog.pending) / len(prog.pending)
+    prog.history["train"].append((record["step"], loss))
+    logger.train({**record, "loss": loss, "tokens": prog.tokens, "skipped": prog.skipped}, busy)
+    prog.pending = []
+
+
+def _train_step(step_model: nn.Module, model: nn.Module, objective: Objective, batches: Iterator[Any],
+                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, rt: Runtime, grad_accum: int,
+                grad_clip: float) -> tuple[float | None, float, int]:
+    """One optimizer step. Returns (mean loss or None if non-finite and not applied, grad norm, input tokens)."""
+    sums = []
+    for micro in range(grad_accum):
+        batch = next(batches)
+        with rt.no_sync(step_model, sync=micro == grad_accum - 1):
+            with rt.autocast():
+                out = objective.forward(step_model, batch)
+            # Each micro-batch's mean loss / grad_accum: the gradient of the mean over the whole step's batch.
+            scaler.scale(out.loss / grad_accum).backward()
+        sums.append(out.sums)
+    scaler.unscale_(optimizer)  # so clipping and the norm see true gradients (no-op without fp16)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
+    # One host sync per step: the price of never applying (or checkpointing) an update from a NaN loss.
+    totals = total(sums)
+    loss, norm = totals["loss"] / max(totals["count"], 1), float(grad_norm)
+    # With fp16 loss scaling, overflowing gradients are routine: the scaler skips that step and lowers its scale.
+    finite = math.isfinite(loss) and (math.isfinite(norm) or scaler.is_enabled())
+    if finite:
+        scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return (loss if finite else None), norm, int(totals.get("tokens", totals["count"]))
+
+
+def _on_nonfinite(cfg: TrainConfig, logger: RunLogger | NullLogger, step: int, lr: float, grad_norm: float,
+                  in_row: int, skipped: int) -> None:
+    record = {"event": "nonfinite", "step": step, "lr": lr, "grad_norm": grad_norm, "skipped": skipped}
+    fix = ("lower --optim.lr or raise --optim.warmup-steps, keep --optim.grad-clip on, or train in fp32/bf16 "
+           "instead of fp16; --resume restarts from the last good checkpoint")
+    if cfg.on_nonfinite == "stop":
+        logger.event(record)  # no progress message: the error line says it all
+        raise NonFiniteLoss(f"training diverged: the loss became NaN or infinite at step {step} (lr {lr:.3g}); "
+                            f"no checkpoint was written from it", fix=fix + ", or pass --on-nonfinite skip")
+    logger.event(record, f"step {step}: non-finite loss or gradients (lr {lr:.3g}); step skipped "
+                         f"({skipped} so far)")
+    if in_row >= MAX_CONSECUTIVE_SKIPS:
+        raise NonFiniteLoss(f"training diverged: {in_row} non-finite steps in a row up to step {step}", fix=fix)
+
+
+def evaluate(model: nn.Module, objective: Objective, rt: Runtime) -> dict[str, float] | None:
+    """The objective's metrics over one pass of its held-out batches (None when it has none)."""
+    batches = objective.eval_batches()
+    if batches is None:
+        return None
+    sums = []
+    with eval_mode(model), rt.autocast():
+        for batch in batches:
+            sums.append(objective.forward(model, batch).sums)
+    if not sums:
+        return None
+    return objective.summarize(rt.reduce_sum(total(sums)))
+
+
+def _train_state(cfg: TrainConfig, prog: Progress, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 scaler: torch.amp.GradScaler, objective: Objective, rt: Runtime) -> dict[str, Any]:
+    return {
+        "train_config": to_dict(cfg),
+        "progress": dataclasses.asdict(prog),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "rng": rng_state(),
+        "data": objective.state_dict(),
+        "world_size": rt.world_size,
+    }
+
+
+def _resume_point(cfg: TrainConfig, ckpt: Checkpointer) -> Path | None:
+    """The checkpoint to resume from; refuses to start over a run that has checkpoints unless resuming."""
+    if not cfg.resume and (ckpt.latest() is not None or (ckpt.root / "best").is_dir()):
+        latest = ckpt.latest()
+        raise UserError(f"{cfg.out} already holds a training run (newest checkpoint: "
+                        f"{latest.name if latest else 'best'})",
+                        fix="pass --resume to continue it, or choose another --out")
+    ckpt.remove_stale()
+    latest = ckpt.latest()
+    if cfg.resume and latest is None:
+        console.print(f"[yellow]--resume: no checkpoint in {ckpt.root} yet; starting from scratch[/yellow]")
+    return latest
+
+
+def _restore(path: Path, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+             scaler: torch.amp.GradScaler, objective: Objective) -> Progress:
+    state = load_train_state(path)
+    check_compatible(state, cfg.model, to_dict(cfg), path)
+    load_weights(path, model)
+    # The optimizer's hyperparameters and the schedule follow this run's options (more --steps, another
+    # --optim.lr or --optim.weight-decay, ...): only the moments and step counts come from the checkpoint.
+    # Unchanged options give exactly the update the interrupted run would have made next.
+    hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state["optimizer"])
+    for group, h in zip(optimizer.param_groups, hyper, strict=True):
+        group.update(h)
+    scheduler.load_state_dict(state["scheduler"])
+    scheduler.base_lrs = [cfg.optim.lr] * len(optimizer.param_groups)
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.optim.lr * lr_factor(scheduler.last_epoch, cfg.steps, cfg.optim)
+    if state.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(state["scaler"])
+    objective.load_state_dict(state["data"])
+    set_rng_state(state["rng"])
+    return Progress(**state["progress"])

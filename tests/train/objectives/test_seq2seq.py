@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lmforge.errors import UserError
+from lmforge.train.objectives.seq2seq import IGNORE_INDEX, EpochSampler, held_out, read_pairs
+
+from . import (
+    assert_learns,
+    last_eval,
+    make_objective,
+    run_train,
+    toy_pairs,
+    write_tsv,
+)
+
+T5 = ["--preset", "t5-tiny", "--objective", "seq2seq"]
+
+
+def test_reads_tsv_and_jsonl_pairs_with_named_columns(tmp_path):
+    pairs = [("a cat", "eine Katze"), ("two dogs", "zwei Hunde")]
+    tsv = tmp_path / "p.tsv"
+    tsv.write_text("id\ten\tde\n" + "".join(f"{i}\t{s}\t{t}\n" for i, (s, t) in enumerate(pairs)) + "\n")
+    assert read_pairs(tsv, "en", "de") == pairs
+    jsonl = tmp_path / "p.jsonl.gz"
+    with gzip.open(jsonl, "wt", encoding="utf-8") as f:
+        f.write("".join(json.dumps({"source": s, "target": t, "extra": 1}) + "\n" for s, t in pairs))
+    assert read_pairs(jsonl) == pairs
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("p.tsv", "en\tde\na\tb\n", "the TSV header has no column 'source', 'target' (it has: 'en', 'de')"),
+    ("p.tsv", "source\ttarget\na\tb\tc\n", "line 2 has 3 tab-separated fields, the header 2"),
+    ("p.tsv", "source\ttarget\na\t \n", "line 2: the source and target must both be non-empty text"),
+    ("p.jsonl", '{"source": "a", "target": "b"}\n{"source": "a"\n', "line 2 is not valid JSON"),
+    ("p.jsonl", '{"source": "a", "tgt": "b"}\n', "line 1 lacks the key(s) 'source' and 'target'"),
+    ("p.csv", "source,target\na,b\n", "pairs file must be .tsv (with a header row) or .jsonl"),
+    ("p.tsv", "source\ttarget\n", "pairs file holds no pairs"),
+])
+def test_bad_pairs_files_are_one_line(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError, match="^") as e:
+        read_pairs(path)
+    assert message in e.value.line() and str(path) in e.value.line()
+
+
+def test_held_out_pairs_are_fixed_by_index():
+    val = held_out(10_000, 0.1)
+    assert val.mean() == pytest.approx(0.1, abs=0.01)
+    assert (held_out(10_000, 0.1) == val).all() and (held_out(20_000, 0.1)[:10_000] == val).all()
+
+
+def test_epoch_sampler_covers_every_example_once_per_epoch_and_resumes():
+    s = EpochSampler(n=10, batch_size=4, seed=3)
+    it = iter(s)
+    epoch = [next(it) for _ in range(3)]  # 4 + 4 + 2
+    assert [len(b) for b in epoch] == [4, 4, 2] and sorted(np.concatenate(epoch).tolist()) == list(range(10))
+    state = s.state_dict()
+    expected = [next(it).tolist() for _ in range(4)]
+    again = EpochSampler(n=10, batch_size=4, seed=3)
+    again.load_state_dict(state)
+    it2 = iter(again)
+    assert [next(it2).tolist() for _ in range(4)] == expected
+    assert expected[0] != epoch[0].tolist()  # a new order each epoch
+    ranks = [np.concatenate([next(iter(EpochSampler(10, 10, seed=3, rank=r, world_size=2)))]) for r in (0, 1)]
+    assert sorted(np.concatenate(ranks).tolist()) == list(range(10))  # ranks split an epoch
+
+
+def test_seq2seq_batches_are_teacher_forced(tmp_path, tiny_data):
+    pairs = write_tsv(tmp_path / "p.tsv", toy_pairs(40))
+    obj = make_objective(tiny_data, "seq2seq", "t5-tiny", objective_options__pairs=str(pairs))
+    batch = next(obj.train_batches())
+    src, mask, tgt_in, labels = batch["src"], batch["src_mask"], batch["tgt_in"], batch["labels"]
+    for s, m, ti, lab in zip(src, mask, tgt_in, labels):
+        n, k = int(m.sum()), int((lab != IGNORE_INDEX).sum())
+        assert s[n - 1] == obj.eos_id and lab[k - 1] == obj.eos_id and (lab[k:] == IGNORE_INDEX).all()
+        assert ti[0] == obj.start_id and torch.equal(ti[1:k], lab[:k - 1])
+    text = [obj.sources[i] for i in obj.train_idx]
+    assert any(src[0, :int(mask[0].sum())].tolist() == t for t in text)
+
+
+def test_seq2seq_trains_from_the_cli_and_loss_decreases(tmp_path, tiny_data):
+    pairs = write_tsv(tmp_path / "p.tsv", toy_pairs())
+    rc, records = run_train(tiny_data, tmp_path / "run", *T5, "--objective-options.pairs", str(pairs),
+                            "--steps", "20", "--optim.lr", "3e-3", "--optim.schedule", "constant")
+    assert rc == 0
+    assert_learns(records)
+    val = last_eval(records)
+    assert val["val_target_tokens"] > 0 and 0.0 <= val["val_accuracy"] <= 1.0
+
+
+def test_source_longer_than_the_positions_is_one_line_and_truncation_fixes_it(tmp_path, tiny_data, capsys):
+    long = " ".join(["word"] * 100)
+    pairs = write_tsv(tmp_path / "p.tsv", [*toy_pairs(20), (long, "short")])
+    flags = [*T5, "--objective-options.pairs", str(pairs), "--model.max-seq-len", "32", "--steps", "2"]
+    rc, _ = run_train(tiny_data, tmp_path / "run", *flags)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "the source of pair 21 (with <eos>) has 301 tokens, more than the 32 the model's positions allow" in err
+    assert not (tmp_path / "run").exists()
+    rc, _ = run_train(tiny_data, tmp_path / "run", *flags, "--objective-options.max-source-len", "32")
+    assert rc == 0
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (T5, "objective 'seq2seq' trains on text pairs, but no pairs file is given"),
+    ([*T5, "--objective-options.pairs", "missing.tsv"], "missing.tsv: pairs file not found"),
+    ([*T5, "--objective-options.pairs", "p.tsv", "--objective-options.max-source-len", "300"],
+     "objective_options.max_source_len 300 is longer than the model's max_seq_len 256"),
+    (["--preset", "tiny", "--objective", "seq2seq"],
+     "objective 'seq2seq' trains encoder-decoder models (family t5), but the model is family 'gpt' (decoder)"),
+])
+def test_bad_input_is_one_line(tmp_path, tiny_data, capsys, flags, message):
+    rc, _ = run_train(tiny_data, tmp_path / "run", *flags)
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.shared_data
+def test_trains_on_multi30k_translation_pairs(tmp_path, tiny_data, shared_data):
+    from itertools import islice
+
+    def lines(name):
+        with gzip.open(shared_data / "multi30k" / name, "rt", encoding="utf-8") as f:
+            return [line.rstrip("\n") for line in islice(f, 300)]
+
+    pairs = write_tsv(tmp_path / "en-de.tsv", list(zip(lines("train.en.gz"), lines("train.de.gz"))),
+                      header=("en", "de"))
+    rc, records = run_train(tiny_data, tmp_path / "run", *T5, "--objective-options.pairs", str(pairs),
+                            "--objective-options.source-column", "en", "--objective-options.target-column", "de",
+                            "--objective-options.max-target-len", "64", "--steps", "5")
+    assert rc == 0
+    assert last_eval(records)["val_target_tokens"] > 0
