@@ -8,6 +8,7 @@ from lmforge.models.config import PRESETS, ModelConfig, get_preset
 from lmforge.models.decoder import DecoderLM
 from lmforge.models.encoder import EncoderModel
 from lmforge.models.encoder_decoder import EncoderDecoderLM
+from lmforge.models.lstm import LSTMLM
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -18,7 +19,10 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         return EncoderModel(cfg)
     if cfg.family == "t5":
         return EncoderDecoderLM(cfg)
+    if cfg.family == "lstm":
+        return LSTMLM(cfg)
     raise ValueError(f"unknown family {cfg.family!r}")
 
 
-__all__ = ["PRESETS", "DecoderLM", "EncoderDecoderLM", "EncoderModel", "ModelConfig", "build_model", "get_preset"]
+__all__ = ["LSTMLM", "PRESETS", "DecoderLM", "EncoderDecoderLM", "EncoderModel", "ModelConfig", "build_model",
+           "get_preset"]

@@ -16,13 +16,13 @@ from pathlib import Path
 from lmforge.config import field
 from lmforge.errors import UserError
 
-FAMILIES = ("gpt", "llama", "bert", "t5")
+FAMILIES = ("gpt", "llama", "bert", "t5", "lstm")
 
 
 @dataclass
 class ModelConfig:
-    family: str = field("gpt", "model family: gpt / llama (decoders), bert (encoder), t5 (encoder-decoder)",
-                        choices=FAMILIES)
+    family: str = field("gpt", "model family: gpt / llama (decoders), bert (encoder), t5 (encoder-decoder), "
+                                "lstm (recurrent baseline)", choices=FAMILIES)
     vocab_size: int = field(8192, "vocabulary size (set from the tokenizer when training)")
     max_seq_len: int = field(256, "longest sequence the model accepts (learned positions, cache size)")
     n_layer: int = field(4, "number of Transformer blocks")
@@ -130,8 +130,8 @@ class ModelConfig:
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L d T."""
         t = seq_len or self.max_seq_len
         layers = self.n_layer + (self.n_decoder_layer if self.family == "t5" else 0)
-        return 6 * self.num_params(include_embeddings=False) + 6 * self.vocab_size * self.d_model \
-            + 12 * layers * self.d_model * t
+        attention = 0 if self.family == "lstm" else 12 * layers * self.d_model * t
+        return 6 * self.num_params(include_embeddings=False) + 6 * self.vocab_size * self.d_model + attention
 
 
 PRESETS: dict[str, Callable[[], ModelConfig]] = {}
@@ -216,6 +216,24 @@ def t5_small() -> ModelConfig:
 def llama_small() -> ModelConfig:
     """~110M-parameter Llama-style model (GQA, RoPE, SwiGLU, RMSNorm)."""
     return _llama(n_layer=12, n_head=12, n_kv_head=4, d_model=768, max_seq_len=2048, vocab_size=32000)
+
+
+def _lstm(**kw) -> ModelConfig:
+    """Recurrent baseline (attention fields unused). Embeddings start at std 0.25, not a Transformer's 0.02: an
+    LSTM fed near-zero input vectors lingers at the unigram loss far longer."""
+    return ModelConfig(family="lstm", max_seq_len=256, tie_embeddings=True, init_std=0.25, **kw)
+
+
+@preset
+def lstm_tiny() -> ModelConfig:
+    """A 1-layer LSTM of width 256, for CPU comparisons with the tiny Transformer."""
+    return _lstm(n_layer=1, d_model=256)
+
+
+@preset
+def lstm_small() -> ModelConfig:
+    """A 2-layer LSTM of width 512 with dropout between layers."""
+    return _lstm(n_layer=2, d_model=512, dropout=0.1)
 
 
 def get_preset(name: str) -> ModelConfig:

@@ -1,0 +1,97 @@
+"""LSTM language model and LSTM classifier: the recurrent baselines, with the Transformer's interface.
+
+`LSTMLM` maps idx (B, T) -> logits (B, T, V) like `DecoderLM`, so the same trainer, objective, checkpoint format
+and evaluation serve both (`lmforge train --preset lstm-tiny`). From `ModelConfig` it uses: vocab_size, d_model
+(embedding and hidden width), n_layer (stacked LSTM layers), dropout (on the embeddings, between layers and before
+the output), tie_embeddings, init_std (embeddings and output matrix; the lstm presets use 0.25). max_seq_len is
+only the default training length: a recurrent model has no position table, so it reads sequences of any length.
+The attention fields (n_head, pos, norm, ...) are ignored.
+
+`LSTMClassifier` is the same embedding + LSTM read by a pooled linear head (n_classes logits per sequence).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from lmforge.models.config import ModelConfig
+
+State = tuple[Tensor, Tensor]  # (h, c), each (n_layer, B, d_model)
+
+
+class LSTMLM(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.lstm = nn.LSTM(cfg.d_model, cfg.d_model, num_layers=cfg.n_layer, batch_first=True,
+                            dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        _init(self.tok, self.lstm, cfg)
+        nn.init.normal_(self.lm_head.weight, std=cfg.init_std)
+        if cfg.tie_embeddings:  # hidden width == embedding width, so the output can reuse the input matrix
+            self.lm_head.weight = self.tok.weight
+
+    def forward(self, idx: Tensor, state: State | None = None, *,
+                return_state: bool = False) -> Tensor | tuple[Tensor, State]:
+        """Logits (B, T, V) for tokens idx (B, T); from `state` (None: zeros), returned too if `return_state`."""
+        x = self.drop(self.tok(idx))  # (B, T, C)
+        h, state = self.lstm(x, state)  # (B, T, C)
+        logits = self.lm_head(self.drop(h))
+        return (logits, state) if return_state else logits
+
+
+class LSTMClassifier(nn.Module):
+    """Embedding -> LSTM -> pooled over the sequence (mean of real tokens, or the last one) -> n_classes logits.
+
+    Its `tok` and `lstm` are named as in `LSTMLM`, so `from_lm` starts it from a trained language model.
+    """
+
+    def __init__(self, cfg: ModelConfig, n_classes: int, pool: str = "mean") -> None:
+        super().__init__()
+        if pool not in ("mean", "last"):
+            raise ValueError(f"pool must be 'mean' or 'last', got {pool!r}")
+        self.cfg, self.pool = cfg, pool
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.lstm = nn.LSTM(cfg.d_model, cfg.d_model, num_layers=cfg.n_layer, batch_first=True,
+                            dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)
+        self.head = nn.Linear(cfg.d_model, n_classes)
+        _init(self.tok, self.lstm, cfg)
+        nn.init.normal_(self.head.weight, std=cfg.init_std)
+        nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def from_lm(cls, lm: LSTMLM, n_classes: int, pool: str = "mean") -> LSTMClassifier:
+        """A classifier whose embedding and LSTM are copies of a language model's (the head is new)."""
+        model = cls(lm.cfg, n_classes, pool)
+        model.tok.load_state_dict(lm.tok.state_dict())
+        model.lstm.load_state_dict(lm.lstm.state_dict())
+        return model
+
+    def forward(self, idx: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Class logits (B, n_classes) for tokens idx (B, T); `attention_mask` (B, T) is 1 on real tokens,
+        0 on right padding."""
+        h, _ = self.lstm(self.drop(self.tok(idx)))  # (B, T, C)
+        mask = torch.ones_like(idx, dtype=h.dtype) if attention_mask is None else attention_mask.to(h.dtype)
+        if self.pool == "mean":
+            pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        else:  # the state after the last real token: with right padding, the padding never reaches it
+            last = (mask.sum(1).long() - 1).clamp(min=0)
+            pooled = h[torch.arange(h.size(0), device=h.device), last]
+        return self.head(self.drop(pooled))  # (B, n_classes)
+
+
+def _init(tok: nn.Embedding, lstm: nn.LSTM, cfg: ModelConfig) -> None:
+    nn.init.normal_(tok.weight, std=cfg.init_std)
+    # LSTM weights keep PyTorch's uniform(-1/sqrt(d), 1/sqrt(d)); the forget gate starts open (bias 1, split
+    # over the two bias vectors) so gradients flow through long sequences from the first step.
+    d = cfg.d_model
+    with torch.no_grad():
+        for name, p in lstm.named_parameters():
+            if name.startswith("bias"):
+                p.zero_()
+                p[d:2 * d].fill_(0.5)  # gate order: input, forget, cell, output

@@ -1,0 +1,28 @@
+"""quickstart end to end at toy scale: every stage runs and leaves its files; the CLI prints where they are."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import write_corpus
+from lmforge.cli.main import main
+
+
+def test_quickstart_runs_every_stage_and_says_where_things_are(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "corpus.txt", docs=150)
+    out = tmp_path / "qs"
+    code = main(["quickstart", "--corpus", str(corpus), "--out", str(out), "--vocab-size", "400", "--steps", "12",
+                 "--batch-size", "4", "--seq-len", "32", "--samples", "2", "--max-new-tokens", "8"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "quickstart finished in" in printed and "lmforge generate --checkpoint" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["baseline"]["order"] == 2 and summary["baseline"]["ppl"] > 1
+    assert summary["transformer"]["val_ppl"] > 1 and len(summary["samples"]) == 2
+    for path in ("data/manifest.json", "data/report.json", "train/checkpoints/best/model.safetensors",
+                 "train/loss_curve.png", "train/metrics.jsonl"):
+        assert (out / path).is_file(), path
+    # Running it again starts over instead of refusing the existing run.
+    assert main(["quickstart", "--corpus", str(corpus), "--out", str(out), "--vocab-size", "400", "--steps", "2",
+                 "--batch-size", "2", "--seq-len", "16", "--samples", "0"]) == 0
+    assert json.loads((out / "summary.json").read_text())["config"]["steps"] == 2
