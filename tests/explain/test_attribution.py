@@ -16,7 +16,8 @@ from lmforge.explain.attribution import (
     resolve_target,
 )
 from lmforge.explain.inputs import encode_text
-from lmforge.models import ModelConfig, build_model
+
+from . import tiny_model
 
 SENTENCES = ["The cat sat on the mat.", "Dogs bark at cats all day long.", "A bird sang."] * 4
 
@@ -27,11 +28,7 @@ def tokenizer():
 
 
 def model_of(family: str, vocab_size: int, **kw):
-    torch.manual_seed(0)
-    # A larger init than training's makes f(x) - f(baseline) sizeable, so completeness is a real check.
-    cfg = ModelConfig(family=family, vocab_size=vocab_size, max_seq_len=32, n_layer=2, n_head=2, d_model=32,
-                      init_std=0.3, **kw)
-    return build_model(cfg).eval(), cfg
+    return tiny_model(family, vocab_size, 0.3, **kw)
 
 
 def test_linear_function_ig_is_exact_and_equals_gradient_x_input():

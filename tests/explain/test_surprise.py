@@ -10,7 +10,8 @@ from lmforge.data.tokenizer import TokenizerOptions, train_tokenizer
 from lmforge.errors import UserError
 from lmforge.explain.inputs import encode_text
 from lmforge.explain.surprise import surprise_json, surprise_page, token_surprise
-from lmforge.models import ModelConfig, build_model
+
+from . import tiny_model
 
 SENTENCES = ["The cat sat on the mat.", "Dogs bark at cats all day long.", "<script>alert(1)</script>"] * 4
 
@@ -21,10 +22,7 @@ def tokenizer():
 
 
 def model_of(family: str, vocab_size: int, **kw):
-    torch.manual_seed(0)
-    cfg = ModelConfig(family=family, vocab_size=vocab_size, max_seq_len=32, n_layer=2, n_head=2, d_model=32,
-                      init_std=0.2, **kw)
-    return build_model(cfg).eval(), cfg
+    return tiny_model(family, vocab_size, 0.2, **kw)
 
 
 def test_decoder_surprise_is_the_next_token_cross_entropy(tokenizer):
