@@ -26,3 +26,11 @@ def test_quickstart_runs_every_stage_and_says_where_things_are(tmp_path, capsys)
     assert main(["quickstart", "--corpus", str(corpus), "--out", str(out), "--vocab-size", "400", "--steps", "2",
                  "--batch-size", "2", "--seq-len", "16", "--samples", "0"]) == 0
     assert json.loads((out / "summary.json").read_text())["config"]["steps"] == 2
+
+
+def test_without_steps_the_time_budget_sets_them(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.txt", docs=60)
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--corpus", str(corpus), "--out", str(out), "--vocab-size", "300", "--minutes", "0.01",
+                 "--max-steps", "3", "--batch-size", "2", "--seq-len", "16", "--samples", "0"]) == 0
+    assert json.loads((out / "summary.json").read_text())["config"]["steps"] == 3

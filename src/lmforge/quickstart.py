@@ -1,7 +1,8 @@
 """`quickstart`: the whole path from raw text to a model that writes, in about five minutes on a laptop CPU.
 
 1. prepare the built-in corpus (Python's own documentation): clean it, train a byte-level BPE tokenizer, encode;
-2. train a small GPT on it (the `tiny` preset) with periodic validation;
+2. train a small GPT on it (the `tiny` preset) with periodic validation, for as many steps as fit in a time
+   budget on this machine (measured with a few real steps first);
 3. fit a bigram Kneser-Ney model on the same training tokens and compare validation perplexity and bits per
    byte: a Transformer that cannot clearly beat it has not learned anything worth keeping;
 4. sample a few continuations, and say where everything is and what to try next.
@@ -33,7 +34,10 @@ class QuickstartConfig:
     out: str = field("runs/quickstart", "where data/, train/ and summary.json go (replaced on every run)")
     vocab_size: int = field(4096, "byte-level BPE vocabulary size")
     preset: str = field("tiny", "model preset (tiny: 4 layers, 128 wide)")
-    steps: int = field(1200, "training steps")
+    minutes: float = field(3.0, "training time budget: the number of steps is set from the speed measured on "
+                                "this machine in a few warm-up steps")
+    steps: int = field(0, "training steps (0 = as many as fit in --minutes)")
+    max_steps: int = field(3000, "upper bound on the steps chosen from --minutes")
     batch_size: int = field(16, "sequences per step")
     seq_len: int = field(128, "tokens per sequence")
     lr: float = field(2e-3, "peak learning rate")
@@ -44,8 +48,8 @@ class QuickstartConfig:
     seed: int = field(0, "seed for data split, initialisation and sampling")
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.samples < 0 or self.max_new_tokens < 1:
-            raise UserError("steps and max_new_tokens must be positive, samples not negative",
+        if self.steps < 0 or self.minutes <= 0 or self.samples < 0 or self.max_new_tokens < 1:
+            raise UserError("minutes and max_new_tokens must be positive, steps and samples not negative",
                             fix="see `lmforge quickstart --help`")
 
 
@@ -62,6 +66,7 @@ class QuickstartResult:
     baseline: dict[str, Any]  # the n-gram's: loss, ppl, bpb, order
     samples: list[str]
     plot: Path | None
+    steps: int
     seconds: float
 
 
@@ -90,12 +95,17 @@ def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
                                tokenizer__vocab_size=cfg.vocab_size))
     console.print("\n".join(prepared.summary), highlight=False)
 
-    _step(2, f"train: a '{cfg.preset}' GPT for {cfg.steps} steps")
-    tcfg = resolve(TrainConfig, data=str(data_dir), out=str(run_dir), preset=cfg.preset, steps=cfg.steps,
-                   batch_size=cfg.batch_size, seq_len=cfg.seq_len, optim__lr=cfg.lr, device=cfg.device,
-                   seed=cfg.seed, eval_every=max(cfg.steps // 6, 1), eval_batches=0,
-                   checkpoint_every=cfg.steps, keep_last=1, log_every=max(cfg.steps // 60, 1))
-    trained = train(tcfg)
+    def train_config(steps: int, out: Path, **kw: Any) -> TrainConfig:
+        options = dict(eval_every=max(steps // 6, 1), eval_batches=0, checkpoint_every=steps, keep_last=1,
+                       log_every=max(steps // 60, 1))
+        return resolve(TrainConfig, data=str(data_dir), out=str(out), preset=cfg.preset, steps=steps,
+                       batch_size=cfg.batch_size, seq_len=cfg.seq_len, optim__lr=cfg.lr, device=cfg.device,
+                       seed=cfg.seed, **{**options, **kw})
+
+    steps = cfg.steps or _steps_for_budget(cfg, lambda n, out: train(train_config(n, out, eval_every=0, log_every=n,
+                                                                                  tensorboard=False)))
+    _step(2, f"train: a '{cfg.preset}' GPT for {steps} steps")
+    trained = train(train_config(steps, run_dir))
     if trained.best_checkpoint is None or not trained.val:
         raise UserError("the run produced no validated checkpoint", where=run_dir,
                         fix="the corpus is too small to hold out validation text; add text")
@@ -118,10 +128,27 @@ def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
         console.print(Text("> ", style="dim") + Text(s.strip()), highlight=False)
 
     result = QuickstartResult(out=out, data=data_dir, run=run_dir, model=trained.best_checkpoint, val=val,
-                              baseline=baseline, samples=samples, plot=trained.plot,
+                              baseline=baseline, samples=samples, plot=trained.plot, steps=trained.step,
                               seconds=time.perf_counter() - t0)
     _write_summary(result, cfg)
     return result
+
+
+def _steps_for_budget(cfg: QuickstartConfig, run: Any) -> int:
+    """Steps that fit in `cfg.minutes` on this machine, from the speed of a few real training steps."""
+    import tempfile
+
+    probe = 12
+    console.print("measuring training speed on this machine ...", highlight=False)
+    with tempfile.TemporaryDirectory(prefix="lmforge-probe-") as tmp:
+        result = run(probe, Path(tmp) / "run")
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    # Evaluations (6 passes over the val split) and checkpoints take about a tenth of the time on top.
+    steps = int(cfg.minutes * 60 * result.tokens_per_s / tokens_per_step / 1.1)
+    steps = min(cfg.max_steps, max(probe, steps))
+    console.print(f"{result.tokens_per_s:,.0f} tokens/s here: {steps} steps fit in about {cfg.minutes:g} minutes "
+                  f"(--steps N to choose)", highlight=False)
+    return steps
 
 
 def _order_name(order: int) -> str:
@@ -144,7 +171,8 @@ def _write_summary(r: QuickstartResult, cfg: QuickstartConfig) -> None:
         "seconds": r.seconds, "data": str(r.data), "run": str(r.run), "model": str(r.model),
         "transformer": r.val, "baseline": r.baseline, "samples": r.samples,
         "plot": str(r.plot) if r.plot else None,
-        "config": {k: getattr(cfg, k) for k in ("preset", "steps", "batch_size", "seq_len", "vocab_size", "lr")},
+        "config": {k: getattr(cfg, k) for k in ("preset", "batch_size", "seq_len", "vocab_size", "lr")}
+        | {"steps": r.steps},
     })
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lmforge.cli.common import add_verb
 from lmforge.config import resolve
+from lmforge.dist import record
 from lmforge.train.config import TrainConfig
 
 ORDER = 30
@@ -26,6 +27,13 @@ effective config.yaml. Every --eval-every steps the val split gives loss, perple
 (exit status 2) unless --on-nonfinite skip. With --resume a killed run continues exactly where its last
 checkpoint left it.
 
+Several GPUs (or processes): start the same command under torchrun. Each process trains on --batch-size sequences
+of a global batch N times as large, with DDP (the default: the model replicated) or FSDP2 (--parallel.strategy
+fsdp: parameters, gradients and optimizer state sharded). --parallel.activation-checkpointing recomputes each
+block's activations in the backward pass (less memory, about a third more compute; also on one process).
+Checkpoints stay single files that every other verb reads, and resume on any number of processes that keeps the
+global batch (pass --batch-size accordingly). Details: docs/distributed.md.
+
 examples:
   lmforge train --data data/prepared --out runs/tiny                       # tiny preset, default schedule
   lmforge train --data data/prepared --out runs/deeper --model.n-layer 6 --model.dropout 0.1
@@ -35,9 +43,14 @@ examples:
   lmforge train --out runs/tiny --resume --steps 4000                      # ... and train it for longer
   lmforge train --config my_run.yaml --batch-size 32                       # YAML file, flags override it
   tensorboard --logdir runs/tiny/tensorboard                               # watch the curves
+  torchrun --standalone --nproc_per_node 8 -m lmforge train --data data/prepared --out runs/ddp --batch-size 16
+  torchrun --standalone --nproc_per_node 8 -m lmforge train --data data/prepared --out runs/fsdp --preset \\
+      gpt2-350m --parallel.strategy fsdp --parallel.activation-checkpointing   # shard, recompute activations
+  lmforge train --out runs/ddp --resume --batch-size 128                   # the 8-GPU run, continued on one
 """
 
 
+@record  # under torchrun, a rank's exception shows in torchrun's failure summary
 def _main(args: argparse.Namespace) -> int:
     from lmforge.train.trainer import train
 
@@ -48,6 +61,8 @@ def _main(args: argparse.Namespace) -> int:
         config = saved if saved.is_file() else None
     cfg = resolve(TrainConfig, args, config=config)
     result = train(cfg)
+    if result.rank != 0:
+        return 0  # the summary once, from the rank that wrote what it names
 
     lines = [f"trained {result.step} steps ({result.stopped.replace('_', ' ')})"]
     if result.val:

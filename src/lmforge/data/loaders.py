@@ -100,7 +100,13 @@ def _to_xy(windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class RandomWindowLoader:
-    """Endless batches of random windows: x (B, T) and y = x shifted by one (B, T), int64."""
+    """Endless batches of random windows: x (B, T) and y = x shifted by one (B, T), int64.
+
+    Each step draws one global batch of batch_size x world_size window starts from a generator seeded alike on
+    every rank, and rank r reads only rows r*batch_size:(r+1)*batch_size. So a run sees the same data whatever
+    the number of processes at the same global batch (2 ranks x 8 rows train exactly as 1 process x 16 rows),
+    and a checkpoint of the generator resumes exactly on another world size.
+    """
 
     def __init__(self, ds: TokenDataset, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0,
                  world_size: int = 1) -> None:
@@ -108,14 +114,16 @@ class RandomWindowLoader:
             raise UserError(f"the {ds.split} split has {ds.num_tokens} tokens, fewer than one sequence of "
                             f"{seq_len + 1}", where=ds.directory, fix="use a shorter --seq-len or more data")
         self.ds, self.batch_size, self.seq_len = ds, batch_size, seq_len
-        self.rng = np.random.Generator(np.random.PCG64([seed, rank]))
+        self.rank, self.world_size = rank, world_size
+        self.rng = np.random.Generator(np.random.PCG64([seed, 0]))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = self.rng.integers(0, self.ds.num_tokens - self.seq_len, size=self.batch_size)
-        return _to_xy(np.stack([self.ds.window(int(s), self.seq_len + 1) for s in starts]))
+        starts = self.rng.integers(0, self.ds.num_tokens - self.seq_len, size=self.batch_size * self.world_size)
+        mine = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        return _to_xy(np.stack([self.ds.window(int(s), self.seq_len + 1) for s in mine]))
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state}

@@ -5,22 +5,16 @@
 - `checkpoint`: full and sharded (DCP) checkpoints that load into any world size, and export to one file.
 
 Launch: `torchrun --nproc_per_node N ...`; without torchrun everything here runs as a single process.
+
+The `checkpoint` functions load on first use: torch.distributed.checkpoint takes about a second to import, and
+every `lmforge` command imports this package (through `TrainConfig.parallel`), most of them never to save a shard.
 """
 
 from __future__ import annotations
 
-from lmforge.dist.checkpoint import (
-    export_single_file,
-    full_model,
-    is_sharded_checkpoint,
-    load_model_state,
-    load_optimizer_state,
-    load_sharded,
-    model_state,
-    optimizer_state,
-    read_extra,
-    save_sharded,
-)
+import importlib
+from typing import Any
+
 from lmforge.dist.env import (
     DistEnv,
     Place,
@@ -40,6 +34,7 @@ from lmforge.dist.parallelize import (
     is_fsdp,
     no_grad_sync,
     parallelize,
+    reshard,
     transformer_blocks,
     unwrap,
 )
@@ -68,9 +63,19 @@ __all__ = [
     "parallelize",
     "read_extra",
     "record",
+    "reshard",
     "save_sharded",
     "setup",
     "teardown",
     "transformer_blocks",
     "unwrap",
 ]
+
+_CHECKPOINT = ("export_single_file", "full_model", "is_sharded_checkpoint", "load_model_state", "load_optimizer_state",
+               "load_sharded", "model_state", "optimizer_state", "read_extra", "save_sharded")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CHECKPOINT:
+        return getattr(importlib.import_module("lmforge.dist.checkpoint"), name)
+    raise AttributeError(f"module 'lmforge.dist' has no attribute {name!r}")

@@ -42,8 +42,13 @@ class ParallelConfig:
     fsdp_reshard_after_forward: bool = field(True, "fsdp: free gathered block parameters after the forward pass "
                                              "and gather them again for the backward (less memory, more traffic)")
     mixed_precision: str = field("auto", "fsdp: dtype of the gathered parameters used for compute; gradients are "
-                                 "reduced and master weights kept in fp32 (auto: bf16 on CUDA, fp32 elsewhere)",
+                                 "reduced and master weights kept in fp32 (auto: `lmforge train` follows "
+                                 "--precision; lmforge.dist.parallelize alone: bf16 on CUDA, fp32 elsewhere)",
                                  choices=PRECISIONS)
+    sharded_checkpoints: bool = field(False, "save checkpoints as torch.distributed.checkpoint shards that every "
+                                      "rank writes at once, never gathering the model in one process (for models "
+                                      "too large for that); they resume on any number of processes, and "
+                                      "lmforge.dist.export_single_file turns one into a model directory")
 
 
 def resolve_strategy(cfg: ParallelConfig, env: Place) -> str:
@@ -56,7 +61,8 @@ def resolve_strategy(cfg: ParallelConfig, env: Place) -> str:
                         f"{env.world_size} unrelated models", fix="use ddp or fsdp, or run a single process")
     if strategy in ("ddp", "fsdp") and not (dist.is_available() and dist.is_initialized()):
         raise UserError(f"parallel.strategy '{strategy}' needs a process group",
-                        fix="launch with `torchrun --nproc_per_node N -m lmforge train ...`, or use strategy none")
+                        fix="launch with `torchrun --nproc_per_node N -m lmforge train ...`, or pass "
+                            "--parallel.strategy none (also to continue a multi-process run in one process)")
     return strategy
 
 
@@ -215,6 +221,20 @@ def no_grad_sync(model: nn.Module, enabled: bool = True) -> Iterator[None]:
             inner.set_requires_gradient_sync(True)
         return
     yield
+
+
+def reshard(model: nn.Module) -> None:
+    """Free the parameters an FSDP2 forward left gathered (no-op otherwise).
+
+    A forward without a backward (evaluation) leaves the root's parameters, and those of a block not resharded
+    after forward, gathered until the next backward; meanwhile `model.parameters()` and the state dict yield the
+    gathered tensors instead of the shards. Call after evaluating, before a checkpoint or the next step.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in unwrap(model).modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def clip_grad_norm_(model: nn.Module, max_norm: float) -> float:

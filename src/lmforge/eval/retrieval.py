@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
+from lmforge.dist import unwrap
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig
 
@@ -60,7 +61,7 @@ def sentence_ids(tok: Tokenizer, texts: Sequence[str], special_ids: dict[str, in
 def encode(model: nn.Module, ids: Tensor, mask: Tensor) -> Tensor:
     """Unit-norm sentence embeddings (B, C) of padded ids (B, T): masked mean of the hidden states."""
     h = model(ids, attention_mask=mask)
-    return F.normalize(model.mean_pooled(h.float(), mask), dim=-1)
+    return F.normalize(unwrap(model).mean_pooled(h.float(), mask), dim=-1)
 
 
 @torch.no_grad()

@@ -93,6 +93,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     if not path.is_dir():
         raise UserError("checkpoint directory not found", where=path,
                         fix="pass a directory holding model.safetensors and config.json")
+    if (path / ".metadata").is_file():
+        raise UserError("this is a sharded (torch.distributed.checkpoint) training checkpoint", where=path,
+                        fix="turn it into a model directory with lmforge.dist.export_single_file first")
     cfg = ModelConfig.load(path / CONFIG)
     model = build_model(cfg)
     load_state(model, path / WEIGHTS)

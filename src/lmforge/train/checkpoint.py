@@ -10,6 +10,11 @@
 Every directory is built in a temporary sibling and renamed into place (`lmforge.atomic`), so a process killed at
 any moment leaves the previous checkpoint intact; `--resume` takes the newest complete one. A step directory is a
 model checkpoint every other verb reads; the training state sits beside the weights in its own file.
+
+With `--parallel.sharded-checkpoints` a step directory (and best/) holds instead the shards every rank wrote
+(torch.distributed.checkpoint: .metadata + *.distcp, model and optimizer), config.json, and the rest of the
+training state in extra.pt; `lmforge.dist.export_single_file` turns one into the model format. `--resume` reads
+either layout, on any number of processes.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmforge import dist as ldist
 from lmforge.atomic import atomic_directory, write_json, write_text
+from lmforge.dist.checkpoint import EXTRA, METADATA
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig
 from lmforge.models.io import CONFIG, WEIGHTS, load_state, write_model_files
@@ -33,6 +40,7 @@ STATE_FORMAT = "lmforge-train-state/1"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 # Options that define the model or the training data stream: a checkpoint resumes only under the same values.
+# batch_size is compared as the global batch, batch_size x processes: a run may resume on another world size.
 RESUME_MUST_MATCH = ("objective", "objective_options", "batch_size", "seq_len", "grad_accum")
 
 
@@ -54,7 +62,8 @@ class Checkpointer:
         if self.root.is_dir():
             for d in self.root.iterdir():
                 m = _STEP_DIR.match(d.name)
-                if m and all((d / f).is_file() for f in (WEIGHTS, CONFIG, STATE)):
+                if m and any(all((d / f).is_file() for f in files) for files in ((WEIGHTS, CONFIG, STATE),
+                                                                                 (METADATA, CONFIG, EXTRA))):
                     found.append((int(m.group(1)), d))
         return sorted(found)
 
@@ -90,6 +99,21 @@ class Checkpointer:
         self.prune()
         return path
 
+    def save_sharded(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, model_cfg: ModelConfig,
+                     train_state: dict[str, Any], env: ldist.Place) -> Path:
+        """A step checkpoint as shards (model, optimizer) + extra.pt (the rest); collective: call on every rank."""
+        path = self.root / step_dir_name(step)
+        extra = {"format": STATE_FORMAT, "model_config": model_cfg.to_dict(), **train_state}
+        ldist.save_sharded(path, model, optimizer, extra, env)
+        if env.rank == 0:
+            write_text(self.root / "latest", path.name + "\n")
+            self.prune()
+        return path
+
+    def save_best_sharded(self, model: nn.Module, metrics: dict[str, Any], env: ldist.Place) -> Path:
+        """best/ as shards of the model alone, its metrics in extra.pt; collective."""
+        return ldist.save_sharded(self.root / "best", model, None, {"metrics": metrics}, env)
+
     def save_best(self, model: nn.Module, model_cfg: ModelConfig, metrics: dict[str, Any]) -> Path:
         _check_finite(model)
         path = self.root / "best"
@@ -123,9 +147,14 @@ def _check_finite(model: nn.Module) -> None:
         raise RuntimeError(f"refusing to checkpoint non-finite parameters: {', '.join(bad[:4])}")
 
 
+def is_sharded(ckpt: Path) -> bool:
+    return ldist.is_sharded_checkpoint(ckpt)
+
+
 def load_train_state(ckpt: Path) -> dict[str, Any]:
-    """Read `ckpt/train_state.pt`, with one clear line for a missing, truncated or foreign file."""
-    path = Path(ckpt) / STATE
+    """Read `ckpt/train_state.pt` (extra.pt of a sharded checkpoint), with one clear line for a missing,
+    truncated or foreign file."""
+    path = Path(ckpt) / (EXTRA if is_sharded(ckpt) else STATE)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -140,23 +169,42 @@ def load_train_state(ckpt: Path) -> dict[str, Any]:
     return state
 
 
-def check_compatible(state: dict[str, Any], model_cfg: ModelConfig, train_cfg: dict[str, Any],
-                     where: Path) -> None:
-    """Refuse to resume a checkpoint under a different model or data stream, in one line."""
+def check_compatible(state: dict[str, Any], model_cfg: ModelConfig, train_cfg: dict[str, Any], where: Path,
+                     world_size: int = 1) -> None:
+    """Refuse to resume a checkpoint under a different model or data stream, in one line.
+
+    `world_size`: processes of the resuming run. The checkpoint may come from another number of processes if the
+    global batch (batch_size x processes) stays the same.
+    """
     saved = state["model_config"]
+    fix = "resume with the run's own config (--config OUT/config.yaml) or use a new --out"
     if saved.get("family") != model_cfg.family:
         raise UserError(f"checkpoint holds a '{saved.get('family')}' model but the config asks for "
-                        f"'{model_cfg.family}'", where=where,
-                        fix="resume with the run's own config (--config OUT/config.yaml) or use a new --out")
+                        f"'{model_cfg.family}'", where=where, fix=fix)
     current = model_cfg.to_dict()
     diff = [f"model.{k} {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v]
     old = state.get("train_config", {})
-    diff += [f"{k} {old.get(k)!r} -> {train_cfg.get(k)!r}" for k in RESUME_MUST_MATCH
-             if k in old and old.get(k) != train_cfg.get(k)]
+    saved_world = int(state.get("world_size", 1))
+    for k in RESUME_MUST_MATCH:
+        if k not in old:
+            continue
+        if k == "batch_size" and saved_world != world_size:
+            before, after = old[k] * saved_world, train_cfg.get(k) * world_size
+            if before != after:
+                diff.append(f"global batch {old[k]} x {_processes(saved_world)} -> {train_cfg.get(k)} x "
+                            f"{_processes(world_size)}")
+                if before % world_size == 0:
+                    fix = (f"pass --batch-size {before // world_size} to keep the global batch of {before} "
+                           f"sequences, or resume on {_processes(saved_world)}")
+        elif old.get(k) != train_cfg.get(k):
+            diff.append(f"{k} {old.get(k)!r} -> {train_cfg.get(k)!r}")
     if diff:
         raise UserError(f"config does not match the checkpoint ({'; '.join(diff[:4])}"
-                        f"{' ...' if len(diff) > 4 else ''})", where=where,
-                        fix="resume with the run's own config (--config OUT/config.yaml) or use a new --out")
+                        f"{' ...' if len(diff) > 4 else ''})", where=where, fix=fix)
+
+
+def _processes(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
 
 
 def load_weights(ckpt: Path, model: nn.Module) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmforge.config import field
+from lmforge.dist.parallelize import ParallelConfig
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig, get_preset
 from lmforge.train.objectives.options import ObjectiveOptions
@@ -55,7 +56,7 @@ class TrainConfig:
     objective_options: ObjectiveOptions = field(default_factory=ObjectiveOptions,
                                                 help="options of the objective (each names the objectives it affects)")
     steps: int = field(1000, "optimizer steps to train for")
-    batch_size: int = field(16, "sequences per micro-batch")
+    batch_size: int = field(16, "sequences per micro-batch (per process under torchrun)")
     seq_len: int | None = field(None, "tokens per training sequence (default: model.max_seq_len)")
     grad_accum: int = field(1, "micro-batches accumulated per optimizer step")
     optim: OptimConfig = field(default_factory=OptimConfig, help="optimizer and schedule")
@@ -68,6 +69,10 @@ class TrainConfig:
     precision: str = field("auto", "auto = bf16 autocast on CUDA (fp16 + loss scaling where bf16 is missing), "
                                    "fp32 elsewhere", choices=PRECISIONS)
     compile: bool | None = field(None, "torch.compile the model (default: on for CUDA, off elsewhere)")
+    parallel: ParallelConfig = field(default_factory=ParallelConfig,
+                                     help="data parallelism and memory savers; under `torchrun --nproc_per_node N "
+                                          "-m lmforge train ...` each process trains on --batch-size sequences "
+                                          "of an N x larger global batch (docs/distributed.md)")
     seed: int = field(0, "seed for initialisation, data order and dropout")
     resume: bool = field(False, "continue from the newest complete checkpoint in out (fresh start if none)")
     on_nonfinite: str = field("stop", "on a NaN/inf loss: stop (exit 2), or skip the step's update (counted as a "

@@ -1,9 +1,15 @@
-"""The training loop: one `train(cfg)` for every objective, model family and device.
+"""The training loop: one `train(cfg)` for every objective, model family, device and number of processes.
 
 Each step: `grad_accum` micro-batches through the objective's loss, backward (scaled for fp16), unscale, clip,
 check the loss and gradient norm are finite, optimizer step, schedule step. Around it the loop calls components:
 the objective (batches, loss, eval metrics), the checkpointer, the LR schedule and the logging sinks. The model
-never learns it is being trained: devices, precision and compilation are applied from outside (`runtime`).
+never learns it is being trained: devices, precision, compilation and data parallelism (DDP / FSDP2 under
+`torchrun`, `lmforge.dist`) are applied from outside (`runtime`).
+
+Under `torchrun` every rank runs this same loop. Whatever the ranks must agree on (step or skip, evaluate, stop
+early) is decided from values reduced over all of them, so they take the same branches and meet in the same
+collectives. Rank 0 alone writes the human-facing files (metrics, TensorBoard, plot, config.yaml) and the
+checkpoints, from state the other ranks help gather.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +25,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmforge import dist as ldist
 from lmforge.config import save_config, to_dict
 from lmforge.errors import UserError
 from lmforge.progress import console
-from lmforge.train.checkpoint import Checkpointer, check_compatible, load_train_state, load_weights
+from lmforge.train.checkpoint import (
+    Checkpointer,
+    check_compatible,
+    is_sharded,
+    load_train_state,
+    load_weights,
+    step_dir_name,
+)
 from lmforge.train.config import MAX_CONSECUTIVE_SKIPS, TrainConfig
 from lmforge.train.logging import NullLogger, RunLogger, peak_flops, plot_loss_curve
 from lmforge.train.objectives import Objective, get_objective, total
@@ -33,8 +47,10 @@ from lmforge.train.runtime import (
     parallelize,
     rng_state,
     seed_everything,
+    seed_rank,
     set_rng_state,
     setup_runtime,
+    teardown,
 )
 
 
@@ -67,8 +83,8 @@ class TrainResult:
     best_val_loss: float | None
     best_step: int | None
     skipped_steps: int
-    tokens: int  # training tokens seen by the run
-    tokens_per_s: float  # training throughput of this process (step time only)
+    tokens: int  # training tokens seen by the run (every process's)
+    tokens_per_s: float  # training throughput of all processes together (step time only)
     checkpoint: Path | None  # newest step checkpoint
     best_checkpoint: Path | None
     metrics: Path
@@ -76,44 +92,69 @@ class TrainResult:
     config: Path
     tensorboard: Path | None
     history: dict[str, list]
+    rank: int = 0  # of this process (0 without torchrun); rank 0 wrote the files named above
 
 
 def train(cfg: TrainConfig) -> TrainResult:
+    """Train as configured; under `torchrun`, as one of the ranks (joining the process group, then leaving it)."""
+    rt = setup_runtime(cfg.device, cfg.precision, cfg.compile, cfg.parallel)
+    clean = False
+    try:
+        result = _train(cfg, rt)
+        clean = True
+        return result
+    finally:
+        # After an error the other ranks may be anywhere: no farewell barrier (torchrun stops them).
+        teardown(rt, clean=clean)
+
+
+def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
     out = Path(cfg.out)
-    rt = setup_runtime(cfg.device, cfg.precision, cfg.compile)
     seed_everything(cfg.seed)
     objective = get_objective(cfg.objective)(cfg, rt)
     ckpt = Checkpointer(out / "checkpoints", cfg.keep_last, objective.tokenizer_dir)
-    resumed_from = _resume_point(cfg, ckpt)  # before anything is written: a refusal leaves `out` as it was
-    model = objective.build_model().to(rt.device).train()
+    # Before anything is written: a refusal leaves `out` as it was. Rank 0 alone looks (and cleans up after a
+    # save that was killed), then tells the others.
+    resumed_from = _on_main(rt, lambda: _resume_point(cfg, ckpt))
+    model = objective.build_model().train()
+    state = None
+    if resumed_from is not None:
+        state = load_train_state(resumed_from)
+        check_compatible(state, cfg.model, to_dict(cfg), resumed_from, world_size=rt.world_size)
+        if not is_sharded(resumed_from):  # (shards load into the parallelized model, in `_restore`)
+            load_weights(resumed_from, model)  # the full weights, on every rank, before they are sharded
+    step_model = parallelize(model, rt, cfg.parallel)
+    # The optimizer after `parallelize`: FSDP replaces the parameters by their shards.
     optimizer = build_optimizer(model, cfg.optim, rt.device)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
     scaler = rt.grad_scaler()
+    seed_rank(cfg.seed, rt)
 
     prog = Progress()
-    if resumed_from is not None:
+    if state is not None:
         # Last: restoring the RNG states must come after everything above that draws random numbers.
-        prog = _restore(resumed_from, cfg, model, optimizer, scheduler, scaler, objective)
+        prog = _restore(resumed_from, state, cfg, model, optimizer, scheduler, scaler, objective, rt)
         if prog.step >= cfg.steps and rt.is_main:
             console.print(f"[yellow]{resumed_from.name} is already at step {prog.step} of --steps {cfg.steps}: "
                           f"nothing to train (raise --steps to continue)[/yellow]")
     start_tokens = prog.tokens
     if rt.is_main:
         config_path = save_config(dataclasses.replace(cfg, resume=False), out / "config.yaml")
+        peak = peak_flops(rt.device)
         logger: RunLogger | NullLogger = RunLogger(
             out, total_steps=cfg.steps, start_step=prog.step, start_tokens=prog.tokens,
             resume=resumed_from is not None, tensorboard=cfg.tensorboard,
-            flops_per_token=cfg.model.flops_per_token(cfg.seq_len), peak=peak_flops(rt.device))
+            flops_per_token=cfg.model.flops_per_token(cfg.seq_len),
+            peak=peak * rt.world_size if peak else None)  # the tokens counted are every rank's
         if resumed_from is not None:
-            logger.event({"event": "resume", "step": prog.step, "checkpoint": str(resumed_from)},
-                         f"resumed from {resumed_from} at step {prog.step}")
+            logger.event({"event": "resume", "step": prog.step, "checkpoint": str(resumed_from),
+                          "world_size": rt.world_size}, f"resumed from {resumed_from} at step {prog.step}")
     else:
         config_path, logger = out / "config.yaml", NullLogger()
 
-    step_model = parallelize(model, rt)
     batches = objective.train_batches()
     stopped, last_val, busy, skips_in_row = "completed", {}, 0.0, 0
-    last_ckpt = ckpt.latest()
+    last_ckpt = resumed_from
     try:
         while prog.step < cfg.steps and stopped == "completed":
             lr = optimizer.param_groups[0]["lr"]
@@ -123,7 +164,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             scheduler.step()
             busy += time.perf_counter() - t0
             prog.step += 1
-            prog.tokens += tokens * rt.world_size
+            prog.tokens += tokens
             step, last = prog.step, prog.step == cfg.steps
             train_record = {"step": step, "lr": lr, "grad_norm": grad_norm}
 
@@ -147,8 +188,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                     logger.eval({"step": step, **last_val})
                     if metrics["loss"] < prog.best_val:
                         prog.best_val, prog.best_step, prog.bad_evals = metrics["loss"], step, 0
-                        if rt.is_main:
-                            ckpt.save_best(model, cfg.model, {"step": step, **last_val})
+                        _save_best(ckpt, cfg, model, {"step": step, **last_val}, rt)
                     else:
                         prog.bad_evals += 1
                     if cfg.early_stop_patience and prog.bad_evals >= cfg.early_stop_patience:
@@ -158,9 +198,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                                      f"early stop at step {step}: no better val loss in {prog.bad_evals} "
                                      f"evaluations (best {prog.best_val:.4f} at step {prog.best_step})")
 
-            if (step % cfg.checkpoint_every == 0 or last or stopped != "completed") and rt.is_main:
-                last_ckpt = ckpt.save(step, model, cfg.model, _train_state(
-                    cfg, prog, optimizer, scheduler, scaler, objective, rt))
+            if step % cfg.checkpoint_every == 0 or last or stopped != "completed":
+                last_ckpt = _save(ckpt, step, cfg, prog, model, optimizer, scheduler, scaler, objective, rt)
     finally:
         logger.close()
         plot = None
@@ -177,8 +216,22 @@ def train(cfg: TrainConfig) -> TrainResult:
         checkpoint=last_ckpt, best_checkpoint=best if best.is_dir() else None, metrics=out / "metrics.jsonl",
         plot=plot, config=config_path,
         tensorboard=out / "tensorboard" if cfg.tensorboard and (out / "tensorboard").is_dir() else None,
-        history=prog.history,
+        history=prog.history, rank=rt.rank,
     )
+
+
+def _on_main(rt: Runtime, fn: Callable[[], Any]) -> Any:
+    """`fn()` run on rank 0 alone (it reads or tidies shared files), its result or UserError given to every rank."""
+    result: Any = None
+    if rt.is_main:
+        try:
+            result = fn()
+        except UserError as e:
+            result = e
+    result = ldist.broadcast_object(result, rt)
+    if isinstance(result, UserError):
+        raise result
+    return result
 
 
 def _log_train(logger: RunLogger | NullLogger, prog: Progress, record: dict[str, Any], busy: float) -> None:
@@ -195,7 +248,10 @@ def _log_train(logger: RunLogger | NullLogger, prog: Progress, record: dict[str,
 def _train_step(step_model: nn.Module, model: nn.Module, objective: Objective, batches: Iterator[Any],
                 optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, rt: Runtime, grad_accum: int,
                 grad_clip: float) -> tuple[float | None, float, int]:
-    """One optimizer step. Returns (mean loss or None if non-finite and not applied, grad norm, input tokens)."""
+    """One optimizer step. Returns (mean loss or None if non-finite and not applied, grad norm, input tokens).
+
+    The loss and the tokens are those of the global batch (every rank's micro-batches); so is the grad norm.
+    """
     sums = []
     for micro in range(grad_accum):
         batch = next(batches)
@@ -206,10 +262,11 @@ def _train_step(step_model: nn.Module, model: nn.Module, objective: Objective, b
             scaler.scale(out.loss / grad_accum).backward()
         sums.append(out.sums)
     scaler.unscale_(optimizer)  # so clipping and the norm see true gradients (no-op without fp16)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
-    # One host sync per step: the price of never applying (or checkpointing) an update from a NaN loss.
-    totals = total(sums)
-    loss, norm = totals["loss"] / max(totals["count"], 1), float(grad_norm)
+    norm = ldist.clip_grad_norm_(model, grad_clip)  # over every rank's shards under FSDP
+    # One host sync per step: the price of never applying (or checkpointing) an update from a NaN loss. Summed
+    # over the ranks, so that all of them see the same loss and agree to step or to skip.
+    totals = rt.reduce_sum(total(sums))
+    loss = totals["loss"] / max(totals["count"], 1)
     # With fp16 loss scaling, overflowing gradients are routine: the scaler skips that step and lowers its scale.
     finite = math.isfinite(loss) and (math.isfinite(norm) or scaler.is_enabled())
     if finite:
@@ -235,29 +292,89 @@ def _on_nonfinite(cfg: TrainConfig, logger: RunLogger | NullLogger, step: int, l
 
 
 def evaluate(model: nn.Module, objective: Objective, rt: Runtime) -> dict[str, float] | None:
-    """The objective's metrics over one pass of its held-out batches (None when it has none)."""
+    """The objective's metrics over one pass of its held-out batches, every rank's share together (None when
+    there are none). Collective under a process group."""
     batches = objective.eval_batches()
     if batches is None:
         return None
     sums = []
+    fsdp = ldist.is_fsdp(model)
     with eval_mode(model), rt.autocast():
-        for batch in batches:
-            sums.append(objective.forward(model, batch).sums)
-    if not sums:
-        return None
-    return objective.summarize(rt.reduce_sum(total(sums)))
+        for batch, real in _lockstep(batches, rt) if fsdp else ((b, True) for b in batches):
+            out = objective.forward(model, batch)
+            if real:
+                sums.append(out.sums)
+    if fsdp:
+        ldist.reshard(model)  # what the forward passes left gathered, before a checkpoint or the next step
+    # Gathered as objects, not all-reduced: a rank whose share of a small split is empty has no keys to add.
+    totals: dict[str, float] = {}
+    for part in ldist.all_gather_object(total(sums), rt):
+        for k, v in part.items():
+            totals[k] = totals.get(k, 0.0) + v
+    return objective.summarize(totals) if totals else None
 
 
-def _train_state(cfg: TrainConfig, prog: Progress, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 scaler: torch.amp.GradScaler, objective: Objective, rt: Runtime) -> dict[str, Any]:
+def _lockstep(batches: Iterable[Any], rt: Runtime) -> Iterator[tuple[Any, bool]]:
+    """(batch, real) until every rank is out of batches; a rank that runs out first repeats its last one (not real).
+
+    Each forward of an FSDP model all-gathers parameters with every rank, so all ranks must make as many.
+    """
+    it = iter(batches)
+    batch = next(it, None)
+    if sum(ldist.all_gather_object(batch is None, rt)) not in (0, rt.world_size):
+        raise UserError(f"the val split is too small to give each of the {rt.world_size} processes a batch",
+                        fix="prepare with a larger --val-fraction, or run fewer processes")
+    last = batch
+    while ldist.all_reduce_max(float(batch is not None), rt):
+        if batch is None:
+            yield last, False
+        else:
+            last = batch
+            yield batch, True
+        batch = next(it, None)
+
+
+def _save(ckpt: Checkpointer, step: int, cfg: TrainConfig, prog: Progress, model: nn.Module,
+          optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler, objective: Objective,
+          rt: Runtime) -> Path:
+    """A step checkpoint; collective. Single-file: every rank helps gather it, rank 0 writes it. Sharded: every
+    rank writes its own shards."""
+    sharded = cfg.parallel.sharded_checkpoints
+    state = _train_state(cfg, prog, None if sharded else model, optimizer, scheduler, scaler, objective, rt)
+    if sharded:
+        return ckpt.save_sharded(step, model, optimizer, cfg.model, state, rt)
+    plain = ldist.full_model(model, rt)
+    if rt.is_main:
+        return ckpt.save(step, plain, cfg.model, state)
+    return ckpt.root / step_dir_name(step)
+
+
+def _save_best(ckpt: Checkpointer, cfg: TrainConfig, model: nn.Module, metrics: dict[str, Any], rt: Runtime) -> None:
+    """best/, in the layout of the step checkpoints; collective."""
+    if cfg.parallel.sharded_checkpoints:
+        ckpt.save_best_sharded(model, metrics, rt)
+        return
+    plain = ldist.full_model(model, rt)  # the whole model on rank 0
+    if rt.is_main:
+        ckpt.save_best(plain, cfg.model, metrics)
+
+
+def _train_state(cfg: TrainConfig, prog: Progress, model: nn.Module | None, optimizer: torch.optim.Optimizer,
+                 scheduler: Any, scaler: torch.amp.GradScaler, objective: Objective, rt: Runtime) -> dict[str, Any]:
+    """Everything but the weights that a resumed run needs; collective, complete on rank 0.
+
+    The optimizer state is keyed by parameter names and gathered from the shards, so it loads into any strategy
+    and world size (left out without `model`: a sharded checkpoint holds it in its shards). RNG states and data
+    positions are per rank, in rank order.
+    """
     return {
         "train_config": to_dict(cfg),
         "progress": dataclasses.asdict(prog),
-        "optimizer": optimizer.state_dict(),
+        **({"optimizer": ldist.optimizer_state(model, optimizer)} if model is not None else {}),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-        "rng": rng_state(),
-        "data": objective.state_dict(),
+        "rng": ldist.all_gather_object(rng_state(), rt),
+        "data": ldist.all_gather_object(objective.state_dict(), rt),
         "world_size": rt.world_size,
     }
 
@@ -276,16 +393,20 @@ def _resume_point(cfg: TrainConfig, ckpt: Checkpointer) -> Path | None:
     return latest
 
 
-def _restore(path: Path, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-             scaler: torch.amp.GradScaler, objective: Objective) -> Progress:
-    state = load_train_state(path)
-    check_compatible(state, cfg.model, to_dict(cfg), path)
-    load_weights(path, model)
+def _restore(path: Path, state: dict[str, Any], cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: Any, scaler: torch.amp.GradScaler, objective: Objective, rt: Runtime) -> Progress:
+    """Load checkpoint `path`'s training state (and a sharded one's weights); collective under a process group.
+
+    The weights of a single-file checkpoint are in already (loaded before `parallelize`).
+    """
     # The optimizer's hyperparameters and the schedule follow this run's options (more --steps, another
     # --optim.lr or --optim.weight-decay, ...): only the moments and step counts come from the checkpoint.
     # Unchanged options give exactly the update the interrupted run would have made next.
     hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    optimizer.load_state_dict(state["optimizer"])
+    if is_sharded(path):
+        ldist.load_sharded(path, model, optimizer, rt)  # resharded for this run's world size and strategy
+    else:
+        ldist.load_optimizer_state(model, optimizer, state["optimizer"])
     for group, h in zip(optimizer.param_groups, hyper, strict=True):
         group.update(h)
     scheduler.load_state_dict(state["scheduler"])
@@ -294,6 +415,30 @@ def _restore(path: Path, cfg: TrainConfig, model: nn.Module, optimizer: torch.op
         group["lr"] = cfg.optim.lr * lr_factor(scheduler.last_epoch, cfg.steps, cfg.optim)
     if state.get("scaler") and scaler.is_enabled():
         scaler.load_state_dict(state["scaler"])
-    objective.load_state_dict(state["data"])
-    set_rng_state(state["rng"])
+    data, rng = _rank_state(state, objective, rt)
+    if data is not None:
+        objective.load_state_dict(data)
+    if rng is not None:
+        set_rng_state(rng)
     return Progress(**state["progress"])
+
+
+def _rank_state(state: dict[str, Any], objective: Objective, rt: Runtime) -> tuple[Any, Any]:
+    """This rank's (data position, RNG state) from a checkpoint saved by `state["world_size"]` ranks.
+
+    Same world size: its own. Another one: an objective whose training stream is the same on any number of ranks
+    (`Objective.shared_stream`) continues exactly; with any other, the ranks that existed before continue their
+    own streams and new ranks start theirs, so the batches differ from an uninterrupted run's (a warning says so).
+    None: keep what this process started with.
+    """
+    data, rngs, saved = state["data"], state["rng"], int(state.get("world_size", 1))
+    if saved == rt.world_size:
+        return data[rt.rank], rngs[rt.rank]
+    if rt.is_main and not objective.shared_stream:
+        console.print(f"[yellow]resuming a {saved}-process run on {rt.world_size}: objective '{objective.name}' "
+                      f"draws its training data per process, so the batches from here on are not those of an "
+                      f"uninterrupted run[/yellow]")
+    rng = rngs[rt.rank] if rt.rank < saved else None
+    if objective.shared_stream:
+        return data[0], rng
+    return (data[rt.rank] if rt.rank < saved else None), rng

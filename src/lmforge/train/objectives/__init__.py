@@ -44,6 +44,10 @@ class Objective:
     """Base class of training objectives. Subclasses implement the four methods that raise below."""
 
     name: ClassVar[str] = ""
+    # True when the training stream is the same global batches whatever the number of processes (rank r takes
+    # its rows of one batch drawn from a generator shared by all ranks): its position is then the same on every
+    # rank, and a run resumes exactly on another world size. False: each rank draws its own batches.
+    shared_stream: ClassVar[bool] = False
 
     def __init__(self, cfg: TrainConfig, rt: Runtime) -> None:
         self.cfg, self.rt = cfg, rt
@@ -91,6 +95,19 @@ class Objective:
         return batch
 
 
+def train_only(model: nn.Module, *used: nn.Module) -> nn.Module:
+    """Freeze every parameter of `model` outside the modules `used` by the objective (heads it never calls).
+
+    They would get no gradient anyway, so training is unchanged; DDP needs it, because it waits for a gradient of
+    every trainable parameter before it reduces them. A tied weight stays trainable if any module using it is used.
+    """
+    keep = {id(p) for module in used for p in module.parameters()}
+    for p in model.parameters():
+        if id(p) not in keep:
+            p.requires_grad_(False)
+    return model
+
+
 OBJECTIVES: dict[str, type[Objective]] = {}
 
 
@@ -125,4 +142,4 @@ def total(sums: Iterable[dict[str, Tensor | float]]) -> dict[str, float]:
     return {k: float(v.item()) if isinstance(v, Tensor) else float(v) for k, v in acc.items()}
 
 
-__all__ = ["OBJECTIVES", "Objective", "Output", "get_objective", "register", "total"]
+__all__ = ["OBJECTIVES", "Objective", "Output", "get_objective", "register", "total", "train_only"]

@@ -1,4 +1,9 @@
-"""Causal language modelling: predict every next token of random windows of the training stream."""
+"""Causal language modelling: predict every next token of random windows of the training stream.
+
+Under `torchrun` the loader draws one global batch per step and each rank reads its own rows of it, so the run
+sees the same data on any number of processes at the same global batch, and resumes exactly on another world
+size (see `lmforge.data.loaders.RandomWindowLoader`).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ IGNORE_INDEX = -100  # the cross-entropy default: targets with this id (padding)
 class CausalLM(Objective):
     """Cross-entropy on the next token. Train: random windows; eval: one in-order pass over the val split."""
 
+    shared_stream = True
+
     def __init__(self, cfg, rt) -> None:
         from lmforge.data.loaders import RandomWindowLoader, TokenDataset
 
@@ -40,8 +47,8 @@ class CausalLM(Objective):
                 console.print(f"[yellow]no val split in {cfg.data}: no evaluation, no best checkpoint, "
                               f"no early stopping[/yellow]")
         self.tokenizer_dir = self.train_ds.tokenizer_path.parent
-        self.loader = RandomWindowLoader(self.train_ds, cfg.batch_size, cfg.seq_len, seed=cfg.seed,
-                                         rank=rt.rank, world_size=rt.world_size)
+        self.loader = RandomWindowLoader(self.train_ds, cfg.batch_size, cfg.seq_len, seed=cfg.seed, rank=rt.rank,
+                                         world_size=rt.world_size)
 
     def train_batches(self) -> Iterator[Any]:
         return iter(self.loader)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from lmforge.errors import UserError
 from lmforge.eval.retrieval import encode, frame, framing, retrieval_metrics, retrieval_sums, sentence_ids
 from lmforge.progress import console
-from lmforge.train.objectives import Objective, Output, register
+from lmforge.train.objectives import Objective, Output, register, train_only
 from lmforge.train.objectives.masked_lm import Documents
 from lmforge.train.objectives.options import objective_options, require_family, require_pair_lengths, require_vocab
 from lmforge.train.objectives.seq2seq import EpochSampler, held_out, pad, read_pairs
@@ -62,6 +62,10 @@ class Contrastive(Objective):
             self._load_pairs()
         else:
             self._load_documents()
+
+    def build_model(self) -> nn.Module:
+        model = super().build_model()
+        return train_only(model, model.embed, model.encoder)  # the embedding is the mean of the hidden states
 
     # ------------------------------------------------------------------------------------------- supervised
     def _load_pairs(self) -> None:

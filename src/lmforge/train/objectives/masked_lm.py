@@ -28,9 +28,10 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
+from lmforge.dist import unwrap
 from lmforge.errors import UserError
 from lmforge.progress import console
-from lmforge.train.objectives import Objective, Output, register
+from lmforge.train.objectives import Objective, Output, register, train_only
 from lmforge.train.objectives.options import (
     ObjectiveOptions,
     objective_options,
@@ -143,6 +144,7 @@ class _MaskedLMBase(Objective):
     """What `mlm` and `mlm_nsp` share: the checks, the masker, the forward pass and the metrics."""
 
     needs: tuple[str, ...] = ("mask",)
+    uses_nsp = False  # whether the loss includes next-sentence prediction (the pooler and NSP head)
 
     def __init__(self, cfg, rt) -> None:
         from lmforge.data.loaders import TokenDataset
@@ -172,6 +174,10 @@ class _MaskedLMBase(Objective):
         self.masker = Masker(special, ids["mask"], self.opts, word_start)
         self.rng = np.random.Generator(np.random.PCG64([cfg.seed, rt.rank]))
 
+    def build_model(self) -> nn.Module:
+        model = super().build_model()
+        return model if self.uses_nsp else train_only(model, model.embed, model.encoder, model.mlm_head)
+
     # Training position: everything random comes from self.rng, so its state is the whole position.
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state}
@@ -196,7 +202,8 @@ class _MaskedLMBase(Objective):
         h = model(b["input_ids"], attention_mask=mask, token_types=b.get("token_types"))  # (B, T, C)
         positions, labels = b["mlm_positions"], b["mlm_labels"]  # (B, P)
         picked = torch.gather(h, 1, positions[..., None].expand(-1, -1, h.shape[-1]))  # (B, P, C)
-        logits = model.mlm_logits(picked)  # (B, P, V)
+        heads = unwrap(model)  # called outside forward: on the model itself, not a DDP wrapper
+        logits = heads.mlm_logits(picked)  # (B, P, V)
         mlm_sum = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="sum",
                                   ignore_index=IGNORE_INDEX)
         real = labels != IGNORE_INDEX
@@ -207,7 +214,7 @@ class _MaskedLMBase(Objective):
             "tokens": mask.sum() if mask is not None else float(b["input_ids"].numel())}
         if "nsp_labels" in b and self.opts.nsp:
             y = b["nsp_labels"]
-            nsp_logits = model.nsp_logits(h)  # (B, 2)
+            nsp_logits = heads.nsp_logits(h)  # (B, 2)
             nsp_sum = F.cross_entropy(nsp_logits.float(), y, reduction="sum")
             loss = loss + nsp_sum / y.numel()  # BERT's loss: mean MLM loss + mean NSP loss
             sums.update(nsp_loss=nsp_sum.detach(), nsp_count=float(y.numel()),
@@ -277,6 +284,7 @@ class MaskedLMNextSentence(_MaskedLMBase):
 
     def __init__(self, cfg, rt) -> None:
         super().__init__(cfg, rt)
+        self.uses_nsp = self.opts.nsp
         self.budget = cfg.seq_len - 3  # tokens of A and B together
         if self.budget < 2:
             raise UserError(f"seq_len {cfg.seq_len} leaves no room for two segments after <cls> <sep> <sep>",
