@@ -12,10 +12,11 @@ os.environ.setdefault("LMFORGE_QUIET", "1")  # no live progress bars in test log
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """Every test on one intra-op thread: the suite runs one test per core (pytest -n 2), tiny models gain
-    nothing from more, and matmuls are bit-for-bit repeatable against subprocesses run with OMP_NUM_THREADS=1."""
+    """Every test (and module fixture) on one intra-op thread: the suite runs one test per core (pytest -n 2),
+    tiny models gain nothing from more, and matmuls are bit-for-bit repeatable against subprocesses run with
+    OMP_NUM_THREADS=1."""
     import torch
 
     before = torch.get_num_threads()

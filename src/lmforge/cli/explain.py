@@ -30,7 +30,7 @@ examples:
   lmforge explain --checkpoint runs/train "def add(a, b):" --what attention --layers -1 --heads 0 1
   lmforge explain --checkpoint runs/train "To be or not" --method grad_x_input --out /tmp/why
   lmforge explain --checkpoint runs/train "Some text" --what surprise --units nats
-  lmforge explain --checkpoint runs/bert "A sentence. Another one." --target random --steps 64 --baseline pad
+  lmforge explain --checkpoint runs/bert "A sentence. Another one." --target random --ig-steps 64 --baseline pad
 """
 
 

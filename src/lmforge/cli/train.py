@@ -81,12 +81,21 @@ def _main(args: argparse.Namespace) -> int:
     if result.plot is not None:
         lines.append(f"  loss curve:  {result.plot}")
     lines.append(f"  config:      {result.config}")
-    if cfg.model.family == "bert":
-        lines.append(f"next: lmforge embed --checkpoint {result.out} --input sentences.txt --out emb.npy")
-    else:
-        lines.append(f"next: lmforge generate --checkpoint {result.out}")
+    lines.append("next: " + _next_command(cfg, result.out))
     print("\n".join(lines))
     return 0
+
+
+def _next_command(cfg: TrainConfig, out: Path) -> str:
+    """What to do with this kind of model next."""
+    family = cfg.model.family
+    if family in ("gpt", "llama"):
+        return f"lmforge generate --checkpoint {out}"
+    if family == "lstm":
+        return f"lmforge eval --checkpoint {out} --data {cfg.data}"
+    if family == "bert" and cfg.objective == "contrastive":
+        return f"lmforge embed --checkpoint {out} --input sentences.txt --out emb.npy"
+    return f"lmforge export {out} --out {out}-hf   # a Hugging Face directory"
 
 
 def register(sub) -> None:

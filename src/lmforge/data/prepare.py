@@ -86,6 +86,8 @@ class PrepareResult:
 def prepare(cfg: PrepareConfig) -> PrepareResult:
     """Run the whole pipeline; returns where the prepared data is and what it holds."""
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError("output path exists and is not a directory", where=out, fix="choose another --out")
     if out.exists() and not cfg.overwrite and any(out.iterdir()):
         raise UserError("output directory already exists and is not empty", where=out,
                         fix="choose another --out, or pass --overwrite to replace it")

@@ -87,7 +87,7 @@ def integrated_gradients(logits_fn: LogitsFn, inputs: Tensor, target: int, *, ba
     """Integrated gradients of class `target` w.r.t. `inputs` (T, C); baseline default: zero embeddings."""
     _check(inputs, target, output)
     if steps < 1:
-        raise UserError(f"integrated gradients needs at least 1 step, got {steps}", fix="use e.g. --steps 32")
+        raise UserError(f"integrated gradients needs at least 1 step, got {steps}", fix="use e.g. --ig-steps 32")
     inputs = inputs.detach()
     baseline = torch.zeros_like(inputs) if baseline is None else baseline.detach().to(inputs)
     diff = inputs - baseline
@@ -229,10 +229,13 @@ def attribute(model: nn.Module, tokenizer: Tokenizer, enc: Encoded, *, method: s
         target = int(logits.argmax())
     if not 0 <= target < logits.shape[-1]:
         raise UserError(f"target {target} is out of range: the model has {logits.shape[-1]} outputs")
-    if method == "grad_x_input":
-        return gradient_x_input(logits_fn, inputs, target, output=output)
-    base = make_baseline(model, enc, inputs, baseline, specials.get("pad", 0))
-    return integrated_gradients(logits_fn, inputs, target, baseline=base, steps=steps, output=output)
+    # cuDNN's LSTM has no backward in eval mode; the native kernel does (and gives the same numbers).
+    no_cudnn = torch.backends.cudnn.flags(enabled=False) if family == "lstm" else contextlib.nullcontext()
+    with no_cudnn:
+        if method == "grad_x_input":
+            return gradient_x_input(logits_fn, inputs, target, output=output)
+        base = make_baseline(model, enc, inputs, baseline, specials.get("pad", 0))
+        return integrated_gradients(logits_fn, inputs, target, baseline=base, steps=steps, output=output)
 
 
 def target_label(a: Attribution, tokenizer: Tokenizer, family: str) -> str:

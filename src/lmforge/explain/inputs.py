@@ -14,7 +14,8 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from lmforge.data.tokenizer import special_token_ids
+from lmforge.data.tokenizer import check_vocab_fits, special_token_ids
+from lmforge.data.tokenizer import decoder_start_id as tokenizer_decoder_start_id
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig
 
@@ -82,9 +83,7 @@ def encode_text(tokenizer: Tokenizer, text: str, cfg: ModelConfig) -> Encoded:
     enc = tokenizer.encode(text, add_special_tokens=False)
     if not enc.ids:
         raise UserError(f"the text {text!r} gives no tokens", fix="give some text the tokenizer can read")
-    if tokenizer.get_vocab_size() > cfg.vocab_size:
-        raise UserError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the model only "
-                        f"{cfg.vocab_size}", fix="use the tokenizer saved with this checkpoint")
+    check_vocab_fits(tokenizer.get_vocab_size(), cfg.vocab_size, fix="use the tokenizer saved with this checkpoint")
     ids, pieces = list(enc.ids), list(enc.tokens)
     spans = _spans([tuple(o) for o in enc.offsets], len(text))
     added = [False] * len(ids)
@@ -113,8 +112,8 @@ def encode_text(tokenizer: Tokenizer, text: str, cfg: ModelConfig) -> Encoded:
 
 
 def decoder_start_id(tokenizer: Tokenizer) -> int:
-    """The first decoder input of an encoder-decoder: the pad token, T5's convention (0 when there is none)."""
-    return special_token_ids(tokenizer).get("pad", 0)
+    """The first decoder input of an encoder-decoder: the one it was trained with (see data.tokenizer)."""
+    return tokenizer_decoder_start_id(special_token_ids(tokenizer))
 
 
 def piece_text(tokenizer: Tokenizer, token_id: int) -> str:

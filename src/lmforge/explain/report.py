@@ -34,7 +34,7 @@ class ExplainConfig:
     target: str | None = field(None, "attribution: the prediction to explain. Decoders: the next token, as text "
                                      "(' mat', mind the leading space) or its vocabulary spelling; bert: the "
                                      "next-sentence class, 0/next or 1/random (default: the model's top choice)")
-    steps: int = field(32, "integrated gradients: interpolation steps (more = smaller completeness error)")
+    ig_steps: int = field(32, "integrated gradients: interpolation steps (more = smaller completeness error)")
     baseline: str = field("zero", "integrated gradients: baseline embeddings at the text's tokens, zero or pad "
                                        "(the pad token's)", choices=("zero", "pad"))
     units: str = field("bits", "surprise units: bits or nats", choices=("bits", "nats"))
@@ -91,8 +91,8 @@ def explain(cfg: ExplainConfig) -> ExplainResult:
     from lmforge.models.io import load_model, resolve_checkpoint
 
     # --- check everything a user can get wrong before writing anything ---
-    if cfg.steps < 1:
-        raise UserError(f"--steps is {cfg.steps}", fix="give 1 or more (32 is a good start)")
+    if cfg.ig_steps < 1:
+        raise UserError(f"--ig-steps is {cfg.ig_steps}", fix="give 1 or more (32 is a good start)")
     if cfg.top_k < 1:
         raise UserError(f"--top-k is {cfg.top_k}", fix="give 1 or more")
     check_text(cfg.text)  # before loading anything
@@ -140,7 +140,7 @@ def explain(cfg: ExplainConfig) -> ExplainResult:
         result.files += [out / "surprise.html", out / "surprise.json"]
 
     if "attribution" in wanted:
-        a = attribute(model, tokenizer, enc, method=cfg.method, target=cfg.target, steps=cfg.steps,
+        a = attribute(model, tokenizer, enc, method=cfg.method, target=cfg.target, steps=cfg.ig_steps,
                       baseline=cfg.baseline)
         label = target_label(a, tokenizer, mcfg.family)
         write_text(out / "attribution.html", attribution_page(a, enc, label, baseline=cfg.baseline))

@@ -34,9 +34,10 @@ TextCallback = Callable[[int, str], None]
 def generate_ids(model: nn.Module, prompts: list[list[int]], cfg: GenerationConfig, *, eos_id: int | None = None,
                  pad_id: int = 0, on_step: Callable[[torch.Tensor], bool] | None = None) -> list[list[int]]:
     """Generate continuations (ids only) for token-id prompts. `on_step(next_ids)` may return True to stop early."""
-    if not hasattr(model, "setup_cache"):
-        raise UserError(f"generation needs a Transformer decoder; this checkpoint is a '{model.cfg.family}' model",
-                        fix="generate from a gpt or llama checkpoint (lstm models are scored by `lmforge eval`)")
+    if model.cfg.family not in ("gpt", "llama"):
+        raise UserError(f"generation needs a decoder-only Transformer; this checkpoint is a '{model.cfg.family}' model",
+                        fix="generate from a gpt or llama checkpoint (lstm models are scored by `lmforge eval`, "
+                            "bert and t5 ones exported with `lmforge export`)")
     device = next(model.parameters()).device
     max_len = model.cfg.max_seq_len
     B, P = len(prompts), max(len(p) for p in prompts)
