@@ -140,6 +140,9 @@ def main() -> None:
                          "0.55 GB of resident memory, a scale at which the tiny ladder stops somewhere)")
     ap.add_argument("--compile", action="store_true", help="torch.compile each block (slower to start)")
     ap.add_argument("--skip-search", action="store_true", help="only the first table")
+    ap.add_argument("--deadline-s", type=float, default=None,
+                    help="stop starting trials after this many seconds, reporting what was measured (for a leased "
+                         "machine's per-command limit)")
     ap.add_argument("--json", default=None, help="also write the results here (default: $OUT/dist_memory.json)")
     ap.add_argument("--trial", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -155,7 +158,14 @@ def main() -> None:
     budget = args.budget_gb or (torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else 0.55)
     base = {"device": device, "batch": args.batch or (8 if cuda else 4), "seq": args.seq or (1024 if cuda else 64),
             "steps": args.steps or (6 if cuda else 4), "vocab": 50304 if cuda else 512, "compile": args.compile}
-    timeout = 600.0 if cuda else 300.0
+    timeout = 240.0 if cuda else 300.0
+    t_start = time.monotonic()
+    # CPU offload keeps fp32 parameters, gradients and both AdamW moments (16 bytes a parameter) in host memory:
+    # a model past ~60% of the host's RAM is not tried (the kernel's OOM killer may take more than the trial).
+    host_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+    def too_late() -> bool:
+        return args.deadline_s is not None and time.monotonic() - t_start > args.deadline_s
     ladder = LADDER if cuda else TINY_LADDER
     shape = ladder[0] if cuda else ladder[2]
     results: dict = {"device": name, "budget_gb": budget, **base, "throughput": [], "largest": {}}
@@ -181,6 +191,13 @@ def main() -> None:
             best, nxt = None, None
             for i in range(start, len(ladder)):
                 label, n_layer, d_model, n_head = ladder[i]
+                if too_late():
+                    nxt = f"{label}: not tried (--deadline-s reached)"
+                    break
+                approx_params = 12 * n_layer * d_model**2 + base["vocab"] * d_model
+                if extra.get("offload") and approx_params * 16 / 2**30 > 0.6 * host_gb:
+                    nxt = f"{label}: not tried (its optimizer state would not fit {host_gb:.0f} GiB of host memory)"
+                    break
                 r = run_trial({**base, **extra, "n_layer": n_layer, "d_model": d_model, "n_head": n_head}, timeout)
                 if not fits(r, budget):
                     nxt = f"{label}: " + ("out of memory" if r.get("oom") else r.get("error") or

@@ -46,6 +46,15 @@ def test_missing_checkpoint_is_one_line_and_exit_2(capsys, tiny_data, tmp_path):
     assert code == 2 and "no checkpoint given" in err and "--compare" in err
 
 
+def test_compare_only_flags_without_compare_are_one_line_and_exit_2(capsys, checkpoints, tiny_data):
+    code, out, err = run(capsys, "--checkpoint", checkpoints["tiny"], "--data", tiny_data, "--steps", 5,
+                         "--ngram-order", 4, "--lstm-checkpoint", checkpoints["tiny"])
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "--lstm-checkpoint, --ngram-order, --steps only apply with --compare" in err
+    code, _, err = run(capsys, "--checkpoint", checkpoints["tiny"], "--data", tiny_data, "--out", "x")
+    assert code == 2 and "--out only applies with --compare" in err
+
+
 def test_data_from_another_tokenizer_is_one_line_and_exit_2(capsys, checkpoints, tmp_path):
     from conftest import prepare_tiny
 

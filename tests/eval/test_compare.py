@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from lmforge.config import resolve
 from lmforge.errors import UserError
@@ -11,15 +10,6 @@ from lmforge.eval.compare import CompareConfig, compare, comparison_table
 from lmforge.models.ngram import ngram_baseline
 
 QUICK = {"steps": 3, "batch_size": 4, "seq_len": 16, "max_batches": 2, "device": "cpu"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train faster on one CPU thread (the LSTM's per-step thread syncs dominate otherwise)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

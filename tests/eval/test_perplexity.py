@@ -114,3 +114,23 @@ def test_non_causal_model_and_too_long_windows_are_refused(tiny_data, tmp_path, 
     path = save_model(tmp_path / "lstm", lstm, lstm_cfg, tokenizer_dir=tiny_data)
     with pytest.raises(UserError, match="fewer than one window"):
         evaluate_checkpoint(path, tiny_data, seq_len=10**7, device="cpu")
+
+
+def test_evaluate_checkpoint_of_a_trained_run_equals_the_trainers_logged_val_metrics(tiny_data, tmp_path):
+    # `lmforge eval` and the trainer's evaluation score with the same function: same windows, same numbers.
+    import json
+
+    from lmforge.config import resolve
+    from lmforge.train import TrainConfig, train
+
+    cfg = resolve(TrainConfig, data=str(tiny_data), out=str(tmp_path / "run"), steps=4, eval_every=2,
+                  eval_batches=2, seq_len=32, batch_size=4, model__n_layer=1, model__d_model=32, model__n_head=2,
+                  tensorboard=False, device="cpu")
+    result = train(cfg)
+    evals = [r for r in map(json.loads, (result.out / "metrics.jsonl").read_text().splitlines())
+             if r["event"] == "eval" and r["step"] == result.best_step]
+    assert len(evals) == 1
+    got = evaluate_checkpoint(result.out, tiny_data, seq_len=32, batch_size=4, max_batches=2, device="cpu").score
+    assert got.tokens == evals[0]["val_tokens"] == 2 * 4 * 32
+    for name in ("loss", "ppl", "bpb"):
+        assert getattr(got, name) == pytest.approx(evals[0][f"val_{name}"], rel=0, abs=1e-5)

@@ -63,5 +63,5 @@ def test_empty_and_too_long_texts_are_clear_errors(tokenizer):
         encode_text(tokenizer, "", cfg("gpt"))
     with pytest.raises(UserError, match=r"more than the model's 64 positions.*shorten the text to under 63"):
         encode_text(tokenizer, "The cat sat on the mat. " * 40, cfg("gpt"))
-    with pytest.raises(UserError, match="the tokenizer has .* tokens but the model only 10"):
+    with pytest.raises(UserError, match="the tokenizer has .* tokens but the model.s vocabulary is 10"):
         encode_text(tokenizer, "The", ModelConfig(family="gpt", vocab_size=10, n_layer=1, n_head=1, d_model=8))

@@ -9,7 +9,7 @@ from lmforge.errors import UserError
 from lmforge.models import DecoderLM, ModelConfig
 from lmforge.models.io import load_model
 from lmforge.train import checkpoint as ck
-from lmforge.train.checkpoint import Checkpointer, check_compatible, load_train_state
+from lmforge.train.checkpoint import Checkpointer, CheckpointMismatch, check_compatible, load_train_state
 
 
 def tiny(**kw) -> ModelConfig:
@@ -118,11 +118,12 @@ def test_another_family_or_config_is_refused(tmp_path, model_and_cfg):
     path = Checkpointer(tmp_path).save(1, model, cfg, {"train_config": {"batch_size": 4, "seq_len": 16}})
     state = load_train_state(path)
     llama = tiny(family="llama", norm="rmsnorm", mlp="gated", activation="silu", pos="rope", bias=False)
-    with pytest.raises(UserError, match="holds a 'gpt' model but the config asks for 'llama'"):
+    # CheckpointMismatch, a UserError: callers (lmforge eval --compare) catch the type, not the message text.
+    with pytest.raises(CheckpointMismatch, match="holds a 'gpt' model but the config asks for 'llama'"):
         check_compatible(state, llama, {}, path)
-    with pytest.raises(UserError, match=r"model.n_layer 1 -> 2"):
+    with pytest.raises(CheckpointMismatch, match=r"model.n_layer 1 -> 2"):
         check_compatible(state, tiny(n_layer=2), {}, path)
-    with pytest.raises(UserError, match=r"batch_size 4 -> 8"):
+    with pytest.raises(CheckpointMismatch, match=r"batch_size 4 -> 8"):
         check_compatible(state, cfg, {"batch_size": 8, "seq_len": 16}, path)
     check_compatible(state, cfg, {"batch_size": 4, "seq_len": 16, "steps": 99}, path)  # more steps: fine
 

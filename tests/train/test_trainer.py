@@ -294,3 +294,17 @@ def test_compiled_run_matches_eager(tiny_data, tmp_path):
     compiled = run(tiny_data, tmp_path / "compiled", steps=3, log_every=1, eval_every=0, compile=True)
     assert [r["loss"] for r in records(compiled.out, "train")] == pytest.approx(
         [r["loss"] for r in records(eager.out, "train")], rel=1e-4)
+
+
+def test_an_lstm_trains_longer_than_its_max_seq_len_a_transformer_may_not(tiny_data, tmp_path):
+    # An LSTM has no position table: max_seq_len is only its default length, so seq_len may exceed it.
+    result = run(tiny_data, tmp_path / "lstm", preset="lstm-tiny", model__max_seq_len=16, seq_len=32, steps=2)
+    assert result.step == 2 and math.isfinite(result.train_loss)
+    with pytest.raises(UserError, match="seq_len 32 is longer than the model's max_seq_len 16"):
+        config(tiny_data, tmp_path / "gpt", model__max_seq_len=16, seq_len=32)
+
+
+def test_a_model_vocab_smaller_than_the_tokenizer_is_refused(tiny_data, tmp_path):
+    vocab = TokenDataset.open(tiny_data, "train").vocab_size
+    with pytest.raises(UserError, match=f"the tokenizer has {vocab} tokens but model.vocab_size is {vocab - 1}"):
+        config(tiny_data, tmp_path / "run", model__vocab_size=vocab - 1)

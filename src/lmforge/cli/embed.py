@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +12,6 @@ from lmforge.device import DEVICES
 from lmforge.errors import UserError
 
 ORDER = 45
-FORMATS = (".npy", ".jsonl")
 
 DESCRIPTION = """\
 Embed every line of a text file with an encoder checkpoint (e.g. one trained with --objective contrastive).
@@ -46,66 +43,18 @@ class EmbedConfig:
             raise UserError("no input file given", fix="pass --input FILE, one sentence per line")
         if not self.out:
             raise UserError("no output file given", fix="pass --out FILE.npy or --out FILE.jsonl")
-        if Path(self.out).suffix.lower() not in FORMATS:
+        if Path(self.out).suffix.lower() not in (".npy", ".jsonl"):  # as lmforge.eval.retrieval.embed_file writes
             raise UserError(f"cannot tell the output format of {self.out}", fix="end --out with .npy or .jsonl")
         if self.batch_size <= 0:
             raise UserError("batch_size must be positive")
 
 
-def read_sentences(path: str | Path) -> list[str]:
-    """The lines of a UTF-8 text file (optionally gzipped); a blank line is an error, rows must match lines."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError("input file not found", where=path, fix="pass --input FILE, one sentence per line")
-    try:
-        with (gzip.open(path, "rt", encoding="utf-8") if path.name.lower().endswith(".gz")
-              else open(path, encoding="utf-8")) as f:
-            lines = f.read().splitlines()
-    except UnicodeDecodeError as e:
-        raise UserError(f"input is not UTF-8 ({e.reason} at byte {e.start})", where=path) from None
-    except (OSError, EOFError) as e:
-        raise UserError(f"cannot read input ({e})", where=path) from None
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            raise UserError(f"line {i} is blank", where=path,
-                            fix="remove blank lines: every line is one sentence, and row i of the output is line i")
-    if not lines:
-        raise UserError("input file holds no sentences", where=path)
-    return lines
-
-
-def run_embed(cfg: EmbedConfig) -> tuple[Path, tuple[int, int]]:
-    """Embed cfg.input into cfg.out; returns the output path and the array's shape."""
-    import numpy as np
-
-    from lmforge.atomic import atomic_file
-    from lmforge.data.tokenizer import load_tokenizer, special_token_ids
-    from lmforge.device import pick_device
-    from lmforge.eval.retrieval import embed, load_encoder, sentence_ids
-    from lmforge.models.io import resolve_checkpoint
-
-    path = resolve_checkpoint(cfg.checkpoint)
-    model, mcfg = load_encoder(path, pick_device(cfg.device))
-    tok = load_tokenizer(path)
-    ids = special_token_ids(tok)
-    texts = read_sentences(cfg.input)
-    seqs = sentence_ids(tok, texts, ids, mcfg.max_seq_len, truncate=cfg.truncate, what="line", where=cfg.input,
-                        fix="shorten it, or pass --truncate")
-    emb = embed(model, seqs, ids.get("pad", 0), cfg.batch_size).numpy().astype(np.float32)
-    out = Path(cfg.out)
-    if out.suffix.lower() == ".npy":
-        with atomic_file(out, "wb") as f:
-            np.save(f, emb)
-    else:
-        with atomic_file(out, "w") as f:
-            for text, vec in zip(texts, emb):
-                f.write(json.dumps({"text": text, "embedding": vec.tolist()}, ensure_ascii=False) + "\n")
-    return out, emb.shape
-
-
 def _main(args: argparse.Namespace) -> int:
+    from lmforge.eval.retrieval import embed_file
+
     cfg = resolve(EmbedConfig, args)
-    out, (n, d) = run_embed(cfg)
+    out, (n, d) = embed_file(cfg.checkpoint, cfg.input, cfg.out, batch_size=cfg.batch_size, truncate=cfg.truncate,
+                             device=cfg.device)
     print(f"wrote {n} embeddings of dimension {d} to {out}")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from dataclasses import dataclass
 
@@ -52,6 +53,7 @@ def run_eval(cfg: EvalConfig) -> int:
 
     from lmforge.eval.perplexity import evaluate_checkpoint
 
+    _refuse_compare_only_flags(cfg)
     if cfg.checkpoint is None:
         raise UserError("no checkpoint given", fix="pass --checkpoint DIR (a checkpoint or a run directory), or "
                                                    "--compare to compare baselines")
@@ -62,6 +64,18 @@ def run_eval(cfg: EvalConfig) -> int:
     out.print(f"{r.checkpoint} on {cfg.split} ({s.tokens:,} tokens, windows of {r.seq_len}): "
               f"loss {s.loss:.4f} | ppl {s.ppl:,.2f}{bpb}", highlight=False)
     return 0
+
+
+# Settings only --compare reads: given without it, they would be silently ignored.
+COMPARE_ONLY = ("lstm_checkpoint", "ngram_order", "out", "steps", "lr", "transformer_preset", "lstm_preset", "seed")
+
+
+def _refuse_compare_only_flags(cfg: EvalConfig) -> None:
+    defaults = {f.name: f.default for f in dataclasses.fields(EvalConfig)}
+    given = [f"--{name.replace('_', '-')}" for name in COMPARE_ONLY if getattr(cfg, name) != defaults[name]]
+    if given:
+        raise UserError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} with --compare",
+                        fix="add --compare, or leave " + ("it" if len(given) == 1 else "them") + " out")
 
 
 def _main(args: argparse.Namespace) -> int:

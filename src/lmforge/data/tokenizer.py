@@ -209,6 +209,25 @@ def special_token_ids(tok: Tokenizer) -> dict[str, int]:
     return found
 
 
+def decoder_start_id(special_ids: dict[str, int]) -> int:
+    """The first decoder input of an encoder-decoder, in training, generation, explain and export alike.
+
+    `<pad>` as in T5 (so an exported model's `decoder_start_token_id` is the one it was trained with), else `<bos>`,
+    else `<eos>`. `special_ids` is `special_token_ids(tok)` or the same role -> id mapping.
+    """
+    for name in ("pad", "bos", "eos"):
+        if name in special_ids:
+            return special_ids[name]
+    raise KeyError("no <pad>, <bos> or <eos> token to start the decoder with")
+
+
+def check_vocab_fits(tokenizer_size: int, model_size: int, *, model: str = "the model's vocabulary",
+                     where: str | Path | None = None, fix: str) -> None:
+    """UserError when the tokenizer has ids the model has no embedding row for (they would index out of range)."""
+    if tokenizer_size > model_size:
+        raise UserError(f"the tokenizer has {tokenizer_size} tokens but {model} is {model_size}", where=where, fix=fix)
+
+
 def _hf_special_tokens(tok: Tokenizer) -> dict[str, str]:
     """transformers' names for the special tokens present: {"eos_token": "<eos>", ...}."""
     return {f"{name}_token": tok.id_to_token(i) for name, i in special_token_ids(tok).items()}

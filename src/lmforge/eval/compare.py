@@ -191,9 +191,10 @@ def _train(cfg: CompareConfig, kind: str, preset: str, run_dir: Path, seq_len: i
     from lmforge.models.io import CONFIG, resolve_checkpoint
     from lmforge.progress import console
     from lmforge.train import TrainConfig, train
+    from lmforge.train.checkpoint import Checkpointer, CheckpointMismatch
 
     fix = f"pass another --out, or delete {run_dir} to train it again"
-    resume = (run_dir / "checkpoints" / "latest").is_file()
+    resume = Checkpointer(run_dir / "checkpoints").latest() is not None
     if resume:  # a run of an earlier comparison: only worth continuing on data of the same tokenizer
         old = resolve_checkpoint(run_dir)
         try:
@@ -209,9 +210,7 @@ def _train(cfg: CompareConfig, kind: str, preset: str, run_dir: Path, seq_len: i
                    log_every=max(1, cfg.steps // 10), tensorboard=False)
     try:
         result = train(tcfg)
-    except UserError as e:
-        if "does not match the checkpoint" not in e.what and "holds a '" not in e.what:
-            raise
+    except CheckpointMismatch as e:
         raise UserError(f"{run_dir} holds a run with other settings ({e.what})", where=e.where, fix=fix) from None
     if result.checkpoint is None:
         raise RuntimeError(f"training into {run_dir} wrote no checkpoint")

@@ -15,7 +15,6 @@ models with different tokenizers (and the n-gram baseline) comparable.
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,10 +40,9 @@ class Score:
 
     @classmethod
     def from_sums(cls, nll_sum: float, count: int, bytes_per_token: float | None = None) -> Score:
-        loss = nll_sum / max(count, 1)
-        # bits per byte = (nats per token / ln 2) * (tokens / bytes): comparable across tokenizers.
-        bpb = loss / math.log(2) / bytes_per_token if bytes_per_token else None
-        return cls(loss=loss, ppl=math.exp(min(loss, 700.0)), bpb=bpb, tokens=int(count))
+        from lmforge.train.objectives.causal_lm import lm_metrics
+
+        return cls(**lm_metrics(nll_sum / max(count, 1), bytes_per_token), tokens=int(count))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,10 +67,10 @@ def evaluate_lm(model: nn.Module, ds: TokenDataset, *, seq_len: int, batch_size:
     import contextlib
 
     import torch
-    import torch.nn.functional as F
 
     from lmforge.data.loaders import SequentialLoader
     from lmforge.errors import UserError
+    from lmforge.train.objectives.causal_lm import next_token_nll
     from lmforge.train.runtime import eval_mode
 
     device = device or next(model.parameters()).device
@@ -81,15 +79,15 @@ def evaluate_lm(model: nn.Module, ds: TokenDataset, *, seq_len: int, batch_size:
         raise UserError(f"the {ds.split} split has {ds.num_tokens} tokens, fewer than one window of {seq_len + 1}",
                         where=ds.directory, fix="pass a smaller --seq-len, or prepare more data")
     nll = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
+    count = torch.zeros((), dtype=torch.long, device=device)
     with eval_mode(model):
         for x, y in itertools.islice(loader, max_batches or None):
             with autocast() if autocast else contextlib.nullcontext():
                 logits = model(x.to(device))  # (B, T, V)
-            # float32 for the softmax whatever the autocast dtype; summed in float64 across batches.
-            nll += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").double()
-            count += y.numel()
-    return Score.from_sums(float(nll), count, ds.bytes_per_token)
+            loss_sum, n = next_token_nll(logits, y.to(device))  # the trainer's loss, summed in float64 here
+            nll += loss_sum.double()
+            count += n
+    return Score.from_sums(float(nll), int(count), ds.bytes_per_token)
 
 
 def check_data_matches(checkpoint: Path, cfg: ModelConfig, ds: TokenDataset) -> None:
@@ -98,14 +96,12 @@ def check_data_matches(checkpoint: Path, cfg: ModelConfig, ds: TokenDataset) -> 
     A checkpoint written by `lmforge train` carries the tokenizer.json of its training data, whose sha256 the data
     manifest records; without one, only the vocabulary size can be checked.
     """
-    from lmforge.data.tokenizer import TOKENIZER_FILE, tokenizer_hash
+    from lmforge.data.tokenizer import TOKENIZER_FILE, check_vocab_fits, tokenizer_hash
     from lmforge.errors import UserError
 
     fix = (f"evaluate on data encoded with this model's tokenizer: lmforge prepare --tokenizer-from {checkpoint} "
            f"--out DIR ...")
-    if ds.vocab_size > cfg.vocab_size:
-        raise UserError(f"the data's tokenizer has {ds.vocab_size} tokens but the model's vocabulary is "
-                        f"{cfg.vocab_size}: they were not made for each other", where=ds.directory, fix=fix)
+    check_vocab_fits(ds.vocab_size, cfg.vocab_size, where=ds.directory, fix=fix)
     if (checkpoint / TOKENIZER_FILE).is_file():
         ours, theirs = tokenizer_hash(checkpoint), ds.manifest["tokenizer"].get("sha256")
         if theirs and ours != theirs:

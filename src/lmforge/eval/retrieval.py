@@ -12,6 +12,7 @@ sentence alike scores 1/N, never 1.
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig
 
 ENCODER_FAMILIES = ("bert",)
+EMBED_FORMATS = (".npy", ".jsonl")  # what embed_file writes, by the output's suffix
 
 
 def frame(ids: Sequence[int], special_ids: dict[str, int]) -> list[int]:
@@ -134,6 +136,64 @@ def evaluate_retrieval(checkpoint: str | Path, pairs: str | Path, *, source_colu
     pad_id = ids.get("pad", 0)
     m = retrieval_metrics(retrieval_sums(embed(model, q, pad_id, batch_size), embed(model, c, pad_id, batch_size)))
     return RetrievalResult(pairs=len(texts), top1=m["top1"], mrr=m["mrr"])
+
+
+def read_sentences(path: str | Path) -> list[str]:
+    """The lines of a UTF-8 text file (optionally gzipped); a blank line is an error, rows must match lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("input file not found", where=path, fix="pass --input FILE, one sentence per line")
+    try:
+        with (gzip.open(path, "rt", encoding="utf-8") if path.name.lower().endswith(".gz")
+              else open(path, encoding="utf-8")) as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise UserError(f"input is not UTF-8 ({e.reason} at byte {e.start})", where=path) from None
+    except (OSError, EOFError) as e:
+        raise UserError(f"cannot read input ({e})", where=path) from None
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise UserError(f"line {i} is blank", where=path,
+                            fix="remove blank lines: every line is one sentence, and row i of the output is line i")
+    if not lines:
+        raise UserError("input file holds no sentences", where=path)
+    return lines
+
+
+def embed_file(checkpoint: str | Path, input: str | Path, out: str | Path, *, batch_size: int = 64,
+               truncate: bool = False, device: str = "auto") -> tuple[Path, tuple[int, int]]:
+    """Embed every line of text file `input` into `out` (.npy float32 array, or .jsonl text + embedding per line).
+
+    The output appears complete or not at all; returns its path and the array's shape (lines, d_model).
+    """
+    import json
+
+    import numpy as np
+
+    from lmforge.atomic import atomic_file
+    from lmforge.data.tokenizer import load_tokenizer, special_token_ids
+    from lmforge.device import pick_device
+    from lmforge.models.io import resolve_checkpoint
+
+    out = Path(out)
+    if out.suffix.lower() not in EMBED_FORMATS:
+        raise UserError(f"cannot tell the output format of {out}", fix="end --out with .npy or .jsonl")
+    path = resolve_checkpoint(checkpoint)
+    model, mcfg = load_encoder(path, pick_device(device))
+    tok = load_tokenizer(path)
+    ids = special_token_ids(tok)
+    texts = read_sentences(input)
+    seqs = sentence_ids(tok, texts, ids, mcfg.max_seq_len, truncate=truncate, what="line", where=input,
+                        fix="shorten it, or pass --truncate")
+    emb = embed(model, seqs, ids.get("pad", 0), batch_size).numpy().astype(np.float32)
+    if out.suffix.lower() == ".npy":
+        with atomic_file(out, "wb") as f:
+            np.save(f, emb)
+    else:
+        with atomic_file(out, "w") as f:
+            for text, vec in zip(texts, emb):
+                f.write(json.dumps({"text": text, "embedding": vec.tolist()}, ensure_ascii=False) + "\n")
+    return out, emb.shape
 
 
 def load_encoder(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelConfig]:

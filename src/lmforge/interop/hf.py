@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from lmforge.atomic import atomic_directory, write_json
+from lmforge.data.tokenizer import decoder_start_id
 from lmforge.errors import UserError
 from lmforge.interop.families import FAMILIES, Family, Rule
 from lmforge.models.config import ModelConfig
@@ -315,8 +316,12 @@ def token_ids(config: dict[str, Any], specials: dict[str, tuple[str, int]]) -> d
     """bos/eos/pad ids (and, for an encoder-decoder, the decoder's start id) for config.json and generation."""
     ids = {f"{role}_token_id": specials[role][1] if role in specials else None for role in MODEL_ROLES}
     if config.get("is_encoder_decoder"):
-        # T5's convention, which lmforge's encoder-decoder follows: decoding starts from the padding token.
-        ids["decoder_start_token_id"] = ids["pad_token_id"] if ids["pad_token_id"] is not None else 0
+        # The token lmforge trained the decoder to start from. With no tokenizer to look in (a bare weights dir,
+        # or none of <pad>/<bos>/<eos>), 0: T5's pad id and the first special token of every lmforge tokenizer.
+        try:
+            ids["decoder_start_token_id"] = decoder_start_id({role: i for role, (_, i) in specials.items()})
+        except KeyError:
+            ids["decoder_start_token_id"] = 0
     return ids
 
 

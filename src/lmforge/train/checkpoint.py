@@ -169,6 +169,10 @@ def load_train_state(ckpt: Path) -> dict[str, Any]:
     return state
 
 
+class CheckpointMismatch(UserError):
+    """Resuming a checkpoint under another model or data stream than it was trained with."""
+
+
 def check_compatible(state: dict[str, Any], model_cfg: ModelConfig, train_cfg: dict[str, Any], where: Path,
                      world_size: int = 1) -> None:
     """Refuse to resume a checkpoint under a different model or data stream, in one line.
@@ -179,7 +183,7 @@ def check_compatible(state: dict[str, Any], model_cfg: ModelConfig, train_cfg: d
     saved = state["model_config"]
     fix = "resume with the run's own config (--config OUT/config.yaml) or use a new --out"
     if saved.get("family") != model_cfg.family:
-        raise UserError(f"checkpoint holds a '{saved.get('family')}' model but the config asks for "
+        raise CheckpointMismatch(f"checkpoint holds a '{saved.get('family')}' model but the config asks for "
                         f"'{model_cfg.family}'", where=where, fix=fix)
     current = model_cfg.to_dict()
     diff = [f"model.{k} {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v]
@@ -199,7 +203,7 @@ def check_compatible(state: dict[str, Any], model_cfg: ModelConfig, train_cfg: d
         elif old.get(k) != train_cfg.get(k):
             diff.append(f"{k} {old.get(k)!r} -> {train_cfg.get(k)!r}")
     if diff:
-        raise UserError(f"config does not match the checkpoint ({'; '.join(diff[:4])}"
+        raise CheckpointMismatch(f"config does not match the checkpoint ({'; '.join(diff[:4])}"
                         f"{' ...' if len(diff) > 4 else ''})", where=where, fix=fix)
 
 

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmforge.config import field
+from lmforge.data.tokenizer import check_vocab_fits
 from lmforge.dist.parallelize import ParallelConfig
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig, get_preset
-from lmforge.train.objectives.options import ObjectiveOptions
+from lmforge.train.objectives.options import VOCAB_FIX, ObjectiveOptions
 
 SCHEDULES = ("cosine", "linear", "step", "exponential", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -90,7 +91,8 @@ class TrainConfig:
     def validate(self) -> None:
         if not self.data:
             raise UserError("no prepared data given", fix="pass --data DIR, a directory made by `lmforge prepare`")
-        if self.seq_len > self.model.max_seq_len:
+        # A recurrent model has no position table: its max_seq_len is only the default training length.
+        if self.seq_len > self.model.max_seq_len and self.model.family != "lstm":
             raise UserError(f"seq_len {self.seq_len} is longer than the model's max_seq_len "
                             f"{self.model.max_seq_len}",
                             fix="lower --seq-len or raise --model.max-seq-len")
@@ -144,9 +146,8 @@ class TrainConfig:
                     options = data.get("objective_options") or {}
                     sentinels = int(options.get("sentinels", ObjectiveOptions.sentinels))
                 model["vocab_size"] = vocab + sentinels
-            elif int(user_model["vocab_size"]) < vocab:
-                raise UserError(f"model.vocab_size {user_model['vocab_size']} is smaller than the tokenizer's "
-                                f"vocabulary ({vocab})", where=data["data"],
-                                fix="leave model.vocab_size out (it is taken from the tokenizer) or raise it")
+            else:
+                check_vocab_fits(vocab, int(user_model["vocab_size"]), model="model.vocab_size", where=data["data"],
+                                 fix=VOCAB_FIX)
         data["model"] = model
         return data

@@ -13,14 +13,32 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from lmforge.errors import UserError
 from lmforge.progress import console
 from lmforge.train.objectives import Objective, Output, register
-from lmforge.train.objectives.options import require_family
+from lmforge.train.objectives.options import require_family, require_vocab
 
 IGNORE_INDEX = -100  # the cross-entropy default: targets with this id (padding) are not predicted
+
+
+def next_token_nll(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed cross-entropy of `targets` (B, T) under `logits` (B, T, V), and how many targets were predicted.
+
+    Summed, not averaged, so that totals over many batches give the exact token-weighted mean over a split; the
+    softmax in float32 whatever the autocast dtype. Training, evaluation and `lmforge eval` all score with this.
+    """
+    loss_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum",
+                               ignore_index=IGNORE_INDEX)
+    return loss_sum, (targets != IGNORE_INDEX).sum()
+
+
+def lm_metrics(loss: float, bytes_per_token: float | None) -> dict[str, float | None]:
+    """{loss, ppl, bpb} from the mean loss in nats per token; bpb None when the bytes per token are unknown."""
+    # bits per byte = (nats per token / ln 2) * (tokens / bytes): comparable across tokenizers.
+    bpb = loss / math.log(2) / bytes_per_token if bytes_per_token else None
+    return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "bpb": bpb}
 
 
 @register("causal_lm")
@@ -35,10 +53,7 @@ class CausalLM(Objective):
         super().__init__(cfg, rt)
         require_family(cfg, self.name, ("gpt", "llama", "lstm"))
         self.train_ds = TokenDataset.open(cfg.data, "train")
-        if self.train_ds.vocab_size > cfg.model.vocab_size:
-            raise UserError(f"the tokenizer has {self.train_ds.vocab_size} tokens but model.vocab_size is "
-                            f"{cfg.model.vocab_size}", where=cfg.data,
-                            fix="leave model.vocab_size out (it is taken from the tokenizer) or raise it")
+        require_vocab(cfg, self.train_ds.vocab_size, cfg.data)
         try:
             self.val_ds = TokenDataset.open(cfg.data, "val")
         except UserError:
@@ -70,17 +85,13 @@ class CausalLM(Objective):
 
     def forward(self, model: nn.Module, batch: Any) -> Output:
         x, y = self.to_device(batch)  # (B, T) inputs and next-token targets
-        logits = model(x)  # (B, T, V)
-        # Summed, not averaged, so that eval totals over many batches give the exact mean over the split.
-        loss_sum = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum", ignore_index=IGNORE_INDEX)
-        count = (y != IGNORE_INDEX).sum()
+        loss_sum, count = next_token_nll(model(x), y)
         return Output(loss=loss_sum / count.clamp(min=1),
                       sums={"loss": loss_sum.detach(), "count": count, "tokens": x.numel()})
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
-        loss = sums["loss"] / max(sums["count"], 1)
-        metrics = {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "tokens": sums["count"]}
-        if self.val_ds is not None and self.val_ds.bytes_per_token > 0:
-            # bits per byte = (nats per token / ln 2) * (tokens / bytes): comparable across tokenizers.
-            metrics["bpb"] = loss / math.log(2) / self.val_ds.bytes_per_token
-        return metrics
+        bytes_per_token = self.val_ds.bytes_per_token if self.val_ds is not None else None
+        metrics = lm_metrics(sums["loss"] / max(sums["count"], 1), bytes_per_token)
+        if metrics["bpb"] is None:
+            del metrics["bpb"]
+        return {**metrics, "tokens": sums["count"]}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmforge.config import field
+from lmforge.data.tokenizer import check_vocab_fits
 from lmforge.errors import UserError
 
 if TYPE_CHECKING:
@@ -114,10 +115,12 @@ def require_special(special_ids: dict[str, int], names: Iterable[str], objective
                         "<pad> <unk> <bos> <eos> <mask> <sep> <cls> include them all)")
 
 
+VOCAB_FIX = "leave model.vocab_size out (it is taken from the tokenizer) or raise it"
+
+
 def require_vocab(cfg: TrainConfig, vocab_size: int, where: str | Path | None) -> None:
-    if vocab_size > cfg.model.vocab_size:
-        raise UserError(f"the tokenizer has {vocab_size} tokens but model.vocab_size is {cfg.model.vocab_size}",
-                        where=where, fix="leave model.vocab_size out (it is taken from the tokenizer) or raise it")
+    """The data's tokenizer fits the model being trained (the one check, `data.tokenizer.check_vocab_fits`)."""
+    check_vocab_fits(vocab_size, cfg.model.vocab_size, model="model.vocab_size", where=where, fix=VOCAB_FIX)
 
 
 def require_pair_lengths(cfg: TrainConfig) -> None:
@@ -129,5 +132,5 @@ def require_pair_lengths(cfg: TrainConfig) -> None:
                             f"{max_len}", fix=f"lower it to at most {max_len}")
 
 
-__all__ = ["ObjectiveOptions", "objective_options", "require_family", "require_pair_lengths", "require_special",
-           "require_vocab"]
+__all__ = ["VOCAB_FIX", "ObjectiveOptions", "objective_options", "require_family", "require_pair_lengths",
+           "require_special", "require_vocab"]

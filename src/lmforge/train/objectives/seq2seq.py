@@ -8,7 +8,7 @@ pair's index, so always the same ones) is held out for evaluation.
 An encoder-decoder reads `source <eos>` and is trained, teacher-forced, to produce `target <eos>` from a decoder
 input that starts with the decoder-start token: `<pad>` as in T5 (so an exported model's
 `decoder_start_token_id` is the one it was trained with), else `<bos>`, else `<eos>`. Generation must start from the
-same token (`decoder_start_id`).
+same token (`lmforge.data.tokenizer.decoder_start_id`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmforge.data.tokenizer import decoder_start_id
 from lmforge.errors import UserError
 from lmforge.progress import console
 from lmforge.train.objectives import Objective, Output, register
@@ -41,14 +42,6 @@ from lmforge.train.objectives.options import (
 IGNORE_INDEX = -100
 ENCODER_DECODER_FAMILIES = ("t5",)
 PAIRS_SPLIT_SEED = 0x9A1E5  # the held-out pairs depend on the file alone, never on the run's seed
-
-
-def decoder_start_id(special_ids: dict[str, int]) -> int:
-    """The first decoder input of every target, in training and in generation."""
-    for name in ("pad", "bos", "eos"):
-        if name in special_ids:
-            return special_ids[name]
-    raise KeyError("no <pad>, <bos> or <eos> token to start the decoder with")
 
 
 # ------------------------------------------------------------------------------------------------ pairs file
