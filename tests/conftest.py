@@ -59,3 +59,33 @@ def prepare_tiny(tmp: Path, kind: str = "bpe", vocab_size: int = 512, docs: int 
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Prepared data (byte-level BPE, vocab 512, ~60k tokens) shared by the session's tests: treat as read-only."""
     return prepare_tiny(tmp_path_factory.mktemp("tiny_data"))
+
+
+TORCHRUN_TIMEOUT_S = 240  # a 2-rank job not done by then hangs: kill it and fail (busy shared cores included)
+
+
+@pytest.fixture(scope="session")
+def torchrun_two():
+    """Run `script ARGS` on 2 ranks through torchrun; returns (exit status, combined log).
+
+    --standalone gives each job a private rendezvous on a free port, so concurrent test runs never meet; the job
+    runs in its own session so that a hung one is killed whole (torchrun and both ranks) and the test fails.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    def run(script: Path, *args: str, cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               *args]
+        proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, cwd=cwd, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            log, _ = proc.communicate(timeout=TORCHRUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            log, _ = proc.communicate()
+            pytest.fail(f"torchrun job still running after {TORCHRUN_TIMEOUT_S}s:\n{log[-5000:]}")
+        return proc.returncode, log
+
+    return run

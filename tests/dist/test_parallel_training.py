@@ -28,7 +28,6 @@ from lmforge.models.io import load_model
 WORKER = Path(__file__).parent / "workers" / "train.py"
 TOL = 1e-5
 STEPS = 6
-HARD_TIMEOUT_S = 240  # a job that is not done by then hangs: kill it and fail (busy shared cores included)
 
 needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available in this build")
@@ -54,25 +53,19 @@ def reference() -> dict[str, tuple[float, ...]]:
     return {"losses": tuple(out["losses"]), "grad_norms": tuple(out["grad_norms"])}
 
 
-def torchrun(tmp_path: Path, *args: str, timeout_env: float = 60, expect_ok: bool = True) -> dict:
-    out = tmp_path / "out.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LMFORGE_DIST_TIMEOUT": str(timeout_env)}
-    # --standalone: a private rendezvous on a free port, so concurrent test runs never meet each other.
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(WORKER), "--out", str(out), *args]
-    # Own session, so that a hung job is killed whole: torchrun and both workers.
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        log, _ = proc.communicate(timeout=HARD_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
-        pytest.fail(f"torchrun job still running after {HARD_TIMEOUT_S}s:\n{log[-5000:]}")
-    if expect_ok:
-        assert proc.returncode == 0, log[-6000:]
-        return json.loads(out.read_text())
-    return {"returncode": proc.returncode, "log": log}
+@pytest.fixture
+def torchrun(torchrun_two):
+    """`workers/train.py ARGS` on 2 ranks: its JSON result, or (expect_ok=False) the exit status and log."""
+    def run(tmp_path: Path, *args: str, timeout_env: float = 60, expect_ok: bool = True) -> dict:
+        out = tmp_path / "out.json"
+        code, log = torchrun_two(WORKER, "--out", str(out), *args, cwd=tmp_path,
+                                 env={"LMFORGE_DIST_TIMEOUT": str(timeout_env)})
+        if expect_ok:
+            assert code == 0, log[-6000:]
+            return json.loads(out.read_text())
+        return {"returncode": code, "log": log}
+
+    return run
 
 
 def assert_matches(got: dict, start: int = 0, tol: float = TOL) -> None:
@@ -91,7 +84,7 @@ def resume_single(ckpt: Path, seed: int) -> tuple[dict, torch.nn.Module]:
     return {"start": start, **worker.train(model, opt, SINGLE, range(start, STEPS), rows=8)}, model
 
 
-def test_ddp_on_two_ranks_matches_one_process_on_the_whole_batch(tmp_path: Path) -> None:
+def test_ddp_on_two_ranks_matches_one_process_on_the_whole_batch(torchrun, tmp_path: Path) -> None:
     # Per rank 4 rows in 2 micro-batches of 2; the reference is 1 process on all 8 rows at once.
     ckpt = tmp_path / "sharded"
     result = torchrun(tmp_path, "--strategy", "ddp", "--accum", "2", "--save", str(ckpt), "--save-at", "2")
@@ -106,7 +99,7 @@ def test_ddp_on_two_ranks_matches_one_process_on_the_whole_batch(tmp_path: Path)
     assert_matches(resumed, start=3)
 
 
-def test_fsdp_with_checkpointing_matches_one_process_and_its_checkpoints_load_on_one(tmp_path: Path) -> None:
+def test_fsdp_with_checkpointing_matches_one_process_and_its_checkpoints_load_on_one(torchrun, tmp_path: Path) -> None:
     ckpt, full = tmp_path / "sharded", tmp_path / "full.pt"
     result = torchrun(tmp_path, "--strategy", "fsdp", "--ac", "--save", str(ckpt), "--save-at", "2",
                       "--save-full", str(full))
@@ -137,7 +130,7 @@ def test_fsdp_with_checkpointing_matches_one_process_and_its_checkpoints_load_on
         torch.testing.assert_close(loaded(tokens), direct.eval()(tokens), rtol=0, atol=0)
 
 
-def test_sharded_checkpoint_from_one_process_resumes_on_two_offloaded_fsdp_ranks(tmp_path: Path) -> None:
+def test_sharded_checkpoint_from_one_process_resumes_on_two_offloaded_fsdp_ranks(torchrun, tmp_path: Path) -> None:
     ckpt = tmp_path / "sharded"
     model = worker.build_model(0)
     opt = worker.make_optimizer(model)
@@ -152,7 +145,7 @@ def test_sharded_checkpoint_from_one_process_resumes_on_two_offloaded_fsdp_ranks
     assert_matches(result, start=3)
 
 
-def test_a_dead_rank_fails_the_job_fast_and_the_last_checkpoint_stays_loadable(tmp_path: Path) -> None:
+def test_a_dead_rank_fails_the_job_fast_and_the_last_checkpoint_stays_loadable(torchrun, tmp_path: Path) -> None:
     ckpt = tmp_path / "sharded"
     timeout = 60.0
     # Checkpoint after step 1; rank 1 dies abruptly (like a crash or an OOM kill) after step 3, just as rank 0
@@ -172,7 +165,7 @@ def test_a_dead_rank_fails_the_job_fast_and_the_last_checkpoint_stays_loadable(t
     assert_matches(resumed, start=2)
 
 
-def test_a_hung_rank_fails_the_job_after_the_collective_timeout(tmp_path: Path) -> None:
+def test_a_hung_rank_fails_the_job_after_the_collective_timeout(torchrun, tmp_path: Path) -> None:
     timeout = 5.0  # LMFORGE_DIST_TIMEOUT: rank 1 sleeps after step 2, rank 0 waits in the next collective
     result = torchrun(tmp_path, "--strategy", "fsdp", "--hang-at", "2", timeout_env=timeout, expect_ok=False)
     ended = time.time()

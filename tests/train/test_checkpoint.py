@@ -176,3 +176,42 @@ def test_weights_that_do_not_fit_are_one_clear_line(tmp_path, model_and_cfg, dam
     line = e.value.line()
     assert "\n" not in line and "model.safetensors" in line
     assert ("truncated" if damage == "truncate" else "do not match the model config") in line
+
+
+def test_sharded_checkpoints_are_read_by_every_verb_like_single_file_ones(tiny_data, tmp_path, capsys):
+    from lmforge.cli.main import main
+    from lmforge.config import resolve
+    from lmforge.dist import is_sharded_checkpoint
+    from lmforge.interop.hf import export_hf
+    from lmforge.models.io import resolve_checkpoint
+    from lmforge.train import TrainConfig, train
+
+    def run(name: str, **kw):
+        return train(resolve(TrainConfig, data=str(tiny_data), out=str(tmp_path / name), steps=2, eval_every=2,
+                             eval_batches=1, model__n_layer=1, model__d_model=32, model__n_head=2, seq_len=16,
+                             batch_size=2, tensorboard=False, device="cpu", **kw))
+
+    plain, sharded = run("plain"), run("sharded", parallel__sharded_checkpoints=True)
+    for ckpt in (sharded.checkpoint, sharded.best_checkpoint):
+        assert is_sharded_checkpoint(ckpt) and (ckpt / "tokenizer.json").is_file()
+    assert resolve_checkpoint(tmp_path / "sharded") == sharded.best_checkpoint
+    want, _ = load_model(plain.checkpoint)
+    got, _ = load_model(sharded.checkpoint)  # the shards, gathered into one model
+    for (name, a), b in zip(want.state_dict().items(), got.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+    samples = []
+    for run_dir in ("plain", "sharded"):
+        assert main(["generate", "--checkpoint", str(tmp_path / run_dir), "The", "--max-new-tokens", "8",
+                     "--temperature", "0", "--no-stream"]) == 0
+        samples.append(capsys.readouterr().out)
+    assert samples[0] == samples[1] and samples[0].strip()
+
+    hf = export_hf(tmp_path / "sharded", tmp_path / "hf")
+    transformers = pytest.importorskip("transformers")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        expected = load_model(sharded.best_checkpoint)[0](ids)
+        actual = transformers.AutoModelForCausalLM.from_pretrained(hf).eval()(ids).logits
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+    assert (hf / "tokenizer.json").is_file()

@@ -14,12 +14,8 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -36,7 +32,6 @@ from lmforge.train.checkpoint import Checkpointer, check_compatible, load_train_
 
 WORKER = Path(__file__).parent / "workers" / "dist_train.py"
 TOL = 1e-5
-HARD_TIMEOUT_S = 240  # a job not done by then hangs: kill it and fail (busy shared cores included)
 STEPS = 6
 # Dropout off: one process and two ranks draw different dropout masks, and the runs are to be compared exactly.
 COMMON = ["--model.n-layer", "1", "--model.d-model", "32", "--model.n-head", "2", "--model.dropout", "0.0",
@@ -60,23 +55,16 @@ def by_step(out: Path, key: str, event: str = "train") -> dict[int, float]:
     return {r["step"]: r[key] for r in records(out, event)}
 
 
-def torchrun(tmp: Path, *args: str, expect_ok: bool = True) -> str:
+@pytest.fixture
+def torchrun(torchrun_two):
     """`lmforge train ARGS` on 2 ranks (through workers/dist_train.py, which may kill one); the job's log."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LMFORGE_QUIET": "1", "LMFORGE_DIST_TIMEOUT": "60",
-           "LMFORGE_TEST_DIED": str(tmp / "died")}
-    # --standalone: a private rendezvous on a free port, so concurrent test runs never meet.
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER), *args]
-    # Own session, so that a hung job is killed whole: torchrun and both ranks.
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        log, _ = proc.communicate(timeout=HARD_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
-        pytest.fail(f"torchrun job still running after {HARD_TIMEOUT_S}s:\n{log[-5000:]}")
-    assert (proc.returncode == 0) == expect_ok, log[-6000:]
-    return log
+    def run(tmp: Path, *args: str, expect_ok: bool = True) -> str:
+        code, log = torchrun_two(WORKER, *args, cwd=tmp, env={"LMFORGE_QUIET": "1", "LMFORGE_DIST_TIMEOUT": "60",
+                                                              "LMFORGE_TEST_DIED": str(tmp / "died")})
+        assert (code == 0) == expect_ok, log[-6000:]
+        return log
+
+    return run
 
 
 def resume_here(out: Path, **overrides) -> None:
@@ -108,7 +96,7 @@ def reference(tiny_data, tmp_path_factory) -> Path:
     return out
 
 
-def test_ddp_on_two_ranks_trains_as_one_process_and_resumes_on_one(tiny_data, tmp_path, reference):
+def test_ddp_on_two_ranks_trains_as_one_process_and_resumes_on_one(torchrun, tiny_data, tmp_path, reference):
     out = tmp_path / "ddp"
     log = torchrun(tmp_path, "train", "--data", str(tiny_data), "--out", str(out), *COMMON, *TWO)
     assert_like_reference(out, reference, range(1, STEPS + 1))
@@ -132,7 +120,7 @@ def test_ddp_on_two_ranks_trains_as_one_process_and_resumes_on_one(tiny_data, tm
     assert [r["world_size"] for r in records(resumed, "resume")] == [1]
 
 
-def test_fsdp_on_two_ranks_trains_as_one_process(tiny_data, tmp_path, reference):
+def test_fsdp_on_two_ranks_trains_as_one_process(torchrun, tiny_data, tmp_path, reference):
     out = tmp_path / "fsdp"
     torchrun(tmp_path, "train", "--data", str(tiny_data), "--out", str(out), *COMMON, *TWO,
              "--parallel.strategy", "fsdp")
@@ -146,8 +134,8 @@ def test_fsdp_on_two_ranks_trains_as_one_process(tiny_data, tmp_path, reference)
                                                                             want.state_dict().values()))
 
 
-def test_one_process_checkpoint_resumes_on_two_fsdp_ranks_with_checkpointing_and_offload(tiny_data, tmp_path,
-                                                                                            reference):
+def test_one_process_checkpoint_resumes_on_two_fsdp_ranks_with_checkpointing_and_offload(torchrun, tiny_data,
+                                                                                          tmp_path, reference):
     resumed = rewind(reference, tmp_path / "run")
     torchrun(tmp_path, "train", "--out", str(resumed), "--resume", *TWO, "--parallel.strategy", "fsdp",
              "--parallel.activation-checkpointing", "--parallel.fsdp-cpu-offload")
@@ -156,7 +144,8 @@ def test_one_process_checkpoint_resumes_on_two_fsdp_ranks_with_checkpointing_and
     assert load_train_state(resumed / "checkpoints" / "step_000006")["world_size"] == 2
 
 
-def test_a_dead_rank_fails_the_job_fast_and_its_last_sharded_checkpoint_resumes(tiny_data, tmp_path, reference):
+def test_a_dead_rank_fails_the_job_fast_and_its_last_sharded_checkpoint_resumes(torchrun, tiny_data, tmp_path,
+                                                                                reference):
     out = tmp_path / "run"
     # Rank 1 dies (SIGKILL, like an out-of-memory kill) as step 5 starts: after the step-3 checkpoint, which each
     # rank wrote its shards of.
@@ -181,7 +170,7 @@ def test_a_dead_rank_fails_the_job_fast_and_its_last_sharded_checkpoint_resumes(
     assert_like_reference(out, reference, range(4, STEPS + 1))
 
 
-def test_masked_lm_trains_under_ddp_with_heads_outside_forward_and_an_unused_nsp_head(tiny_data, tmp_path):
+def test_masked_lm_trains_under_ddp_with_heads_outside_forward_and_an_unused_nsp_head(torchrun, tiny_data, tmp_path):
     # MLM calls the model's mlm_logits after its forward (on the module inside the DDP wrapper) and never uses
     # the pooler or the NSP head, which DDP would wait for a gradient of: the objective freezes them.
     out = tmp_path / "mlm"

@@ -114,16 +114,19 @@ def _sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) ->
 
 
 def save_sharded(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                 extra: dict[str, Any] | None, env: Place) -> Path:
+                 extra: dict[str, Any] | None, env: Place, tokenizer_dir: str | Path | None = None) -> Path:
     """Save model, optimizer and `extra` (rank 0's) as a DCP checkpoint directory, atomically; call on every rank.
 
     Every rank writes its shards into one temporary directory that rank 0 created; after all have finished, rank 0
     renames it into place. A crash at any point leaves the previous checkpoint at `path` intact. `extra` (step,
     data position, ...) must be torch.load-able with weights_only: plain Python values and tensors. Only rank 0's
     is written, so put per-rank state (a data loader's RNG) in it gathered: `all_gather_object(state, env)`.
-    `config.json` of the model is written beside the shards when the model has a `cfg`, so that
-    `export_single_file` needs nothing else.
+    `config.json` of the model is written beside the shards when the model has a `cfg`, and the tokenizer files
+    of `tokenizer_dir` with them, so that the directory loads like any checkpoint (`models.io.load_model`) and
+    generation or export need nothing else.
     """
+    from lmforge.models.io import copy_tokenizer_files
+
     path = Path(path)
     state = _sharded_state(model, optimizer)
     with atomic_directory(path) if env.rank == 0 else contextlib.nullcontext() as tmp:
@@ -135,6 +138,7 @@ def save_sharded(path: str | Path, model: nn.Module, optimizer: torch.optim.Opti
             cfg = getattr(unwrap(model), "cfg", None)
             if hasattr(cfg, "save"):
                 cfg.save(tmp / CONFIG)
+            copy_tokenizer_files(tokenizer_dir, tmp)
         # All ranks' shards are written before rank 0 leaves the block and renames the directory.
         barrier(env)
     # ... and nobody goes on (to load it, or delete an older one) before the rename.
@@ -213,17 +217,26 @@ def export_single_file(sharded_path: str | Path, out_dir: str | Path, cfg: Any =
                             fix="pass the model config the checkpoint was trained with")
         cfg = ModelConfig.load(sharded_path / CONFIG)
     model = build_model(cfg)
-    # Read only the model's entries; the optimizer's shards stay on disk. `no_dist` because exporting is a job
-    # for one process even when the caller is part of a process group.
+    read_model_shards(sharded_path, model)
+    return save_model(out_dir, model, cfg, tokenizer_dir or sharded_path)
+
+
+def read_model_shards(path: str | Path, model: nn.Module) -> None:
+    """Read a sharded checkpoint's model entries into a whole (unparallelized) `model`, in this one process.
+
+    The optimizer's shards stay on disk. `no_dist` because this is a job for one process even when the caller is
+    part of a process group (export, generation after training).
+    """
+    path = Path(path)
+    _check_sharded(path)
     state = {"model": model.state_dict()}
     try:
         with _single_process_ok():
-            dcp.load(state, checkpoint_id=sharded_path, no_dist=True)
+            dcp.load(state, checkpoint_id=path, no_dist=True)
     except dcp.api.CheckpointException as e:
         raise UserError(f"sharded checkpoint does not match the model config ({_first_line(e)})",
-                        where=sharded_path, fix="pass the config the checkpoint was trained with") from None
+                        where=path, fix="pass the config the checkpoint was trained with") from None
     model.load_state_dict(state["model"])
-    return save_model(out_dir, model, cfg, tokenizer_dir)
 
 
 def read_extra(path: str | Path) -> dict[str, Any]:

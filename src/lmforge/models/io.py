@@ -39,6 +39,11 @@ def write_model_files(directory: Path, model: nn.Module, cfg: ModelConfig, token
     """Write weights, config and tokenizer files into an existing directory (the caller makes it atomic)."""
     save_file(state_dict_for_save(model), str(directory / WEIGHTS), metadata={"format": "pt"})
     cfg.save(directory / CONFIG)
+    copy_tokenizer_files(tokenizer_dir, directory)
+
+
+def copy_tokenizer_files(tokenizer_dir: str | Path | None, directory: Path) -> None:
+    """Put the tokenizer beside the weights, so a checkpoint directory is all that generation or export needs."""
     if tokenizer_dir is not None:
         for name in TOKENIZER_FILES:
             if (Path(tokenizer_dir) / name).is_file():
@@ -86,19 +91,24 @@ def _tied_names(model: nn.Module) -> set[str]:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig]:
-    """Build the model described by `path/config.json` and load its weights; eval mode, on `device`."""
+    """Build the model described by `path/config.json` and load its weights; eval mode, on `device`.
+
+    `path` may also be a sharded checkpoint (`--parallel.sharded-checkpoints`, torch.distributed.checkpoint):
+    its shards are read into the one whole model, whatever number of processes wrote them.
+    """
+    from lmforge.dist.checkpoint import is_sharded_checkpoint, read_model_shards
     from lmforge.models import build_model
 
     path = Path(path)
     if not path.is_dir():
         raise UserError("checkpoint directory not found", where=path,
                         fix="pass a directory holding model.safetensors and config.json")
-    if (path / ".metadata").is_file():
-        raise UserError("this is a sharded (torch.distributed.checkpoint) training checkpoint", where=path,
-                        fix="turn it into a model directory with lmforge.dist.export_single_file first")
     cfg = ModelConfig.load(path / CONFIG)
     model = build_model(cfg)
-    load_state(model, path / WEIGHTS)
+    if is_sharded_checkpoint(path):
+        read_model_shards(path, model)
+    else:
+        load_state(model, path / WEIGHTS)
     return model.to(device).eval(), cfg
 
 

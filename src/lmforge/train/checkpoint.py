@@ -12,9 +12,10 @@ any moment leaves the previous checkpoint intact; `--resume` takes the newest co
 model checkpoint every other verb reads; the training state sits beside the weights in its own file.
 
 With `--parallel.sharded-checkpoints` a step directory (and best/) holds instead the shards every rank wrote
-(torch.distributed.checkpoint: .metadata + *.distcp, model and optimizer), config.json, and the rest of the
-training state in extra.pt; `lmforge.dist.export_single_file` turns one into the model format. `--resume` reads
-either layout, on any number of processes.
+(torch.distributed.checkpoint: .metadata + *.distcp, model and optimizer), config.json, the tokenizer files, and
+the rest of the training state in extra.pt. Every verb reads one as it is (`models.io.load_model` gathers the
+shards into one model); `lmforge.dist.export_single_file` turns one into the single-file format. `--resume`
+reads either layout, on any number of processes.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class Checkpointer:
         """A step checkpoint as shards (model, optimizer) + extra.pt (the rest); collective: call on every rank."""
         path = self.root / step_dir_name(step)
         extra = {"format": STATE_FORMAT, "model_config": model_cfg.to_dict(), **train_state}
-        ldist.save_sharded(path, model, optimizer, extra, env)
+        ldist.save_sharded(path, model, optimizer, extra, env, self.tokenizer_dir)
         if env.rank == 0:
             write_text(self.root / "latest", path.name + "\n")
             self.prune()
@@ -112,7 +113,7 @@ class Checkpointer:
 
     def save_best_sharded(self, model: nn.Module, metrics: dict[str, Any], env: ldist.Place) -> Path:
         """best/ as shards of the model alone, its metrics in extra.pt; collective."""
-        return ldist.save_sharded(self.root / "best", model, None, {"metrics": metrics}, env)
+        return ldist.save_sharded(self.root / "best", model, None, {"metrics": metrics}, env, self.tokenizer_dir)
 
     def save_best(self, model: nn.Module, model_cfg: ModelConfig, metrics: dict[str, Any]) -> Path:
         _check_finite(model)

@@ -15,10 +15,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmforge.errors import UserError
-from lmforge.progress import console
 from lmforge.train.objectives import Objective, Output, register
-from lmforge.train.objectives.options import require_family, require_vocab
+from lmforge.train.objectives.options import require_family, require_vocab, val_split, warn_no_evaluation
 
 IGNORE_INDEX = -100  # the cross-entropy default: targets with this id (padding) are not predicted
 
@@ -54,13 +52,9 @@ class CausalLM(Objective):
         require_family(cfg, self.name, ("gpt", "llama", "lstm"))
         self.train_ds = TokenDataset.open(cfg.data, "train")
         require_vocab(cfg, self.train_ds.vocab_size, cfg.data)
-        try:
-            self.val_ds = TokenDataset.open(cfg.data, "val")
-        except UserError:
-            self.val_ds = None
-            if rt.is_main:
-                console.print(f"[yellow]no val split in {cfg.data}: no evaluation, no best checkpoint, "
-                              f"no early stopping[/yellow]")
+        self.val_ds = val_split(cfg)
+        if self.val_ds is None:
+            warn_no_evaluation(rt, f"no val split in {cfg.data}")
         self.tokenizer_dir = self.train_ds.tokenizer_path.parent
         self.loader = RandomWindowLoader(self.train_ds, cfg.batch_size, cfg.seq_len, seed=cfg.seed, rank=rt.rank,
                                          world_size=rt.world_size)

@@ -30,7 +30,14 @@ from lmforge.eval.retrieval import encode, frame, framing, retrieval_metrics, re
 from lmforge.progress import console
 from lmforge.train.objectives import Objective, Output, register, train_only
 from lmforge.train.objectives.masked_lm import Documents
-from lmforge.train.objectives.options import objective_options, require_family, require_pair_lengths, require_vocab
+from lmforge.train.objectives.options import (
+    objective_options,
+    require_family,
+    require_pair_lengths,
+    require_vocab,
+    val_split,
+    warn_no_evaluation,
+)
 from lmforge.train.objectives.seq2seq import EpochSampler, held_out, pad, read_pairs
 
 ENCODER_FAMILIES = ("bert",)
@@ -96,7 +103,6 @@ class Contrastive(Objective):
 
     # ----------------------------------------------------------------------------------------- unsupervised
     def _load_documents(self) -> None:
-        from lmforge.data.loaders import TokenDataset
 
         cfg = self.cfg
         if cfg.model.dropout <= 0:
@@ -113,15 +119,11 @@ class Contrastive(Objective):
                             fix="prepare more documents, or give --objective-options.pairs FILE")
         self.rng = np.random.Generator(np.random.PCG64([cfg.seed, self.rt.rank]))
         self.val_pairs: tuple[list[list[int]], list[list[int]]] | None = None
-        try:
-            val_ds = TokenDataset.open(cfg.data, "val")
-        except UserError:
-            val_ds = None
+        val_ds = val_split(cfg)
         if val_ds is not None:
             self.val_pairs = self._halves(Documents(val_ds))
-        if self.val_pairs is None and self.rt.is_main:
-            console.print(f"[yellow]no val split with two or more documents in {cfg.data}: no evaluation, no "
-                          f"best checkpoint[/yellow]")
+        if self.val_pairs is None:
+            warn_no_evaluation(self.rt, f"no val split with two or more documents in {cfg.data}")
 
     def _halves(self, docs: Documents) -> tuple[list[list[int]], list[list[int]]] | None:
         """(first halves, second halves) of the start of every document of two or more tokens."""

@@ -30,7 +30,6 @@ from torch import Tensor, nn
 
 from lmforge.dist import unwrap
 from lmforge.errors import UserError
-from lmforge.progress import console
 from lmforge.train.objectives import Objective, Output, register, train_only
 from lmforge.train.objectives.options import (
     ObjectiveOptions,
@@ -38,6 +37,8 @@ from lmforge.train.objectives.options import (
     require_family,
     require_special,
     require_vocab,
+    val_split,
+    warn_no_evaluation,
 )
 
 IGNORE_INDEX = -100
@@ -156,12 +157,9 @@ class _MaskedLMBase(Objective):
         self.train_ds = TokenDataset.open(cfg.data, "train")
         require_special(self.train_ds.special_ids, self.needs, self.name, cfg.data)
         require_vocab(cfg, self.train_ds.vocab_size, cfg.data)
-        try:
-            self.val_ds = TokenDataset.open(cfg.data, "val")
-        except UserError:
-            self.val_ds = None
-            if rt.is_main:
-                console.print(f"[yellow]no val split in {cfg.data}: no evaluation, no best checkpoint[/yellow]")
+        self.val_ds = val_split(cfg)
+        if self.val_ds is None:
+            warn_no_evaluation(rt, f"no val split in {cfg.data}")
         self.tokenizer_dir = self.train_ds.tokenizer_path.parent
         ids = self.train_ds.special_ids
         self.pad_id = ids.get("pad", 0)  # padding is masked out of attention, so its id only needs to exist

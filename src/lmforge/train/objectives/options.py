@@ -18,6 +18,7 @@ from lmforge.data.tokenizer import check_vocab_fits
 from lmforge.errors import UserError
 
 if TYPE_CHECKING:
+    from lmforge.data.loaders import TokenDataset
     from lmforge.train.config import TrainConfig
 
 SPELLING = {"pad": "<pad>", "unk": "<unk>", "bos": "<bos>", "eos": "<eos>", "mask": "<mask>", "sep": "<sep>",
@@ -123,6 +124,24 @@ def require_vocab(cfg: TrainConfig, vocab_size: int, where: str | Path | None) -
     check_vocab_fits(vocab_size, cfg.model.vocab_size, model="model.vocab_size", where=where, fix=VOCAB_FIX)
 
 
+def val_split(cfg: TrainConfig) -> TokenDataset | None:
+    """The data's val split, or None when it has none (the objective then trains without evaluation)."""
+    from lmforge.data.loaders import TokenDataset
+
+    try:
+        return TokenDataset.open(cfg.data, "val")
+    except UserError:
+        return None
+
+
+def warn_no_evaluation(rt, reason: str) -> None:
+    """Say once (rank 0) why this run will have no evaluation, and so no best checkpoint or early stopping."""
+    if rt.is_main:
+        from lmforge.progress import console
+
+        console.print(f"[yellow]{reason}: no evaluation, no best checkpoint, no early stopping[/yellow]")
+
+
 def require_pair_lengths(cfg: TrainConfig) -> None:
     """Truncation lengths of text pairs no longer than the model's positions."""
     o, max_len = objective_options(cfg), cfg.model.max_seq_len
@@ -133,4 +152,4 @@ def require_pair_lengths(cfg: TrainConfig) -> None:
 
 
 __all__ = ["VOCAB_FIX", "ObjectiveOptions", "objective_options", "require_family", "require_pair_lengths",
-           "require_special", "require_vocab"]
+           "require_special", "require_vocab", "val_split", "warn_no_evaluation"]

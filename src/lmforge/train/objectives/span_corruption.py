@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 
 from lmforge.errors import UserError
-from lmforge.progress import console
 from lmforge.train.objectives import register
+from lmforge.train.objectives.options import val_split, warn_no_evaluation
 from lmforge.train.objectives.seq2seq import EncoderDecoderObjective
 
 EVAL_SEED = 0x5EED
@@ -82,7 +82,6 @@ class SpanCorruption(EncoderDecoderObjective):
     """T5 pretraining on random windows of the token stream."""
 
     def __init__(self, cfg, rt) -> None:
-        from lmforge.data.loaders import TokenDataset
 
         super().__init__(cfg, rt)
         o = self.opts
@@ -107,13 +106,9 @@ class SpanCorruption(EncoderDecoderObjective):
         if self.train_ds.num_tokens < self.length:
             raise UserError(f"the train split has {self.train_ds.num_tokens} tokens, fewer than one window of "
                             f"{self.length}", where=cfg.data, fix="use a shorter --seq-len or more data")
-        try:
-            self.val_ds = TokenDataset.open(cfg.data, "val")
-        except UserError:
-            self.val_ds = None
-        if (self.val_ds is None or self.val_ds.num_tokens < self.length) and rt.is_main:
-            console.print(f"[yellow]no val split of {self.length}+ tokens in {cfg.data}: no evaluation, no best "
-                          f"checkpoint[/yellow]")
+        self.val_ds = val_split(cfg)
+        if self.val_ds is None or self.val_ds.num_tokens < self.length:
+            warn_no_evaluation(rt, f"no val split of {self.length}+ tokens in {cfg.data}")
         self.rng = np.random.Generator(np.random.PCG64([cfg.seed, rt.rank]))
 
     def corrupt_batch(self, windows: np.ndarray, rng: np.random.Generator) -> dict[str, Tensor]:
