@@ -233,21 +233,28 @@ def test_t5_tied_without_output_scaling_round_trips_to_the_same_logits(tmp_path)
     assert torch.equal(lmforge_t5(model, inputs), lmforge_t5(loaded.eval(), inputs))
 
 
-def test_transformers_greedy_generate_matches_lmforge_t5_argmax(tmp_path):
-    """Decoder start id, output scaling and the cached decoder of transformers against lmforge's full recompute.
+def test_transformers_greedy_generate_matches_lmforge_t5_generation(tmp_path):
+    """Decoder start id, output scaling, source padding and the cached decoders of both libraries, against each
+    other and against lmforge's full recompute.
 
     (transformers 5.23's `generate` fails on T5 models whose decoder is deeper than the encoder: its cache is
     sized from num_layers. Hence a symmetric model here.)"""
+    from lmforge.infer.generate import GenerationConfig, generate_ids
+
     ckpt, model = lmforge_checkpoint(tmp_path, "t5-tiny")
     hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(export_hf(ckpt, tmp_path / "hf")).eval()
-    src = ids(n=2, t=9)
-    tgt = torch.zeros(2, 1, dtype=torch.long)  # decoder_start_token_id
+    src, mask = ids(n=3, t=9), padding_mask(3, 9)  # row 1 is a shorter source, right-padded
+    sources = [row[: int(m.sum())].tolist() for row, m in zip(src, mask)]
+    ours = generate_ids(model, sources, GenerationConfig(max_new_tokens=8, temperature=0.0), decoder_start_id=0)
     with torch.no_grad():
-        memory = model.encode(src)
-        for _ in range(8):
-            tgt = torch.cat([tgt, model.decode(tgt, memory)[:, -1:].argmax(-1)], dim=1)
-        generated = hf.generate(src, attention_mask=torch.ones_like(src), max_new_tokens=8, do_sample=False)
-    assert generated.tolist() == tgt.tolist()
+        generated = hf.generate(src, attention_mask=mask, max_new_tokens=8, do_sample=False)
+        assert generated[:, 0].tolist() == [0, 0, 0]  # decoder_start_token_id
+        assert generated[:, 1:].tolist() == ours
+        for source, row in zip(sources, ours):  # each row as if alone, recomputing every prefix
+            memory, tgt = model.encode(torch.tensor([source])), torch.zeros(1, 1, dtype=torch.long)
+            for _ in range(8):
+                tgt = torch.cat([tgt, model.decode(tgt, memory)[:, -1:].argmax(-1)], dim=1)
+            assert tgt[0, 1:].tolist() == row
 
 
 # --- T5: Hugging Face -> lmforge -------------------------------------------------------------------------------

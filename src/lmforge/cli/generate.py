@@ -14,13 +14,16 @@ from lmforge.infer.generate import GenerationConfig
 ORDER = 40
 
 DESCRIPTION = """\
-Generate text from a trained checkpoint (KV-cached; several prompts are batched with left padding).
+Generate text from a trained checkpoint (KV-cached; several prompts are batched). A decoder (gpt, llama)
+continues each prompt; an encoder-decoder (t5) reads each prompt as its source and writes the output it was
+trained to produce (a translation, a summary, the text for span sentinels).
 
 examples:
   lmforge generate --checkpoint runs/quickstart/train "The Python"            # best checkpoint of a run
   lmforge generate --checkpoint runs/train/checkpoints/best "To be" "Once" --temperature 0.7 --top-p 0.9
   lmforge generate --checkpoint runs/train --temperature 0 --max-new-tokens 50    # greedy
   lmforge generate --checkpoint runs/train "Q:" --stop $'\\n\\n' --seed 1        # stop at a blank line
+  lmforge generate --checkpoint runs/mt "Ein Mann fährt Fahrrad." --temperature 0  # a seq2seq t5 model
 """
 
 

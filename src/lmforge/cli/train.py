@@ -91,6 +91,8 @@ def _next_command(cfg: TrainConfig, out: Path) -> str:
     family = cfg.model.family
     if family in ("gpt", "llama"):
         return f"lmforge generate --checkpoint {out}"
+    if family == "t5" and cfg.objective == "seq2seq":
+        return f'lmforge generate --checkpoint {out} "a source text" --temperature 0'
     if family == "lstm":
         return f"lmforge eval --checkpoint {out} --data {cfg.data}"
     if family == "bert" and cfg.objective == "contrastive":

@@ -1,8 +1,10 @@
-"""KV-cached generation for decoder LMs: several prompts at once (left padding), streaming, stop strings.
+"""KV-cached generation: several prompts at once, streaming, stop strings; one sampling loop for every family.
 
-Prefill writes the (left-padded) prompts into the cache in one forward; each decode step feeds one token per row.
-Padding slots are masked out of attention, and position ids start at 0 at each row's first real token, so a
-padded row produces exactly what it would alone.
+Decoder-only (GPT, Llama): prefill writes the left-padded prompts into the cache in one forward; each step feeds
+one token per row. Padding slots are masked out of attention, and position ids start at 0 at each row's first
+real token, so a padded row produces exactly what it would alone.
+Encoder-decoder (T5): the right-padded sources are encoded once; the decoder starts from the decoder-start token,
+its self-attention cached per position and its cross-attention keys and values computed on the first step.
 """
 
 from __future__ import annotations
@@ -30,41 +32,42 @@ class GenerationConfig(SamplingConfig):
 TextCallback = Callable[[int, str], None]
 
 
+DECODER_FAMILIES = ("gpt", "llama")
+ENCODER_DECODER_FAMILIES = ("t5",)
+
+# Logits (B, V) for the last token fed, given the tokens just chosen (B,) and the output slot they go to.
+StepFn = Callable[[torch.Tensor, int], torch.Tensor]
+
+
 @torch.inference_mode()
 def generate_ids(model: nn.Module, prompts: list[list[int]], cfg: GenerationConfig, *, eos_id: int | None = None,
-                 pad_id: int = 0, on_step: Callable[[torch.Tensor], bool] | None = None) -> list[list[int]]:
-    """Generate continuations (ids only) for token-id prompts. `on_step(next_ids)` may return True to stop early."""
-    if model.cfg.family not in ("gpt", "llama"):
-        raise UserError(f"generation needs a decoder-only Transformer; this checkpoint is a '{model.cfg.family}' model",
-                        fix="generate from a gpt or llama checkpoint (lstm models are scored by `lmforge eval`, "
-                            "bert and t5 ones exported with `lmforge export`)")
-    device = next(model.parameters()).device
-    max_len = model.cfg.max_seq_len
-    B, P = len(prompts), max(len(p) for p in prompts)
-    if any(len(p) == 0 for p in prompts):
-        raise UserError("empty prompt after tokenisation", fix="give at least one token (or let the caller add EOS)")
-    if max_len <= P:
-        raise UserError(f"prompt of {P} tokens does not fit the model's {max_len}-token context",
-                        fix="shorten the prompt")
-    new = min(cfg.max_new_tokens, max_len - P)
-    S = P + new
-    pads = torch.tensor([P - len(p) for p in prompts], device=device)
-    idx = torch.full((B, P), pad_id, dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        idx[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
-    slots = torch.arange(S, device=device)
-    key_mask = slots[None, :] >= pads[:, None]  # (B, S): real tokens only
-    seen = torch.zeros(B, model.cfg.vocab_size, dtype=torch.bool, device=device)  # for repetition penalty
-    for i, p in enumerate(prompts):
-        seen[i, torch.tensor(p, device=device)] = True
-    gen = None
-    if cfg.seed is not None:
-        gen = torch.Generator(device=device).manual_seed(cfg.seed)
+                 pad_id: int = 0, decoder_start_id: int | None = None,
+                 on_step: Callable[[torch.Tensor], bool] | None = None) -> list[list[int]]:
+    """Generate token ids for token-id prompts, with a KV cache. `on_step(next_ids)` may return True to stop early.
 
-    model.setup_cache(B, S)
+    A decoder-only model continues each prompt. An encoder-decoder reads each prompt as its source (include the
+    `<eos>` it was trained with) and writes a target from `decoder_start_id`; one sampling loop serves both.
+    """
+    family = model.cfg.family
+    if family not in DECODER_FAMILIES + ENCODER_DECODER_FAMILIES:
+        raise UserError(f"generation needs a Transformer decoder; this checkpoint is a '{family}' model",
+                        fix="generate from a gpt, llama or t5 checkpoint (lstm models are scored by `lmforge eval`, "
+                            "bert ones embed or export with `lmforge embed` / `lmforge export`)")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UserError("empty prompt after tokenisation", fix="give at least one token (or let the caller add EOS)")
+    device = next(model.parameters()).device
+    B = len(prompts)
+    seen = torch.zeros(B, model.cfg.vocab_size, dtype=torch.bool, device=device)  # for repetition penalty
+    gen = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
     try:
-        positions = (slots[None, :P] - pads[:, None]).clamp(min=0)
-        logits = model(idx, input_pos=slots[:P], positions=positions, key_mask=key_mask)[:, -1]
+        if family in ENCODER_DECODER_FAMILIES:
+            if decoder_start_id is None:
+                raise ValueError("an encoder-decoder needs decoder_start_id (data.tokenizer.decoder_start_id)")
+            logits, step, new = _encoder_decoder(model, prompts, cfg.max_new_tokens, pad_id, decoder_start_id)
+        else:
+            for i, p in enumerate(prompts):  # a decoder's prompt is part of the text it must not repeat
+                seen[i, torch.tensor(p, device=device)] = True
+            logits, step, new = _decoder(model, prompts, cfg.max_new_tokens, pad_id)
         out = torch.empty(B, new, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
         steps = 0
@@ -79,9 +82,7 @@ def generate_ids(model: nn.Module, prompts: list[list[int]], cfg: GenerationConf
             if (on_step is not None and on_step(nxt)) or (eos_id is not None and bool(done.all())):
                 break
             if t + 1 < new:
-                pos = P + t
-                logits = model(nxt[:, None], input_pos=slots[pos:pos + 1],
-                               positions=(pos - pads)[:, None], key_mask=key_mask)[:, -1]
+                logits = step(nxt, t)
     finally:
         model.clear_cache()
     result = []
@@ -90,6 +91,59 @@ def generate_ids(model: nn.Module, prompts: list[list[int]], cfg: GenerationConf
             row = row[: row.index(eos_id)]
         result.append(row)
     return result
+
+
+def _decoder(model: nn.Module, prompts: list[list[int]], max_new: int,
+             pad_id: int) -> tuple[torch.Tensor, StepFn, int]:
+    """Prefill a decoder's cache with the left-padded prompts: first logits, the step function, tokens to make."""
+    device = next(model.parameters()).device
+    max_len, B, P = model.cfg.max_seq_len, len(prompts), max(len(p) for p in prompts)
+    if max_len <= P:
+        raise UserError(f"prompt of {P} tokens does not fit the model's {max_len}-token context",
+                        fix="shorten the prompt")
+    new = min(max_new, max_len - P)
+    slots = torch.arange(P + new, device=device)
+    pads = torch.tensor([P - len(p) for p in prompts], device=device)
+    idx = torch.full((B, P), pad_id, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        idx[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
+    key_mask = slots[None, :] >= pads[:, None]  # (B, S): real tokens only
+    model.setup_cache(B, P + new)
+    positions = (slots[None, :P] - pads[:, None]).clamp(min=0)  # each row's first real token is position 0
+    first = model(idx, input_pos=slots[:P], positions=positions, key_mask=key_mask)[:, -1]
+
+    def step(nxt: torch.Tensor, t: int) -> torch.Tensor:
+        pos = P + t
+        return model(nxt[:, None], input_pos=slots[pos:pos + 1], positions=(pos - pads)[:, None],
+                     key_mask=key_mask)[:, -1]
+
+    return first, step, new
+
+
+def _encoder_decoder(model: nn.Module, sources: list[list[int]], max_new: int, pad_id: int,
+                     start_id: int) -> tuple[torch.Tensor, StepFn, int]:
+    """Encode the right-padded sources once; the decoder starts from `start_id` and caches as it goes."""
+    device = next(model.parameters()).device
+    max_len, B, S = model.cfg.max_seq_len, len(sources), max(len(s) for s in sources)
+    if S > max_len:
+        raise UserError(f"source of {S} tokens does not fit the model's {max_len}-token context",
+                        fix="shorten the source text")
+    new = min(max_new, max_len - 1)  # slot 0 holds the start token
+    src = torch.full((B, S), pad_id, dtype=torch.long, device=device)
+    src_mask = torch.zeros(B, S, dtype=torch.bool, device=device)
+    for i, s in enumerate(sources):
+        src[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        src_mask[i, : len(s)] = True
+    memory = model.encode(src, src_mask)  # (B, S, C), read by every step's cross-attention
+    model.setup_cache(B, new + 1)
+    slots = torch.arange(new + 1, device=device)
+    start = torch.full((B, 1), start_id, dtype=torch.long, device=device)
+    first = model.decode(start, memory, src_mask, input_pos=slots[:1])[:, -1]
+
+    def step(nxt: torch.Tensor, t: int) -> torch.Tensor:
+        return model.decode(nxt[:, None], memory, src_mask, input_pos=slots[t + 1:t + 2])[:, -1]
+
+    return first, step, new
 
 
 class _Streamer:
@@ -137,13 +191,30 @@ class _Streamer:
 
 def generate(model: nn.Module, tokenizer: Tokenizer, prompts: list[str], cfg: GenerationConfig, *,
              special_ids: dict[str, int] | None = None, on_text: TextCallback | None = None) -> list[str]:
-    """Generate a continuation for each prompt; `on_text(row, piece)` streams text as it is produced."""
+    """Text for each prompt: a decoder's continuation, or an encoder-decoder's output for it as source (a
+    translation, a summary, a filled-in span). `on_text(row, piece)` streams text as it is produced."""
+    from lmforge.data.tokenizer import decoder_start_id
+
     special_ids = special_ids or {}
     eos_id, pad_id = special_ids.get("eos"), special_ids.get("pad", 0)
-    start = [eos_id] if eos_id is not None else []  # documents start right after an EOS in training data
-    encoded = [tokenizer.encode(p, add_special_tokens=False).ids or start for p in prompts]
+    encoded = [tokenizer.encode(p, add_special_tokens=False).ids for p in prompts]
+    start = None
+    if model.cfg.family in ENCODER_DECODER_FAMILIES:
+        if any(not ids for ids in encoded):
+            raise UserError("an encoder-decoder needs a source text to generate from; a prompt is empty",
+                            fix="pass the text to translate, summarise or complete")
+        # Sources as trained (`source <eos>`), the decoder started as trained.
+        encoded = [[*ids, eos_id] if eos_id is not None else ids for ids in encoded]
+        try:
+            start = decoder_start_id(special_ids)
+        except KeyError:
+            raise UserError("the tokenizer has no <pad>, <bos> or <eos> to start the decoder with",
+                            fix="generate with the tokenizer the model was trained with") from None
+    else:
+        # Documents start right after an EOS in training data, so an empty prompt starts a new one.
+        encoded = [ids or ([eos_id] if eos_id is not None else []) for ids in encoded]
     streamer = _Streamer(tokenizer, len(prompts), list(cfg.stop), on_text)
-    ids = generate_ids(model, encoded, cfg, eos_id=eos_id, pad_id=pad_id,
+    ids = generate_ids(model, encoded, cfg, eos_id=eos_id, pad_id=pad_id, decoder_start_id=start,
                        on_step=lambda nxt: streamer.push(nxt.tolist()))
     # Finished rows (EOS) were fed EOS padding; the streamer saw it as special and skipped it in decode.
     for i, row in enumerate(ids):

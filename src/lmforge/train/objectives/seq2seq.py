@@ -28,7 +28,6 @@ from torch import Tensor, nn
 
 from lmforge.data.tokenizer import decoder_start_id
 from lmforge.errors import UserError
-from lmforge.progress import console
 from lmforge.train.objectives import Objective, Output, register
 from lmforge.train.objectives.options import (
     ObjectiveOptions,
@@ -37,6 +36,7 @@ from lmforge.train.objectives.options import (
     require_pair_lengths,
     require_special,
     require_vocab,
+    warn_no_evaluation,
 )
 
 IGNORE_INDEX = -100
@@ -265,8 +265,8 @@ class Seq2Seq(EncoderDecoderObjective):
         self.train_idx, self.val_idx = np.flatnonzero(~val), np.flatnonzero(val)
         if len(self.train_idx) < rt.world_size:
             raise UserError(f"only {len(self.train_idx)} training pairs", where=o.pairs, fix="give more pairs")
-        if not len(self.val_idx) and rt.is_main:
-            console.print(f"[yellow]no held-out pairs in {o.pairs}: no evaluation, no best checkpoint[/yellow]")
+        if not len(self.val_idx):
+            warn_no_evaluation(rt, f"no held-out pairs in {o.pairs}")
         self.sampler = EpochSampler(len(self.train_idx), cfg.batch_size, cfg.seed, rt.rank, rt.world_size)
 
     def batch(self, idx: Iterable[int]) -> dict[str, Tensor]:
