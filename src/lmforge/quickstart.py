@@ -86,7 +86,7 @@ def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     from lmforge.models.io import load_model
     from lmforge.models.ngram import ngram_baseline
     from lmforge.train import TrainConfig, train
-    from lmforge.train.runtime import setup_runtime
+    from lmforge.train.runtime import local_runtime
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
@@ -124,7 +124,7 @@ def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
         console.print(verdict, highlight=False)
 
     _step(4, "generate: sample from the best checkpoint (KV cache, top-p)")
-    rt = setup_runtime(cfg.device, "fp32", False)
+    rt = local_runtime(cfg.device, "fp32")
     model, _ = load_model(trained.best_checkpoint, rt.device)
     tok = load_tokenizer(trained.best_checkpoint)
     prompts = (PROMPTS * (cfg.samples // len(PROMPTS) + 1))[: cfg.samples]

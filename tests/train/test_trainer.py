@@ -276,6 +276,16 @@ def test_runtime_defaults_fp32_eager_on_cpu_bf16_compiled_on_cuda(monkeypatch):
     assert setup_runtime("auto").precision == "fp16"  # pre-Ampere: fp16 with loss scaling
 
 
+def test_local_runtime_stays_one_process_under_torchrun(monkeypatch):
+    # As `torchrun -m lmforge eval ...` would start it: scoring must not wait for a rendezvous that never comes.
+    for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(key, value)
+    rt = runtime_mod.local_runtime("cpu")
+    assert (rt.rank, rt.world_size, rt.strategy, rt.precision, rt.compile) == (0, 1, "none", "fp32", False)
+    assert not torch.distributed.is_initialized()
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # inside torch.compile
 def test_compile_wraps_the_step_model_and_shares_its_parameters():
     model = Quadratic()

@@ -119,14 +119,14 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
     from lmforge.data.loaders import TokenDataset
     from lmforge.errors import UserError
     from lmforge.models.io import load_model, resolve_checkpoint
-    from lmforge.train.runtime import setup_runtime
+    from lmforge.train.runtime import local_runtime
 
     if not Path(checkpoint).exists():
         raise UserError("checkpoint not found", where=checkpoint,
                         fix="pass a checkpoint directory or a run directory made by `lmforge train`")
     path = resolve_checkpoint(checkpoint)
     ds = TokenDataset.open(data, split)
-    rt = setup_runtime(device, precision, compile=False)
+    rt = local_runtime(device, precision)
     model, cfg = load_model(path, rt.device)
     if cfg.family not in CAUSAL_FAMILIES:
         raise UserError(f"perplexity needs a causal language model; this checkpoint is a '{cfg.family}' model",

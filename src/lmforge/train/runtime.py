@@ -78,6 +78,15 @@ def setup_runtime(device: str = "auto", precision: str = "auto", compile: bool |
         raise
 
 
+def local_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
+    """A one-process runtime for evaluation and sampling: eager, and never joins a process group, even when
+    started by `torchrun` (scoring a checkpoint is one process's job; nothing to `teardown`)."""
+    from lmforge.dist.env import resolve_device
+
+    return _runtime(ldist.DistEnv(rank=0, world_size=1, local_rank=0, device=resolve_device(device)), precision,
+                    False, ParallelConfig())
+
+
 def _runtime(env: ldist.DistEnv, precision: str, compile: bool | None, parallel: ParallelConfig) -> Runtime:
     dev = env.device
     cuda = dev.type == "cuda"
