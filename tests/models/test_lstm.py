@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.config import resolve
+from lmforge.errors import UserError
 from lmforge.models import LSTMLM, ModelConfig, build_model, get_preset
 from lmforge.models.io import load_model, save_model
 from lmforge.models.lstm import LSTMClassifier
@@ -116,10 +117,40 @@ def test_classifier_ignores_right_padding_and_starts_from_a_language_model():
     torch.manual_seed(0)
     lm = build_model(small_cfg())
     for pool in ("mean", "last"):
-        model = LSTMClassifier.from_lm(lm, n_classes=3, pool=pool).eval()
+        model = LSTMClassifier.from_lm(lm, ["a", "b", "c"], pool=pool).eval()
+        assert model.cfg.labels == ["a", "b", "c"] and model.head.out_features == 3 and not lm.cfg.labels
         torch.testing.assert_close(model.lstm.weight_hh_l0, lm.lstm.weight_hh_l0)
         torch.testing.assert_close(model.tok.weight, lm.tok.weight)
         idx = torch.randint(1, 50, (1, 5))
         padded = torch.cat([idx, torch.zeros(1, 4, dtype=torch.long)], 1)
         mask = torch.tensor([[1] * 5 + [0] * 4])
         torch.testing.assert_close(model(padded, mask), model(idx))
+
+
+def test_a_config_with_labels_builds_a_classifier_that_round_trips(tmp_path):
+    torch.manual_seed(0)
+    cfg = small_cfg(labels=["neg", "neu", "pos"])
+    model = build_model(cfg)
+    assert isinstance(model, LSTMClassifier) and model.head.out_features == 3
+    assert cfg.num_params() == sum(p.numel() for p in model.parameters())
+    # No output projection over the vocabulary: the LM's 6 V d term is gone.
+    assert small_cfg().flops_per_token() - cfg.flops_per_token() == 6 * 50 * 32 - 6 * (32 * 3 + 3)
+    save_model(tmp_path / "clf", model, cfg)
+    assert ModelConfig.load(tmp_path / "clf" / "config.json") == cfg
+    loaded, loaded_cfg = load_model(tmp_path / "clf")
+    assert isinstance(loaded, LSTMClassifier) and loaded_cfg.labels == ["neg", "neu", "pos"]
+    idx = torch.randint(1, 50, (2, 7))
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    torch.testing.assert_close(loaded(idx, mask), model.eval()(idx, mask))
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg and not get_preset("lstm-tiny").labels
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    (dict(family="gpt", labels=["a", "b"]), "sequence classification is implemented for the lstm family only"),
+    (dict(labels=["a"]), "labels must be two or more distinct non-empty names"),
+    (dict(labels=["a", "a"]), "labels must be two or more distinct non-empty names"),
+])
+def test_bad_labels_are_one_line(kw, message):
+    with pytest.raises(UserError) as e:
+        ModelConfig(**{**small_cfg().to_dict(), **kw})
+    assert message in e.value.line()

@@ -93,6 +93,8 @@ def _next_command(cfg: TrainConfig, out: Path) -> str:
         return f"lmforge generate --checkpoint {out}"
     if family == "t5" and cfg.objective == "seq2seq":
         return f'lmforge generate --checkpoint {out} "a source text" --temperature 0'
+    if cfg.model.labels:  # a classifier: no verb serves one yet, its scores are in the metrics
+        return f"grep '\"eval\"' {out}/metrics.jsonl | tail -1   # held-out accuracy (val_accuracy), macro-F1 (val_f1)"
     if family == "lstm":
         return f"lmforge eval --checkpoint {out} --data {cfg.data}"
     if family == "bert" and cfg.objective == "contrastive":

@@ -128,6 +128,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
     ds = TokenDataset.open(data, split)
     rt = local_runtime(device, precision)
     model, cfg = load_model(path, rt.device)
+    if cfg.labels:
+        raise UserError(f"this checkpoint is a sequence classifier (labels {', '.join(cfg.labels)}), not a language "
+                        f"model", where=path, fix="its held-out accuracy and macro-F1 are in the run's metrics.jsonl "
+                                              "(val_accuracy, val_f1)")
     if cfg.family not in CAUSAL_FAMILIES:
         raise UserError(f"perplexity needs a causal language model; this checkpoint is a '{cfg.family}' model",
                         where=path, fix=f"evaluate a checkpoint of family {', '.join(CAUSAL_FAMILIES)}")

@@ -99,6 +99,10 @@ def explain(cfg: ExplainConfig) -> ExplainResult:
     path = resolve_checkpoint(cfg.checkpoint)
     tokenizer = load_tokenizer(path)
     model, mcfg = load_model(path, pick_device(cfg.device))
+    if mcfg.labels:
+        raise UserError(f"this checkpoint is a sequence classifier (labels {', '.join(mcfg.labels)}), not a language "
+                        f"model", where=path,
+                        fix="explaining a classifier's predictions is not built yet; explain a language model")
     wanted = _wanted(cfg, mcfg, tokenizer)
     enc = encode_text(tokenizer, cfg.text, mcfg)
     stacks = stack_layers(mcfg)

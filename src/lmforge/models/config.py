@@ -53,6 +53,10 @@ class ModelConfig:
     tie_embeddings: bool = field(True, "share the input embedding and output projection weights")
     dropout: float = field(0.0, "dropout on embeddings, attention and residual branches")
     init_std: float = field(0.02, "standard deviation of the weight initialisation")
+    labels: list[str] = field(default_factory=list,
+                              help="class names, in the order of the logits: a sequence classifier over them (as "
+                                   "Hugging Face's id2label; the classification objective sets them from its "
+                                   "labelled file); empty: a language model")
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -82,6 +86,13 @@ class ModelConfig:
                 problems.append(f"{name} must be positive")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.labels:
+            if self.family != "lstm":
+                raise UserError(f"sequence classification is implemented for the lstm family only, but the model "
+                                f"is family '{self.family}' and has labels", fix="train a classifier with --preset "
+                                "lstm-tiny (or another lstm preset), or leave model.labels out for a language model")
+            if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels) or not all(self.labels):
+                problems.append(f"labels must be two or more distinct non-empty names, got {self.labels}")
         if problems:
             raise UserError("invalid model config: " + "; ".join(problems),
                             fix="adjust the model options (see `lmforge train --help`)")
@@ -131,7 +142,9 @@ class ModelConfig:
         t = seq_len or self.max_seq_len
         layers = self.n_layer + (self.n_decoder_layer if self.family == "t5" else 0)
         attention = 0 if self.family == "lstm" else 12 * layers * self.d_model * t
-        return 6 * self.num_params(include_embeddings=False) + 6 * self.vocab_size * self.d_model + attention
+        # A classifier has no output projection over the vocabulary (its small head is in num_params).
+        output = 0 if self.labels else 6 * self.vocab_size * self.d_model
+        return 6 * self.num_params(include_embeddings=False) + output + attention
 
 
 PRESETS: dict[str, Callable[[], ModelConfig]] = {}

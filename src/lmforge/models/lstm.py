@@ -7,10 +7,15 @@ the output), tie_embeddings, init_std (embeddings and output matrix; the lstm pr
 only the default training length: a recurrent model has no position table, so it reads sequences of any length.
 The attention fields (n_head, pos, norm, ...) are ignored.
 
-`LSTMClassifier` is the same embedding + LSTM read by a pooled linear head (n_classes logits per sequence).
+`LSTMClassifier` is the same embedding + LSTM read by a pooled linear head (n_classes logits per sequence). A
+config with `labels` (the class names) describes one: `build_model` builds it with one logit per label, and that is
+how a checkpoint of it reloads (mean pooling; `pool="last"` is for models built in code).
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -50,10 +55,15 @@ class LSTMClassifier(nn.Module):
     Its `tok` and `lstm` are named as in `LSTMLM`, so `from_lm` starts it from a trained language model.
     """
 
-    def __init__(self, cfg: ModelConfig, n_classes: int, pool: str = "mean") -> None:
+    def __init__(self, cfg: ModelConfig, n_classes: int | None = None, pool: str = "mean") -> None:
+        """`n_classes` defaults to the number of `cfg.labels` (and, with labels, must equal it)."""
         super().__init__()
         if pool not in ("mean", "last"):
             raise ValueError(f"pool must be 'mean' or 'last', got {pool!r}")
+        if n_classes is None:
+            n_classes = len(cfg.labels)
+        if n_classes < 1 or (cfg.labels and n_classes != len(cfg.labels)):
+            raise ValueError(f"n_classes {n_classes} does not match the config's {len(cfg.labels)} labels")
         self.cfg, self.pool = cfg, pool
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
@@ -65,9 +75,10 @@ class LSTMClassifier(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     @classmethod
-    def from_lm(cls, lm: LSTMLM, n_classes: int, pool: str = "mean") -> LSTMClassifier:
-        """A classifier whose embedding and LSTM are copies of a language model's (the head is new)."""
-        model = cls(lm.cfg, n_classes, pool)
+    def from_lm(cls, lm: LSTMLM, labels: Sequence[str], pool: str = "mean") -> LSTMClassifier:
+        """A classifier over `labels` whose embedding and LSTM are copies of a language model's (the head is new);
+        its config is the language model's with the labels, so its checkpoints reload as this classifier."""
+        model = cls(dataclasses.replace(lm.cfg, labels=list(labels)), pool=pool)
         model.tok.load_state_dict(lm.tok.state_dict())
         model.lstm.load_state_dict(lm.lstm.state_dict())
         return model

@@ -187,7 +187,9 @@ def check_compatible(state: dict[str, Any], model_cfg: ModelConfig, train_cfg: d
         raise CheckpointMismatch(f"checkpoint holds a '{saved.get('family')}' model but the config asks for "
                         f"'{model_cfg.family}'", where=where, fix=fix)
     current = model_cfg.to_dict()
-    diff = [f"model.{k} {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v]
+    defaults = ModelConfig().to_dict()  # a field added since the checkpoint was written holds its default there
+    diff = [f"model.{k} {saved.get(k, defaults.get(k))!r} -> {v!r}" for k, v in current.items()
+            if saved.get(k, defaults.get(k)) != v]
     old = state.get("train_config", {})
     saved_world = int(state.get("world_size", 1))
     for k in RESUME_MUST_MATCH:

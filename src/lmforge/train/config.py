@@ -53,7 +53,8 @@ class TrainConfig:
     preset: str = field("tiny", "model preset to start from; model.* options override its fields")
     model: ModelConfig = field(default_factory=ModelConfig, help="model options (override the preset)")
     objective: str = field("causal_lm", "training objective: causal_lm (decoders), mlm / mlm_nsp (encoders), "
-                                        "span_corruption / seq2seq (encoder-decoders), contrastive (encoders)")
+                                        "span_corruption / seq2seq (encoder-decoders), contrastive (encoders), "
+                                        "classification (lstm)")
     objective_options: ObjectiveOptions = field(default_factory=ObjectiveOptions,
                                                 help="options of the objective (each names the objectives it affects)")
     steps: int = field(1000, "optimizer steps to train for")

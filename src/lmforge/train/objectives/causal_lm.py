@@ -15,6 +15,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmforge.errors import UserError
 from lmforge.train.objectives import Objective, Output, register
 from lmforge.train.objectives.options import require_family, require_vocab, val_split, warn_no_evaluation
 
@@ -50,6 +51,9 @@ class CausalLM(Objective):
 
         super().__init__(cfg, rt)
         require_family(cfg, self.name, ("gpt", "llama", "lstm"))
+        if cfg.model.labels:
+            raise UserError("objective 'causal_lm' trains language models, but model.labels makes a classifier",
+                            fix="leave --model.labels out, or pass --objective classification")
         self.train_ds = TokenDataset.open(cfg.data, "train")
         require_vocab(cfg, self.train_ds.vocab_size, cfg.data)
         self.val_ds = val_split(cfg)

@@ -41,15 +41,19 @@ class ObjectiveOptions:
     sentinels: int = field(100, "span_corruption: sentinel ids added after the tokenizer's vocabulary")
     # contrastive
     contrastive_temperature: float = field(0.05, "contrastive: temperature of the InfoNCE softmax")
-    # text pairs (seq2seq, supervised contrastive)
-    pairs: str | None = field(None, "seq2seq / contrastive: TSV (with a header row) or JSONL file of text pairs "
-                                    "(contrastive without it: unsupervised SimCSE on the prepared data)")
-    source_column: str = field("source", "pairs: column (TSV header / JSON key) of the source or anchor text")
-    target_column: str = field("target", "pairs: column of the target or positive text")
+    # text pairs (seq2seq, supervised contrastive) and labelled texts (classification)
+    pairs: str | None = field(None, "seq2seq / contrastive / classification: TSV (with a header row) or JSONL file "
+                                    "of text pairs, or of (text, label) pairs for classification (contrastive "
+                                    "without it: unsupervised SimCSE on the prepared data)")
+    source_column: str = field("source", "pairs: column (TSV header / JSON key) of the source or anchor text "
+                                         "(classification: of the text, e.g. text)")
+    target_column: str = field("target", "pairs: column of the target or positive text (classification: of the "
+                                         "label, e.g. label)")
     pairs_val_fraction: float = field(0.1, "pairs: fraction held out for evaluation (chosen by a hash of the "
                                            "pair's index, so always the same pairs)")
-    max_source_len: int | None = field(None, "pairs: truncate sources to this many tokens (default: no "
-                                             "truncation; a source longer than the model's positions is an error)")
+    max_source_len: int | None = field(None, "pairs: truncate sources (classification: texts) to this many tokens "
+                                             "(default: no truncation; a source longer than the model's positions, "
+                                             "or a text longer than an lstm's max_seq_len, is an error)")
     max_target_len: int | None = field(None, "pairs: truncate targets to this many tokens (default: no "
                                              "truncation)")
 
@@ -86,7 +90,7 @@ FAMILY_KINDS = {"bert": "encoder", "t5": "encoder-decoder", "gpt": "decoder", "l
                 "lstm": "recurrent"}
 FAMILY_PRESETS = {"bert": "bert-tiny", "t5": "t5-tiny", "gpt": "tiny", "llama": "llama-tiny", "lstm": "lstm-tiny"}
 KIND_OBJECTIVES = {"encoder": "mlm, mlm_nsp, contrastive", "encoder-decoder": "span_corruption, seq2seq",
-                   "decoder": "causal_lm", "recurrent": "causal_lm"}
+                   "decoder": "causal_lm", "recurrent": "causal_lm, classification"}
 
 
 def require_family(cfg: TrainConfig, objective: str, families: Iterable[str]) -> None:

@@ -1,0 +1,185 @@
+"""Sequence classification (`classification`): one label per text, cross-entropy on the model's class logits.
+
+The labelled file is `--objective-options.pairs`, read as seq2seq reads its pairs: TSV with a header row, or JSONL
+with one object per line (either may be gzipped); the text is in column `source_column`, its label in
+`target_column` (e.g. `--objective-options.source-column text --objective-options.target-column label`). The
+prepared data directory (`--data`) supplies the tokenizer, so the classifier reads texts with the tokenizer of the
+language models trained on the same shards, and as they read a document: after `<eos>` (when the tokenizer has
+one), so a classifier started from a language model (`LSTMClassifier.from_lm`) begins from the state it knows.
+
+The classes are the sorted distinct labels of the file. They are written into the model config (`model.labels`,
+like Hugging Face's id2label) before the model is built, so the run's config.yaml and every checkpoint's
+config.json describe the classifier and `load_model` rebuilds it. `--model.labels A B C` fixes the classes and
+their order instead (the file's labels must be among them), e.g. when the file lacks a rare class.
+
+A fixed fraction of the examples (`pairs_val_fraction`, chosen by a hash of the example's index, so always the same
+ones) is held out. Evaluation reports the loss, the accuracy and the macro-F1 (`f1`: the unweighted mean of the
+per-class F1 over the classes present among the held-out labels or predictions, as scikit-learn's default).
+
+Length: a text longer than `model.max_seq_len` tokens (with its `<eos>`) is an error unless
+`--objective-options.max-source-len N` truncates texts to N tokens. An LSTM has no position limit, so N may exceed
+max_seq_len; the cap exists because a batch is padded to its longest text, and one huge text would make its batches
+slow, which should be a choice.
+
+Only the lstm family has a classifier so far (`lmforge.models.lstm.LSTMClassifier`). A family joins by building
+its classifier from `cfg.labels` in `build_model`, called as `model(ids (B, T), mask (B, T)) -> logits (B, K)`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmforge.errors import UserError
+from lmforge.train.objectives import Objective, Output, register
+from lmforge.train.objectives.options import objective_options, require_family, require_vocab, warn_no_evaluation
+from lmforge.train.objectives.seq2seq import EpochSampler, held_out, pad, read_pairs
+
+CLASSIFIER_FAMILIES = ("lstm",)
+COLUMNS_FIX = ("name the columns with --objective-options.source-column (the text) / target-column (the label)")
+
+
+def class_sums(pred: Tensor, labels: Tensor, n_classes: int) -> dict[str, Tensor]:
+    """Per class c: true positives `tp/c`, predictions `pred/c` and true labels `true/c` of a batch: additive, so
+    sums over batches and processes give the exact F1 of a whole split."""
+    tp = torch.bincount(labels[pred == labels], minlength=n_classes)
+    predicted = torch.bincount(pred, minlength=n_classes)
+    true = torch.bincount(labels, minlength=n_classes)
+    return {f"{name}/{c}": counts[c] for name, counts in (("tp", tp), ("pred", predicted), ("true", true))
+            for c in range(n_classes)}
+
+
+def macro_f1(sums: dict[str, float], n_classes: int) -> float:
+    """Unweighted mean over classes of F1 = 2 tp / (predicted + true), from `class_sums` totals.
+
+    Computed here rather than by a library on the predictions: the counts add up over batches and ranks, the
+    predictions would have to be gathered. A class neither present nor predicted says nothing and is left out,
+    as scikit-learn leaves out classes absent from both by default.
+    """
+    f1 = []
+    for c in range(n_classes):
+        tp, predicted, true = (sums.get(f"{name}/{c}", 0.0) for name in ("tp", "pred", "true"))
+        if predicted + true:
+            f1.append(2 * tp / (predicted + true))
+    return sum(f1) / len(f1) if f1 else 0.0
+
+
+@register("classification")
+class Classification(Objective):
+    """Cross-entropy of each text's label under the model's class logits."""
+
+    def __init__(self, cfg, rt) -> None:
+        from lmforge.data.loaders import TokenDataset
+        from lmforge.data.tokenizer import load_tokenizer
+
+        super().__init__(cfg, rt)
+        require_family(cfg, self.name, CLASSIFIER_FAMILIES)
+        o = self.opts = objective_options(cfg)
+        if not o.pairs:
+            raise UserError("objective 'classification' trains on labelled texts, but no labels file is given",
+                            fix="pass --objective-options.pairs FILE (.tsv with a header row, or .jsonl), with "
+                                "--objective-options.source-column / target-column naming its text and label")
+        train_ds = TokenDataset.open(cfg.data, "train")
+        require_vocab(cfg, train_ds.vocab_size, cfg.data)
+        self.tokenizer_dir = train_ds.tokenizer_path.parent
+        special = train_ds.special_ids
+        self.pad_id = special.get("pad", 0)  # padding is masked: its id only must exist
+
+        examples = read_pairs(o.pairs, o.source_column, o.target_column)
+        names = [label.strip() for _, label in examples]
+        self.labels = self._classes(sorted(set(names)))
+        index = {name: i for i, name in enumerate(self.labels)}
+        self.targets = np.array([index[name] for name in names], dtype=np.int64)
+
+        start = [special["eos"]] if "eos" in special else []
+        limit = o.max_source_len or cfg.model.max_seq_len
+        tok = load_tokenizer(train_ds.tokenizer_path)
+        self.texts: list[list[int]] = []
+        for i, enc in enumerate(tok.encode_batch([text for text, _ in examples], add_special_tokens=False)):
+            ids = [*start, *enc.ids]
+            if len(ids) > limit:
+                if o.max_source_len is None:
+                    raise UserError(f"the text of example {i + 1} has {len(ids)} tokens{' with <eos>' if start else ''}"
+                                    f", more than model.max_seq_len {limit}", where=o.pairs,
+                                    fix="truncate texts with --objective-options.max-source-len N (an lstm reads any "
+                                        "length), or raise --model.max-seq-len, or shorten the text")
+                ids = ids[:limit]
+            self.texts.append(ids)
+
+        val = held_out(len(examples), o.pairs_val_fraction)
+        self.train_idx, self.val_idx = np.flatnonzero(~val), np.flatnonzero(val)
+        if len(self.train_idx) < rt.world_size:
+            raise UserError(f"only {len(self.train_idx)} training examples", where=o.pairs, fix="give more examples")
+        if not len(self.val_idx):
+            warn_no_evaluation(rt, f"no held-out examples in {o.pairs}")
+        self.sampler = EpochSampler(len(self.train_idx), cfg.batch_size, cfg.seed, rt.rank, rt.world_size)
+
+    def _classes(self, found: list[str]) -> list[str]:
+        """The classes, set in the model config: the file's sorted labels, or those the config already names."""
+        o, model = self.opts, self.cfg.model
+        if model.labels:  # given (--model.labels, or the run's own config.yaml): keep their order
+            unknown = [name for name in found if name not in model.labels]
+            if unknown:
+                raise UserError(f"the labels file has labels that model.labels lacks: "
+                                f"{', '.join(map(repr, unknown[:5]))}{' ...' if len(unknown) > 5 else ''}",
+                                where=o.pairs, fix="add them to --model.labels, or leave it out to take the "
+                                                   "file's labels")
+            return list(model.labels)
+        if len(found) < 2:
+            raise UserError(f"the labels file has {len(found)} distinct label ({', '.join(map(repr, found))}) in "
+                            f"column '{o.target_column}': a classifier needs two or more", where=o.pairs,
+                            fix="give examples of two or more classes, or " + COLUMNS_FIX)
+        model.labels = found
+        model.validate()
+        return found
+
+    # ------------------------------------------------------------------------------------------------ batches
+    def batch(self, idx: Iterable[int]) -> dict[str, Tensor]:
+        idx = list(idx)
+        ids, mask = pad([self.texts[i] for i in idx], self.pad_id)
+        return {"ids": ids, "mask": mask, "labels": torch.from_numpy(self.targets[idx])}
+
+    def train_batches(self) -> Iterator[Any]:
+        for chunk in self.sampler:
+            yield self.batch(self.train_idx[chunk])
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
+
+    def eval_batches(self) -> Iterable[Any] | None:
+        if not len(self.val_idx):
+            return None
+        mine = self.val_idx[self.rt.rank::self.rt.world_size]
+        size = self.cfg.batch_size
+        n = math.ceil(len(mine) / size)
+        return (self.batch(mine[i * size:(i + 1) * size]) for i in range(min(n, self.cfg.eval_batches or n)))
+
+    # ------------------------------------------------------------------------------------------------- loss
+    def forward(self, model: nn.Module, batch: Any) -> Output:
+        b = self.to_device(batch)
+        logits = model(b["ids"], b["mask"]).float()  # (B, K)
+        labels = b["labels"]
+        loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+        pred = logits.argmax(-1)
+        sums = {"loss": loss_sum.detach(), "count": float(len(labels)), "correct": (pred == labels).sum(),
+                "tokens": b["mask"].sum()}
+        if not model.training:  # evaluation only: the trainer reads every training sum each step, one sync per key
+            sums.update(class_sums(pred, labels, len(self.labels)))
+        return Output(loss=loss_sum / len(labels), sums=sums)
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        count = max(sums["count"], 1)
+        return {"loss": sums["loss"] / count, "accuracy": sums["correct"] / count,
+                "f1": macro_f1(sums, len(self.labels)), "examples": sums["count"]}
+
+
+__all__ = ["Classification", "class_sums", "macro_f1"]

@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lmforge.train.objectives import total
+from lmforge.train.objectives.classification import class_sums, macro_f1
+
+from . import assert_learns, last_eval, make_objective, run_train, train_losses, write_tsv
+
+COLUMNS = ["--objective-options.source-column", "text", "--objective-options.target-column", "label"]
+LSTM = ["--preset", "lstm-tiny", "--objective", "classification", *COLUMNS]
+
+
+def toy_examples(n: int = 200, seed: int = 0) -> list[tuple[str, str]]:
+    """(words, "yes" if they include "zebra" else "no"): separable by one word, wherever it stands."""
+    from itertools import islice
+
+    from lmforge.data.builtin import python_docs
+
+    words = [w for w in " ".join(islice(python_docs(), 50)).split() if "zebra" not in w]
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        text = [words[j] for j in rng.integers(len(words), size=int(rng.integers(3, 9)))]
+        if i % 2:
+            text.insert(int(rng.integers(len(text) + 1)), "zebra")
+        out.append((" ".join(text), "yes" if i % 2 else "no"))
+    return out
+
+
+def labelled(tmp_path, examples) -> str:
+    return str(write_tsv(tmp_path / "labels.tsv", examples, header=("text", "label")))
+
+
+def test_lstm_classifier_learns_a_toy_task_and_its_checkpoint_reloads(tmp_path, tiny_data, capsys):
+    from lmforge.cli.main import main
+    from lmforge.models.io import load_model, resolve_checkpoint
+    from lmforge.models.lstm import LSTMClassifier
+
+    pairs = labelled(tmp_path, toy_examples(300))
+    run = tmp_path / "run"
+    held_out = ["--objective-options.pairs-val-fraction", "0.2", "--eval-batches", "0"]  # all 43 of them
+    rc, records = run_train(tiny_data, run, *LSTM, "--objective-options.pairs", pairs, *held_out, "--steps", "40",
+                            "--optim.lr", "1e-2", "--optim.schedule", "constant", "--log-every", "2")
+    assert rc == 0
+    assert_learns(records)
+    val = last_eval(records)
+    assert val["val_examples"] == 43
+    assert val["val_accuracy"] >= 0.8 and val["val_f1"] >= 0.8  # chance: 0.5 (this run: 0.91)
+
+    ckpt = resolve_checkpoint(run)
+    assert json.loads((ckpt / "config.json").read_text())["labels"] == ["no", "yes"]
+    model, cfg = load_model(ckpt)
+    assert isinstance(model, LSTMClassifier) and cfg.labels == ["no", "yes"]
+    # The reloaded model scores the held-out examples exactly as the run's last evaluation did.
+    obj = make_objective(tiny_data, "classification", "lstm-tiny", model__d_model=64, eval_batches=0,
+                         objective_options__pairs=pairs, objective_options__source_column="text",
+                         objective_options__target_column="label", objective_options__pairs_val_fraction=0.2)
+    with torch.no_grad():
+        again = obj.summarize(total(obj.forward(model, b).sums for b in obj.eval_batches()))
+    assert again["accuracy"] == val["val_accuracy"] and again["f1"] == pytest.approx(val["val_f1"])
+    assert again["loss"] == pytest.approx(val["val_loss"], rel=1e-5)
+
+    # No Hugging Face export of an lstm (classifier or not): one line, nothing written.
+    capsys.readouterr()
+    assert main(["export", str(run), "--out", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert "lmforge family 'lstm' has no Hugging Face export yet" in err and err.count("\n") == 1
+    assert not (tmp_path / "hf").exists()
+
+    # Verbs made for language models say so in one line instead of failing on the class logits.
+    for argv in (["eval", "--checkpoint", str(run), "--data", str(tiny_data)],
+                 ["explain", "--checkpoint", str(run), "a zebra", "--out", str(tmp_path / "explain")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "this checkpoint is a sequence classifier (labels no, yes)" in err and err.count("\n") == 1
+    assert not (tmp_path / "explain").exists()
+
+
+def test_batches_frame_texts_after_eos_with_their_label_ids(tmp_path, tiny_data):
+    from lmforge.data.loaders import TokenDataset
+
+    pairs = labelled(tmp_path, [("a cat", "pets"), ("a tree", "plants"), ("two dogs", "pets")] * 10)
+    obj = make_objective(tiny_data, "classification", "lstm-tiny", objective_options__pairs=pairs,
+                         objective_options__source_column="text", objective_options__target_column="label")
+    assert obj.cfg.model.labels == obj.labels == ["pets", "plants"]
+    b = next(obj.train_batches())
+    for ids, n, y in zip(b["ids"], b["mask"].sum(1), b["labels"]):
+        text = ids[:int(n)].tolist()
+        assert text in obj.texts and obj.targets[obj.texts.index(text)] == y
+        assert (ids[int(n):] == obj.pad_id).all()
+    eos = TokenDataset.open(tiny_data, "train").special_ids["eos"]
+    assert all(t[0] == eos and eos not in t[1:] for t in obj.texts)  # read as a document: after <eos>
+
+
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, tiny_data):
+    # 40 examples (36 train) in batches of 8: the resumed half crosses an epoch boundary.
+    flags = [*LSTM, "--objective-options.pairs", labelled(tmp_path, toy_examples(40)), "--checkpoint-every", "3",
+             "--optim.schedule", "constant"]
+    rc, straight = run_train(tiny_data, tmp_path / "straight", *flags, "--steps", "6")
+    assert rc == 0
+    rc, _ = run_train(tiny_data, tmp_path / "resumed", *flags, "--steps", "3")
+    assert rc == 0
+    rc, resumed = run_train(None, tmp_path / "resumed", "--resume", "--steps", "6")  # labels from config.yaml
+    assert rc == 0
+    assert train_losses(resumed)[3:] == pytest.approx(train_losses(straight)[3:], rel=1e-5)
+
+
+def test_given_labels_fix_the_classes_and_their_order(tmp_path, tiny_data):
+    pairs = labelled(tmp_path, toy_examples(40))
+    obj = make_objective(tiny_data, "classification", "lstm-tiny", objective_options__pairs=pairs,
+                         objective_options__source_column="text", objective_options__target_column="label",
+                         model__labels=["yes", "maybe", "no"])
+    assert obj.labels == ["yes", "maybe", "no"]
+    assert {int(y) for y in obj.targets} == {0, 2}
+
+
+def test_text_longer_than_max_seq_len_is_one_line_and_truncation_fixes_it(tmp_path, tiny_data, capsys):
+    pairs = labelled(tmp_path, [*toy_examples(20), (" ".join(["word"] * 100), "no")])
+    flags = [*LSTM, "--objective-options.pairs", pairs, "--model.max-seq-len", "64", "--steps", "2"]
+    rc, _ = run_train(tiny_data, tmp_path / "run", *flags)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "the text of example 21 has 301 tokens with <eos>, more than model.max_seq_len 64" in err, err
+    assert not (tmp_path / "run").exists()
+    # An lstm has no position limit: the cap may exceed max_seq_len.
+    rc, _ = run_train(tiny_data, tmp_path / "run", *flags, "--objective-options.max-source-len", "128")
+    assert rc == 0
+
+
+@pytest.mark.parametrize(("flags", "examples", "message"), [
+    (["--preset", "tiny", "--objective", "classification", *COLUMNS], None,
+     "objective 'classification' trains recurrent models (family lstm), but the model is family 'gpt' (decoder)"),
+    (["--preset", "bert-tiny", "--objective", "mlm", "--model.labels", "neg", "pos"], None,
+     "sequence classification is implemented for the lstm family only, but the model is family 'bert'"),
+    (LSTM, "no file", "objective 'classification' trains on labelled texts, but no labels file is given"),
+    (LSTM, [("a cat", "pets"), ("two dogs", "pets")] * 5,
+     "the labels file has 1 distinct label ('pets') in column 'label': a classifier needs two or more"),
+    (["--preset", "lstm-tiny", "--objective", "classification"], [("a cat", "pets"), ("a tree", "plants")] * 5,
+     "the TSV header has no column 'source', 'target' (it has: 'text', 'label')"),
+    ([*LSTM, "--objective-options.target-column", "topic"], [("a cat", "pets"), ("a tree", "plants")] * 5,
+     "the TSV header has no column 'topic' (it has: 'text', 'label')"),
+    ([*LSTM, "--model.labels", "pets", "animals"], [("a cat", "pets"), ("a tree", "plants")] * 5,
+     "the labels file has labels that model.labels lacks: 'plants'"),
+])
+def test_bad_input_is_one_line(tmp_path, tiny_data, capsys, flags, examples, message):
+    if examples != "no file":
+        flags = [*flags, "--objective-options.pairs", labelled(tmp_path, examples or toy_examples(20))]
+    rc, _ = run_train(tiny_data, tmp_path / "run", *flags)
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_labels_with_the_language_model_objective_are_one_line(tmp_path, tiny_data, capsys):
+    rc, _ = run_train(tiny_data, tmp_path / "run", "--preset", "lstm-tiny", "--model.labels", "a", "b")
+    err = capsys.readouterr().err
+    assert rc == 2 and "objective 'causal_lm' trains language models, but model.labels makes a classifier" in err
+    assert err.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
+def test_macro_f1_against_a_hand_computed_example():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    pred = torch.tensor([0, 0, 1, 1, 2, 2, 2, 0, 2])
+    # class 0: tp 2, predicted 3, true 3 -> F1 4/6; class 1: tp 1, predicted 2, true 2 -> 2/4;
+    # class 2: tp 3, predicted 4, true 4 -> 6/8; class 3: absent from both, left out.
+    expected = (4 / 6 + 2 / 4 + 6 / 8) / 3
+    whole = total([class_sums(pred, labels, 4)])
+    assert macro_f1(whole, 4) == pytest.approx(expected)
+    # The counts add up over batches (and ranks): two halves give the same F1 as the whole.
+    halves = total([class_sums(pred[:4], labels[:4], 4), class_sums(pred[4:], labels[4:], 4)])
+    assert halves == whole
+    # A class that is predicted but never true counts, with F1 0.
+    assert macro_f1(total([class_sums(torch.tensor([0, 1]), torch.tensor([0, 0]), 2)]), 2) == pytest.approx(
+        (2 / 3 + 0) / 2)
+    assert macro_f1({}, 3) == 0.0
