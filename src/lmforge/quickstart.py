@@ -43,7 +43,7 @@ class QuickstartConfig:
     max_steps: int = field(3000, "upper bound on the steps chosen from --minutes")
     batch_size: int = field(16, "sequences per step")
     seq_len: int = field(128, "tokens per sequence")
-    lr: float = field(4e-3, "peak learning rate (high for a 1M-parameter model on a few minutes of CPU)")
+    lr: float = field(2e-3, "peak learning rate")
     baseline_orders: list[int] = field(default_factory=lambda: [1, 2],
                                        help="n-gram baselines fitted on the same tokens (1 = unigram, 2 = bigram "
                                             "Kneser-Ney); the Transformer must clearly beat the first")
