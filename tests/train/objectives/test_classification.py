@@ -11,8 +11,7 @@ from lmforge.train.objectives.classification import class_sums, macro_f1
 
 from . import assert_learns, last_eval, make_objective, run_train, train_losses, write_tsv
 
-COLUMNS = ["--objective-options.source-column", "text", "--objective-options.target-column", "label"]
-LSTM = ["--preset", "lstm-tiny", "--objective", "classification", *COLUMNS]
+LSTM = ["--preset", "lstm-tiny", "--objective", "classification"]
 
 
 def toy_examples(n: int = 200, seed: int = 0) -> list[tuple[str, str]]:
@@ -58,8 +57,7 @@ def test_lstm_classifier_learns_a_toy_task_and_its_checkpoint_reloads(tmp_path, 
     assert isinstance(model, LSTMClassifier) and cfg.labels == ["no", "yes"]
     # The reloaded model scores the held-out examples exactly as the run's last evaluation did.
     obj = make_objective(tiny_data, "classification", "lstm-tiny", model__d_model=64, eval_batches=0,
-                         objective_options__pairs=pairs, objective_options__source_column="text",
-                         objective_options__target_column="label", objective_options__pairs_val_fraction=0.2)
+                         objective_options__pairs=pairs, objective_options__pairs_val_fraction=0.2)
     with torch.no_grad():
         again = obj.summarize(total(obj.forward(model, b).sums for b in obj.eval_batches()))
     assert again["accuracy"] == val["val_accuracy"] and again["f1"] == pytest.approx(val["val_f1"])
@@ -85,8 +83,7 @@ def test_batches_frame_texts_after_eos_with_their_label_ids(tmp_path, tiny_data)
     from lmforge.data.loaders import TokenDataset
 
     pairs = labelled(tmp_path, [("a cat", "pets"), ("a tree", "plants"), ("two dogs", "pets")] * 10)
-    obj = make_objective(tiny_data, "classification", "lstm-tiny", objective_options__pairs=pairs,
-                         objective_options__source_column="text", objective_options__target_column="label")
+    obj = make_objective(tiny_data, "classification", "lstm-tiny", objective_options__pairs=pairs)
     assert obj.cfg.model.labels == obj.labels == ["pets", "plants"]
     b = next(obj.train_batches())
     for ids, n, y in zip(b["ids"], b["mask"].sum(1), b["labels"]):
@@ -113,7 +110,6 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, tiny
 def test_given_labels_fix_the_classes_and_their_order(tmp_path, tiny_data):
     pairs = labelled(tmp_path, toy_examples(40))
     obj = make_objective(tiny_data, "classification", "lstm-tiny", objective_options__pairs=pairs,
-                         objective_options__source_column="text", objective_options__target_column="label",
                          model__labels=["yes", "maybe", "no"])
     assert obj.labels == ["yes", "maybe", "no"]
     assert {int(y) for y in obj.targets} == {0, 2}
@@ -133,16 +129,17 @@ def test_text_longer_than_max_seq_len_is_one_line_and_truncation_fixes_it(tmp_pa
 
 
 @pytest.mark.parametrize(("flags", "examples", "message"), [
-    (["--preset", "tiny", "--objective", "classification", *COLUMNS], None,
+    (["--preset", "tiny", "--objective", "classification"], None,
      "objective 'classification' trains recurrent models (family lstm), but the model is family 'gpt' (decoder)"),
     (["--preset", "bert-tiny", "--objective", "mlm", "--model.labels", "neg", "pos"], None,
      "sequence classification is implemented for the lstm family only, but the model is family 'bert'"),
     (LSTM, "no file", "objective 'classification' trains on labelled texts, but no labels file is given"),
     (LSTM, [("a cat", "pets"), ("two dogs", "pets")] * 5,
      "the labels file has 1 distinct label ('pets') in column 'label': a classifier needs two or more"),
-    (["--preset", "lstm-tiny", "--objective", "classification"], [("a cat", "pets"), ("a tree", "plants")] * 5,
-     "the TSV header has no column 'source', 'target' (it has: 'text', 'label')"),
-    ([*LSTM, "--objective-options.target-column", "topic"], [("a cat", "pets"), ("a tree", "plants")] * 5,
+    ([*LSTM, "--objective-options.text-column", "body"], [("a cat", "pets"), ("a tree", "plants")] * 5,
+     "the TSV header has no column 'body' (it has: 'text', 'label') (fix: name the columns with "
+     "--objective-options.text-column / label-column"),
+    ([*LSTM, "--objective-options.label-column", "topic"], [("a cat", "pets"), ("a tree", "plants")] * 5,
      "the TSV header has no column 'topic' (it has: 'text', 'label')"),
     ([*LSTM, "--model.labels", "pets", "animals"], [("a cat", "pets"), ("a tree", "plants")] * 5,
      "the labels file has labels that model.labels lacks: 'plants'"),
@@ -178,3 +175,11 @@ def test_macro_f1_against_a_hand_computed_example():
     assert macro_f1(total([class_sums(torch.tensor([0, 1]), torch.tensor([0, 0]), 2)]), 2) == pytest.approx(
         (2 / 3 + 0) / 2)
     assert macro_f1({}, 3) == 0.0
+
+
+def test_jsonl_labels_may_be_numbers_or_booleans(tmp_path, tiny_data):
+    from lmforge.train.objectives.seq2seq import read_pairs
+
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"text": "a cat", "label": 1}\n{"text": "a tree", "label": 0}\n{"text": "ok", "label": true}\n')
+    assert read_pairs(path, "text", "label") == [("a cat", "1"), ("a tree", "0"), ("ok", "true")]

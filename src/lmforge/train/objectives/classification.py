@@ -1,8 +1,8 @@
 """Sequence classification (`classification`): one label per text, cross-entropy on the model's class logits.
 
 The labelled file is `--objective-options.pairs`, read as seq2seq reads its pairs: TSV with a header row, or JSONL
-with one object per line (either may be gzipped); the text is in column `source_column`, its label in
-`target_column` (e.g. `--objective-options.source-column text --objective-options.target-column label`). The
+with one object per line (either may be gzipped); the text is in column `text`, its label in column `label`
+(`--objective-options.text-column` / `label-column` name others; a JSONL label may be a number or a boolean). The
 prepared data directory (`--data`) supplies the tokenizer, so the classifier reads texts with the tokenizer of the
 language models trained on the same shards, and as they read a document: after `<eos>` (when the tokenizer has
 one), so a classifier started from a language model (`LSTMClassifier.from_lm`) begins from the state it knows.
@@ -42,7 +42,7 @@ from lmforge.train.objectives.options import objective_options, require_family, 
 from lmforge.train.objectives.seq2seq import EpochSampler, held_out, pad, read_pairs
 
 CLASSIFIER_FAMILIES = ("lstm",)
-COLUMNS_FIX = ("name the columns with --objective-options.source-column (the text) / target-column (the label)")
+COLUMNS_FIX = "name the columns with --objective-options.text-column / label-column"
 
 
 def class_sums(pred: Tensor, labels: Tensor, n_classes: int) -> dict[str, Tensor]:
@@ -83,15 +83,15 @@ class Classification(Objective):
         o = self.opts = objective_options(cfg)
         if not o.pairs:
             raise UserError("objective 'classification' trains on labelled texts, but no labels file is given",
-                            fix="pass --objective-options.pairs FILE (.tsv with a header row, or .jsonl), with "
-                                "--objective-options.source-column / target-column naming its text and label")
+                            fix="pass --objective-options.pairs FILE (.tsv with a header row, or .jsonl) with columns "
+                                "text and label (or name them with --objective-options.text-column / label-column)")
         train_ds = TokenDataset.open(cfg.data, "train")
         require_vocab(cfg, train_ds.vocab_size, cfg.data)
         self.tokenizer_dir = train_ds.tokenizer_path.parent
         special = train_ds.special_ids
         self.pad_id = special.get("pad", 0)  # padding is masked: its id only must exist
 
-        examples = read_pairs(o.pairs, o.source_column, o.target_column)
+        examples = read_pairs(o.pairs, o.text_column, o.label_column, options="text-column / label-column")
         names = [label.strip() for _, label in examples]
         self.labels = self._classes(sorted(set(names)))
         index = {name: i for i, name in enumerate(self.labels)}
@@ -133,7 +133,7 @@ class Classification(Objective):
             return list(model.labels)
         if len(found) < 2:
             raise UserError(f"the labels file has {len(found)} distinct label ({', '.join(map(repr, found))}) in "
-                            f"column '{o.target_column}': a classifier needs two or more", where=o.pairs,
+                            f"column '{o.label_column}': a classifier needs two or more", where=o.pairs,
                             fix="give examples of two or more classes, or " + COLUMNS_FIX)
         model.labels = found
         model.validate()

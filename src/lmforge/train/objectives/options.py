@@ -45,10 +45,10 @@ class ObjectiveOptions:
     pairs: str | None = field(None, "seq2seq / contrastive / classification: TSV (with a header row) or JSONL file "
                                     "of text pairs, or of (text, label) pairs for classification (contrastive "
                                     "without it: unsupervised SimCSE on the prepared data)")
-    source_column: str = field("source", "pairs: column (TSV header / JSON key) of the source or anchor text "
-                                         "(classification: of the text, e.g. text)")
-    target_column: str = field("target", "pairs: column of the target or positive text (classification: of the "
-                                         "label, e.g. label)")
+    source_column: str = field("source", "pairs: column (TSV header / JSON key) of the source or anchor text")
+    target_column: str = field("target", "pairs: column of the target or positive text")
+    text_column: str = field("text", "classification: column of the text")
+    label_column: str = field("label", "classification: column of the label (text, or a JSON number or boolean)")
     pairs_val_fraction: float = field(0.1, "pairs: fraction held out for evaluation (chosen by a hash of the "
                                            "pair's index, so always the same pairs)")
     max_source_len: int | None = field(None, "pairs: truncate sources (classification: texts) to this many tokens "

@@ -54,9 +54,11 @@ def _open_text(path: Path):
         raise UserError(f"cannot open pairs file ({e.strerror or e})", where=path) from None
 
 
-def read_pairs(path: str | Path, source_column: str = "source", target_column: str = "target") -> list[tuple[str,
-                                                                                                           str]]:
-    """(source, target) texts of a TSV (header row) or JSONL pairs file, in file order; one line per mistake."""
+def read_pairs(path: str | Path, source_column: str = "source", target_column: str = "target", *,
+               options: str = "source-column / target-column") -> list[tuple[str, str]]:
+    """(source, target) texts of a TSV (header row) or JSONL pairs file, in file order; one line per mistake.
+
+    `options` names the --objective-options flags that choose the two columns, for the messages."""
     path = Path(path)
     name = path.name.lower().removesuffix(".gz")
     if not path.is_file():
@@ -74,7 +76,7 @@ def read_pairs(path: str | Path, source_column: str = "source", target_column: s
                 if missing:
                     raise UserError(f"the TSV header has no column {', '.join(map(repr, missing))} (it has: "
                                     f"{', '.join(map(repr, header))})", where=path,
-                                    fix="name the columns with --objective-options.source-column / target-column")
+                                    fix=f"name the columns with --objective-options.{options}")
                 at = [header.index(c) for c in cols]
                 for n, line in enumerate(f, start=2):
                     line = line.rstrip("\r\n")
@@ -95,7 +97,7 @@ def read_pairs(path: str | Path, source_column: str = "source", target_column: s
                         raise UserError(f"line {n} is not valid JSON ({e.msg})", where=path) from None
                     if not isinstance(record, dict) or any(c not in record for c in cols):
                         raise UserError(f"line {n} lacks the key(s) {' and '.join(map(repr, cols))}", where=path,
-                                        fix="name the keys with --objective-options.source-column / target-column")
+                                        fix=f"name the keys with --objective-options.{options}")
                     pairs.append(_checked(record[cols[0]], record[cols[1]], n, path))
     except UnicodeDecodeError as e:
         raise UserError(f"pairs file is not UTF-8 ({e.reason} at byte {e.start})", where=path) from None
@@ -107,6 +109,8 @@ def read_pairs(path: str | Path, source_column: str = "source", target_column: s
 
 
 def _checked(source: Any, target: Any, line: int, path: Path) -> tuple[str, str]:
+    if isinstance(target, bool | int | float):  # a JSONL class label given as a number or boolean: 1, true
+        target = json.dumps(target)
     if not isinstance(source, str) or not isinstance(target, str) or not source.strip() or not target.strip():
         raise UserError(f"line {line}: the source and target must both be non-empty text", where=path)
     return source, target
