@@ -106,6 +106,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="torch.compile on the CPU too (on by default on CUDA)")
     ap.add_argument("--json", default=None, help="also write results here (default: $OUT/train_throughput.json)")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -132,14 +133,14 @@ def main() -> None:
         seq = args.seq or min(cfg.max_seq_len, 1024 if cuda else 256)
         steps = args.steps or (30 if cuda else 10)
         warmup = args.warmup or (10 if cuda else 3)
-        compile = cuda and not args.no_compile
+        compile = (cuda or args.compile) and not args.no_compile
         torch.manual_seed(0)
         rows = [measure("lmforge", *ours(cfg), cfg, device, batch, seq, steps, warmup, compile),
                 measure(f"hf-transformers {hf_name} (sdpa)", *theirs(cfg), cfg, device, batch, seq, steps, warmup,
                         compile)]
         flops_tok = cfg.flops_per_token(seq)
         print(f"\n{suite}: training throughput — {name}, preset {preset}, batch {batch} x seq {seq}, "
-              f"{'bf16 autocast, compiled' if compile else 'fp32'}, {steps} timed steps")
+              f"{'bf16 autocast' if cuda else 'fp32'}{', compiled' if compile else ', eager'}, {steps} timed steps")
         print(f"{'model':44s} {'tokens/s':>12s} {'step ms':>9s} {'MFU':>7s} {'peak GB':>8s} {'vs HF':>7s}")
         for r in rows:
             r["mfu"] = flops_tok * r["tokens_per_s"] / (peak * 1e12) if peak else None
