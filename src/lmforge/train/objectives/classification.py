@@ -27,8 +27,7 @@ its classifier from `cfg.labels` in `build_model`, called as `model(ids (B, T), 
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -38,8 +37,8 @@ from torch import Tensor, nn
 
 from lmforge.errors import UserError
 from lmforge.train.objectives import Objective, Output, register
-from lmforge.train.objectives.options import objective_options, require_family, require_vocab, warn_no_evaluation
-from lmforge.train.objectives.seq2seq import EpochSampler, held_out, pad, read_pairs
+from lmforge.train.objectives.options import objective_options, require_family, require_vocab
+from lmforge.train.objectives.seq2seq import ExampleBatches, pad, read_pairs
 
 CLASSIFIER_FAMILIES = ("lstm",)
 COLUMNS_FIX = "name the columns with --objective-options.text-column / label-column"
@@ -71,7 +70,7 @@ def macro_f1(sums: dict[str, float], n_classes: int) -> float:
 
 
 @register("classification")
-class Classification(Objective):
+class Classification(ExampleBatches, Objective):
     """Cross-entropy of each text's label under the model's class logits."""
 
     def __init__(self, cfg, rt) -> None:
@@ -112,13 +111,7 @@ class Classification(Objective):
                 ids = ids[:limit]
             self.texts.append(ids)
 
-        val = held_out(len(examples), o.pairs_val_fraction)
-        self.train_idx, self.val_idx = np.flatnonzero(~val), np.flatnonzero(val)
-        if len(self.train_idx) < rt.world_size:
-            raise UserError(f"only {len(self.train_idx)} training examples", where=o.pairs, fix="give more examples")
-        if not len(self.val_idx):
-            warn_no_evaluation(rt, f"no held-out examples in {o.pairs}")
-        self.sampler = EpochSampler(len(self.train_idx), cfg.batch_size, cfg.seed, rt.rank, rt.world_size)
+        self.split_examples(len(examples), o.pairs_val_fraction, "examples", o.pairs)
 
     def _classes(self, found: list[str]) -> list[str]:
         """The classes, set in the model config: the file's sorted labels, or those the config already names."""
@@ -144,24 +137,6 @@ class Classification(Objective):
         idx = list(idx)
         ids, mask = pad([self.texts[i] for i in idx], self.pad_id)
         return {"ids": ids, "mask": mask, "labels": torch.from_numpy(self.targets[idx])}
-
-    def train_batches(self) -> Iterator[Any]:
-        for chunk in self.sampler:
-            yield self.batch(self.train_idx[chunk])
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.load_state_dict(state)
-
-    def eval_batches(self) -> Iterable[Any] | None:
-        if not len(self.val_idx):
-            return None
-        mine = self.val_idx[self.rt.rank::self.rt.world_size]
-        size = self.cfg.batch_size
-        n = math.ceil(len(mine) / size)
-        return (self.batch(mine[i * size:(i + 1) * size]) for i in range(min(n, self.cfg.eval_batches or n)))
 
     # ------------------------------------------------------------------------------------------------- loss
     def forward(self, model: nn.Module, batch: Any) -> Output:

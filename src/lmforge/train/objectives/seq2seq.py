@@ -172,6 +172,50 @@ class EpochSampler:
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
 
 
+class ExampleBatches:
+    """Batching for an objective over a list of examples (text pairs, labelled texts): `split_examples` holds a fixed
+    fraction out for evaluation (`held_out`), an `EpochSampler` walks the rest and is the objective's whole state
+    (exact resume), and the held-out examples are read in order, split across ranks. The objective defines
+    `batch(indices)`."""
+
+    cfg: Any
+    rt: Any
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    sampler: EpochSampler
+
+    def split_examples(self, n: int, fraction: float, what: str, where: str | Path) -> None:
+        val = held_out(n, fraction)
+        self.train_idx, self.val_idx = np.flatnonzero(~val), np.flatnonzero(val)
+        if len(self.train_idx) < self.rt.world_size:
+            raise UserError(f"only {len(self.train_idx)} training {what}", where=where, fix=f"give more {what}")
+        if not len(self.val_idx):
+            warn_no_evaluation(self.rt, f"no held-out {what} in {where}")
+        self.sampler = EpochSampler(len(self.train_idx), self.cfg.batch_size, self.cfg.seed, self.rt.rank,
+                                    self.rt.world_size)
+
+    def batch(self, idx: Iterable[int]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def train_batches(self) -> Iterator[Any]:
+        for chunk in self.sampler:
+            yield self.batch(self.train_idx[chunk])
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
+
+    def eval_batches(self) -> Iterable[Any] | None:
+        if not len(self.val_idx):
+            return None
+        mine = self.val_idx[self.rt.rank::self.rt.world_size]
+        size = self.cfg.batch_size
+        n = math.ceil(len(mine) / size)
+        return (self.batch(mine[i * size:(i + 1) * size]) for i in range(min(n, self.cfg.eval_batches or n)))
+
+
 def pad(seqs: Sequence[Sequence[int]], pad_id: int, value: int | None = None) -> tuple[Tensor, Tensor]:
     """Right-pad id lists into (B, T) int64 ids (padded with `value`, default pad_id) and a (B, T) bool mask."""
     T = max(len(s) for s in seqs)
@@ -236,7 +280,7 @@ class EncoderDecoderObjective(Objective):
 
 
 @register("seq2seq")
-class Seq2Seq(EncoderDecoderObjective):
+class Seq2Seq(ExampleBatches, EncoderDecoderObjective):
     """Cross-entropy of each pair's target given its source (translation, summarisation, ...)."""
 
     def __init__(self, cfg, rt) -> None:
@@ -265,13 +309,7 @@ class Seq2Seq(EncoderDecoderObjective):
                            what=f"the target of pair {i + 1} (with <eos>)", where=o.pairs, fix=fix)
             self.sources.append([*s, self.eos_id])
             self.targets.append([*t, self.eos_id])
-        val = held_out(len(texts), o.pairs_val_fraction)
-        self.train_idx, self.val_idx = np.flatnonzero(~val), np.flatnonzero(val)
-        if len(self.train_idx) < rt.world_size:
-            raise UserError(f"only {len(self.train_idx)} training pairs", where=o.pairs, fix="give more pairs")
-        if not len(self.val_idx):
-            warn_no_evaluation(rt, f"no held-out pairs in {o.pairs}")
-        self.sampler = EpochSampler(len(self.train_idx), cfg.batch_size, cfg.seed, rt.rank, rt.world_size)
+        self.split_examples(len(texts), o.pairs_val_fraction, "pairs", o.pairs)
 
     def batch(self, idx: Iterable[int]) -> dict[str, Tensor]:
         idx = list(idx)
@@ -279,24 +317,6 @@ class Seq2Seq(EncoderDecoderObjective):
         tgt_in, labels = self.decoder_io([self.targets[i] for i in idx])
         return {"src": src, "src_mask": src_mask, "tgt_in": tgt_in, "labels": labels}
 
-    def train_batches(self) -> Iterator[Any]:
-        for chunk in self.sampler:
-            yield self.batch(self.train_idx[chunk])
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.load_state_dict(state)
-
-    def eval_batches(self) -> Iterable[Any] | None:
-        if not len(self.val_idx):
-            return None
-        mine = self.val_idx[self.rt.rank::self.rt.world_size]
-        size = self.cfg.batch_size
-        n = math.ceil(len(mine) / size)
-        return (self.batch(mine[i * size:(i + 1) * size]) for i in range(min(n, self.cfg.eval_batches or n)))
-
-
-__all__ = ["EncoderDecoderObjective", "EpochSampler", "Seq2Seq", "decoder_start_id", "held_out", "pad",
-           "read_pairs"]
+__all__ = ["EncoderDecoderObjective", "EpochSampler", "ExampleBatches", "Seq2Seq", "decoder_start_id", "held_out",
+           "pad", "read_pairs"]
