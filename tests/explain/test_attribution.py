@@ -14,6 +14,7 @@ from lmforge.explain.attribution import (
     make_baseline,
     model_logits_fn,
     resolve_target,
+    target_label,
 )
 from lmforge.explain.inputs import encode_text
 
@@ -116,16 +117,40 @@ def test_attribute_defaults_to_the_top_prediction_and_resolves_a_token(tokenizer
     assert a.target == mat[0] and a.method == "ig" and a.steps == 4
 
 
-def test_resolve_target_tokens_spellings_and_classes(tokenizer):
+def test_resolve_target_tokens_spellings_classes_and_labels(tokenizer):
+    from lmforge.models import ModelConfig
+
+    gpt = ModelConfig(vocab_size=300)
+    bert = ModelConfig(family="bert", vocab_size=300)
+    classifier = ModelConfig(family="lstm", vocab_size=300, labels=["neg", "pos"])
     cat = tokenizer.encode(" cat", add_special_tokens=False).ids[0]
-    assert resolve_target(" cat", tokenizer, "gpt", 300) == cat
-    assert resolve_target("Ġcat", tokenizer, "gpt", 300) == cat  # the vocabulary spelling
-    assert resolve_target(None, tokenizer, "gpt", 300) is None
+    assert resolve_target(" cat", tokenizer, gpt) == cat
+    assert resolve_target("Ġcat", tokenizer, gpt) == cat  # the vocabulary spelling
+    assert resolve_target(None, tokenizer, gpt) is None
     with pytest.raises(UserError, match=r"target ' cat sat' is 2 tokens \(Ġcat Ġsat\), not one"):
-        resolve_target(" cat sat", tokenizer, "gpt", 300)
-    assert [resolve_target(t, tokenizer, "bert", 2) for t in ("0", "1", "next", "Random")] == [0, 1, 0, 1]
+        resolve_target(" cat sat", tokenizer, gpt)
+    assert [resolve_target(t, tokenizer, bert) for t in ("0", "1", "next", "Random")] == [0, 1, 0, 1]
     with pytest.raises(UserError, match="not a class of the next-sentence head"):
-        resolve_target("2", tokenizer, "bert", 2)
+        resolve_target("2", tokenizer, bert)
+    assert [resolve_target(t, tokenizer, classifier) for t in ("pos", "neg", "1")] == [1, 0, 1]
+    with pytest.raises(UserError, match="target 'maybe' is not a label of this classifier"):
+        resolve_target("maybe", tokenizer, classifier)
+
+
+def test_a_sequence_classifier_attributes_its_class_and_integrated_gradients_are_complete(tokenizer):
+    from lmforge.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(family="lstm", vocab_size=tokenizer.get_vocab_size(), n_layer=1, d_model=32,
+                      labels=["neg", "pos"])
+    model = build_model(cfg).eval()
+    enc = encode_text(tokenizer, "the cat sat on the mat", cfg)
+    a = attribute(model, tokenizer, enc, target="pos", steps=64)
+    with torch.no_grad():
+        logits = model(enc.tensor())[0]
+    assert a.target == 1 and a.target_prob == pytest.approx(float(logits.softmax(-1)[1]), rel=1e-5)
+    assert a.delta is not None and abs(a.delta) < 0.05  # completeness: the scores sum to f(x) - f(baseline)
+    assert target_label(a, tokenizer, cfg) == "'pos'"
 
 
 def test_page_and_json_report_completeness(tokenizer):

@@ -29,6 +29,7 @@ from lmforge.data.tokenizer import special_token_ids
 from lmforge.errors import UserError
 from lmforge.explain.inputs import DECODER_FAMILIES, Encoded, decoder_start_id, piece_text
 from lmforge.explain.page import Scale, render
+from lmforge.models.config import ModelConfig
 
 LogitsFn = Callable[[Tensor], Tensor]  # embeddings (B, T, C) -> logits (B, C)
 METHODS = ("ig", "grad_x_input")
@@ -146,7 +147,7 @@ def model_logits_fn(model: nn.Module, enc: Encoded, *, decoder_start: int = 0) -
 
     gpt / llama / lstm: the next-token logits after the text (B, V). bert: the next-sentence head (B, 2), the pooled
     [CLS] output through a linear layer, as any sentence classifier. t5: the first decoded token's logits (B, V),
-    the decoder starting from `decoder_start`.
+    the decoder starting from `decoder_start`. A sequence classifier (`cfg.labels`): its class logits (B, K).
     """
     device = next(model.parameters()).device
     ids = enc.tensor(device)
@@ -158,6 +159,8 @@ def model_logits_fn(model: nn.Module, enc: Encoded, *, decoder_start: int = 0) -
         B = e.shape[0]
         ids_b = ids.expand(B, -1)
         with substitute_embeddings(table, ids_b, e):
+            if model.cfg.labels:  # a sequence classifier: its class logits (B, K)
+                return model(ids_b)
             if family in DECODER_FAMILIES:
                 return model(ids_b)[:, -1]
             if family == "bert":
@@ -184,10 +187,19 @@ def make_baseline(model: nn.Module, enc: Encoded, inputs: Tensor, kind: str, pad
     return torch.where(added, inputs, base)
 
 
-def resolve_target(target: str | None, tokenizer: Tokenizer, family: str, n_classes: int) -> int | None:
-    """The class index a --target names: a token (decoders, T5), a class index or next/random (BERT's NSP)."""
+def resolve_target(target: str | None, tokenizer: Tokenizer, cfg: ModelConfig) -> int | None:
+    """The output index a --target names: a token (decoders, T5), a class index or next/random (BERT's NSP), a
+    label name or index (a sequence classifier)."""
     if target is None:
         return None
+    if cfg.labels:
+        if target in cfg.labels:
+            return cfg.labels.index(target)
+        if target.isdigit() and int(target) < len(cfg.labels):
+            return int(target)
+        raise UserError(f"target {target!r} is not a label of this classifier",
+                        fix=f"give one of {', '.join(map(repr, cfg.labels))} (or its index)")
+    family, n_classes = cfg.family, 2 if cfg.family == "bert" else cfg.vocab_size
     if family == "bert":
         t = target.strip().lower()
         index = NSP_CLASSES.get(t, int(t) if t.isdigit() else None)
@@ -224,7 +236,7 @@ def attribute(model: nn.Module, tokenizer: Tokenizer, enc: Encoded, *, method: s
     with torch.no_grad():
         logits = logits_fn(inputs[None])[0]
     if isinstance(target, str):
-        target = resolve_target(target, tokenizer, family, logits.shape[-1])
+        target = resolve_target(target, tokenizer, model.cfg)
     if target is None:
         target = int(logits.argmax())
     if not 0 <= target < logits.shape[-1]:
@@ -238,8 +250,10 @@ def attribute(model: nn.Module, tokenizer: Tokenizer, enc: Encoded, *, method: s
         return integrated_gradients(logits_fn, inputs, target, baseline=base, steps=steps, output=output)
 
 
-def target_label(a: Attribution, tokenizer: Tokenizer, family: str) -> str:
-    if family == "bert":
+def target_label(a: Attribution, tokenizer: Tokenizer, cfg: ModelConfig) -> str:
+    if cfg.labels:
+        return repr(cfg.labels[a.target])
+    if cfg.family == "bert":
         return {0: "next sentence (0)", 1: "random sentence (1)"}.get(a.target, f"class {a.target}")
     return repr(piece_text(tokenizer, a.target))
 

@@ -61,7 +61,9 @@ def _wanted(cfg: ExplainConfig, mcfg: ModelConfig, tokenizer: Tokenizer) -> list
         raise UserError(f"unknown output {', '.join(map(repr, unknown))} in --what",
                         fix=f"choose from {', '.join(OUTPUTS)}")
     why_not = {"attention": None if stack_layers(mcfg) else f"a {mcfg.family} model has no attention",
-               "surprise": unsupported(mcfg.family, tokenizer), "attribution": None}
+               "surprise": ("a sequence classifier predicts classes, not tokens" if mcfg.labels
+                            else unsupported(mcfg.family, tokenizer)),
+               "attribution": None}
     if cfg.what:
         for w in cfg.what:
             if why_not[w]:
@@ -99,10 +101,6 @@ def explain(cfg: ExplainConfig) -> ExplainResult:
     path = resolve_checkpoint(cfg.checkpoint)
     tokenizer = load_tokenizer(path)
     model, mcfg = load_model(path, pick_device(cfg.device))
-    if mcfg.labels:
-        raise UserError(f"this checkpoint is a sequence classifier (labels {', '.join(mcfg.labels)}), not a language "
-                        f"model", where=path,
-                        fix="explaining a classifier's predictions is not built yet; explain a language model")
     wanted = _wanted(cfg, mcfg, tokenizer)
     enc = encode_text(tokenizer, cfg.text, mcfg)
     stacks = stack_layers(mcfg)
@@ -116,7 +114,7 @@ def explain(cfg: ExplainConfig) -> ExplainResult:
             select(n, cfg.layers, "layer")
         select(mcfg.n_head, cfg.heads, "head")
     if "attribution" in wanted:
-        resolve_target(cfg.target, tokenizer, mcfg.family, 2 if mcfg.family == "bert" else mcfg.vocab_size)
+        resolve_target(cfg.target, tokenizer, mcfg)
 
     out = Path(cfg.out)
     result = ExplainResult(files=[])
@@ -146,7 +144,7 @@ def explain(cfg: ExplainConfig) -> ExplainResult:
     if "attribution" in wanted:
         a = attribute(model, tokenizer, enc, method=cfg.method, target=cfg.target, steps=cfg.ig_steps,
                       baseline=cfg.baseline)
-        label = target_label(a, tokenizer, mcfg.family)
+        label = target_label(a, tokenizer, mcfg)
         write_text(out / "attribution.html", attribution_page(a, enc, label, baseline=cfg.baseline))
         write_json(out / "attribution.json", attribution_json(a, enc, label, baseline=cfg.baseline))
         result.files += [out / "attribution.html", out / "attribution.json"]
