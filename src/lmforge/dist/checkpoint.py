@@ -36,10 +36,10 @@ from lmforge.atomic import atomic_directory
 from lmforge.dist.env import Place, barrier, broadcast_object
 from lmforge.dist.parallelize import is_fsdp, unwrap
 from lmforge.errors import UserError
+from lmforge.models.io import CONFIG, copy_tokenizer_files
+from lmforge.models.io import SHARDS_METADATA as METADATA  # written by DCP last: marks a complete checkpoint
 
 EXTRA = "extra.pt"
-CONFIG = "config.json"
-METADATA = ".metadata"  # written by DCP last, so its presence marks a complete sharded checkpoint
 # cpu_offload with full_state_dict gathers onto rank 0 only (the other ranks get {}), so a large model never sits
 # whole in every rank's memory.
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -125,7 +125,6 @@ def save_sharded(path: str | Path, model: nn.Module, optimizer: torch.optim.Opti
     of `tokenizer_dir` with them, so that the directory loads like any checkpoint (`models.io.load_model`) and
     generation or export need nothing else.
     """
-    from lmforge.models.io import copy_tokenizer_files
 
     path = Path(path)
     state = _sharded_state(model, optimizer)

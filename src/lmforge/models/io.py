@@ -20,6 +20,7 @@ from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
+SHARDS_METADATA = ".metadata"  # written last by torch.distributed.checkpoint: a complete sharded checkpoint
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -96,7 +97,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     `path` may also be a sharded checkpoint (`--parallel.sharded-checkpoints`, torch.distributed.checkpoint):
     its shards are read into the one whole model, whatever number of processes wrote them.
     """
-    from lmforge.dist.checkpoint import is_sharded_checkpoint, read_model_shards
     from lmforge.models import build_model
 
     path = Path(path)
@@ -105,7 +105,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
                         fix="pass a directory holding model.safetensors and config.json")
     cfg = ModelConfig.load(path / CONFIG)
     model = build_model(cfg)
-    if is_sharded_checkpoint(path):
+    if (path / SHARDS_METADATA).is_file():
+        from lmforge.dist.checkpoint import read_model_shards  # torch.distributed.checkpoint only when needed
+
         read_model_shards(path, model)
     else:
         load_state(model, path / WEIGHTS)
