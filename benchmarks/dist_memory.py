@@ -50,10 +50,10 @@ def trial(spec: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from lmforge import dist as ldist
-    from lmforge.dist.parallelize import ParallelConfig
+    from lmforge import parallel as lparallel
     from lmforge.models import build_model, get_preset
     from lmforge.models.config import ModelConfig
+    from lmforge.parallel.parallelize import ParallelConfig
     from lmforge.train.config import OptimConfig
     from lmforge.train.optim import build_optimizer
     from lmforge.train.runtime import parallelize, setup_runtime, teardown
@@ -89,7 +89,7 @@ def trial(spec: dict) -> dict:
                 logits = step_model(xy[:, :-1])
             loss = F.cross_entropy(logits.flatten(0, 1).float(), xy[:, 1:].flatten())
             loss.backward()
-            ldist.clip_grad_norm_(model, 1.0)
+            lparallel.clip_grad_norm_(model, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
         rt.synchronize()

@@ -181,9 +181,9 @@ def test_weights_that_do_not_fit_are_one_clear_line(tmp_path, model_and_cfg, dam
 def test_sharded_checkpoints_are_read_by_every_verb_like_single_file_ones(tiny_data, tmp_path, capsys):
     from lmforge.cli.main import main
     from lmforge.config import resolve
-    from lmforge.dist import is_sharded_checkpoint
     from lmforge.interop.hf import export_hf
     from lmforge.models.io import resolve_checkpoint
+    from lmforge.parallel import is_sharded_checkpoint
     from lmforge.train import TrainConfig, train
 
     def run(name: str, **kw):

@@ -5,8 +5,8 @@ memory, and a dead rank fails the job fast.
 The 2-rank jobs are real `torchrun` launches of the CLI on the CPU (gloo). Every run trains on the same global
 batch of 8 sequences per step: the reference is one process with 2 micro-batches of 4; the 2-rank jobs use 2
 micro-batches of 2 per rank (the causal LM draws each global micro-batch from one generator all ranks share, rank
-r taking its rows), so their per-step losses and gradient norms must equal the reference's. What `lmforge.dist`
-does on its own (collectives, DCP shards, hung ranks) is pinned in tests/dist.
+r taking its rows), so their per-step losses and gradient norms must equal the reference's. What `lmforge.parallel`
+does on its own (collectives, DCP shards, hung ranks) is pinned in tests/parallel.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from lmforge import dist as ldist
+from lmforge import parallel as lparallel
 from lmforge.config import resolve
 from lmforge.errors import UserError
 from lmforge.models.io import load_model
@@ -161,7 +161,7 @@ def test_a_dead_rank_fails_the_job_fast_and_its_last_sharded_checkpoint_resumes(
     assert [p for _, p in Checkpointer(out / "checkpoints").steps()] == [ckpt]
     assert sorted(p.name for p in ckpt.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
     # Exported to the single-file format, the shards hold the reference's step-3 weights.
-    model, _ = load_model(ldist.export_single_file(ckpt, tmp_path / "exported"))
+    model, _ = load_model(lparallel.export_single_file(ckpt, tmp_path / "exported"))
     want, _ = load_model(reference / "checkpoints" / "step_000003")
     assert all(torch.allclose(a, b, rtol=0, atol=1e-5) for a, b in zip(model.state_dict().values(),
                                                                         want.state_dict().values()))
@@ -181,7 +181,7 @@ def test_masked_lm_trains_under_ddp_with_heads_outside_forward_and_an_unused_nsp
 
 
 def test_activation_checkpointing_changes_no_loss_even_with_dropout(tiny_data, tmp_path, monkeypatch):
-    par = importlib.import_module("lmforge.dist.parallelize")  # the module (the package exports a function so named)
+    par = importlib.import_module("lmforge.parallel.parallelize")  # the module, not the function
     recomputed, real = [], par.checkpoint  # blocks run under torch.utils.checkpoint (recomputed in backward)
     monkeypatch.setattr(par, "checkpoint", lambda fn, *a, **k: recomputed.append(fn) or real(fn, *a, **k))
     runs = {}

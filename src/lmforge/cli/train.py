@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lmforge.cli.common import add_verb
 from lmforge.config import resolve
-from lmforge.dist import record
+from lmforge.parallel import record
 from lmforge.train.config import TrainConfig
 
 ORDER = 30

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from lmforge.dist import unwrap
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig
+from lmforge.parallel import unwrap
 
 ENCODER_FAMILIES = ("bert",)
 EMBED_FORMATS = (".npy", ".jsonl")  # what embed_file writes, by the output's suffix

@@ -355,7 +355,7 @@ def export_hf(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
         raise UserError(f"{family.architecture} cannot express this model: {'; '.join(problems)}", where=ckpt,
                         fix=f"only models that keep the {family.model_type} layout export to Hugging Face")
     _check_out_dir(out, ckpt)
-    from lmforge.dist.checkpoint import is_sharded_checkpoint
+    from lmforge.parallel.checkpoint import is_sharded_checkpoint
 
     if is_sharded_checkpoint(ckpt):  # torch.distributed.checkpoint shards: gathered into one model here
         state = state_dict_for_save(load_model(ckpt)[0])

@@ -15,14 +15,13 @@ from pathlib import Path
 
 from lmforge.config import field
 from lmforge.errors import UserError
-
-FAMILIES = ("gpt", "llama", "bert", "t5", "lstm")
+from lmforge.models.registry import FAMILIES, HEADS
 
 
 @dataclass
 class ModelConfig:
     family: str = field("gpt", "model family: gpt / llama (decoders), bert (encoder), t5 (encoder-decoder), "
-                                "lstm (recurrent baseline)", choices=FAMILIES)
+                                "lstm (recurrent baseline)", choices=tuple(FAMILIES))
     vocab_size: int = field(8192, "vocabulary size (set from the tokenizer when training)")
     max_seq_len: int = field(256, "longest sequence the model accepts (learned positions, cache size)")
     n_layer: int = field(4, "number of Transformer blocks")
@@ -53,12 +52,17 @@ class ModelConfig:
     tie_embeddings: bool = field(True, "share the input embedding and output projection weights")
     dropout: float = field(0.0, "dropout on embeddings, attention and residual branches")
     init_std: float = field(0.02, "standard deviation of the weight initialisation")
+    head: str = field("lm", "the task head on the backbone: lm (the family's language-model head(s): next-token "
+                            "for decoders, MLM + NSP for bert), classify (one logit per label), span (start/end "
+                            "logits for extractive QA)", choices=HEADS)
     labels: list[str] = field(default_factory=list,
                               help="class names, in the order of the logits: a sequence classifier over them (as "
                                    "Hugging Face's id2label; the classification objective sets them from its "
                                    "labelled file); empty: a language model")
 
     def __post_init__(self) -> None:
+        if self.labels and self.head == "lm":  # configs written before `head` named a classifier by its labels
+            self.head = "classify"
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.head_dim is None:
@@ -86,6 +90,15 @@ class ModelConfig:
                 problems.append(f"{name} must be positive")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        from lmforge.models.registry import family
+
+        if self.head not in family(self.family).heads:
+            problems.append(f"a {self.family} model has no '{self.head}' head (it has: "
+                            f"{', '.join(family(self.family).heads)})")
+        if self.head == "classify" and not self.labels:
+            problems.append("a classify head needs labels (the class names)")
+        if self.labels and self.head != "classify":
+            problems.append(f"labels are for a classify head, not '{self.head}'")
         if self.labels:
             if self.family != "lstm":
                 raise UserError(f"sequence classification is implemented for the lstm family only, but the model "

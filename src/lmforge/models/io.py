@@ -106,7 +106,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     cfg = ModelConfig.load(path / CONFIG)
     model = build_model(cfg)
     if (path / SHARDS_METADATA).is_file():
-        from lmforge.dist.checkpoint import read_model_shards  # torch.distributed.checkpoint only when needed
+        from lmforge.parallel.checkpoint import read_model_shards  # torch.distributed.checkpoint only when needed
 
         read_model_shards(path, model)
     else:

@@ -14,7 +14,7 @@ model checkpoint every other verb reads; the training state sits beside the weig
 With `--parallel.sharded-checkpoints` a step directory (and best/) holds instead the shards every rank wrote
 (torch.distributed.checkpoint: .metadata + *.distcp, model and optimizer), config.json, the tokenizer files, and
 the rest of the training state in extra.pt. Every verb reads one as it is (`models.io.load_model` gathers the
-shards into one model); `lmforge.dist.export_single_file` turns one into the single-file format. `--resume`
+shards into one model); `lmforge.parallel.export_single_file` turns one into the single-file format. `--resume`
 reads either layout, on any number of processes.
 """
 
@@ -29,12 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmforge import dist as ldist
+from lmforge import parallel as lparallel
 from lmforge.atomic import atomic_directory, write_json, write_text
-from lmforge.dist.checkpoint import EXTRA, METADATA
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig
 from lmforge.models.io import CONFIG, WEIGHTS, load_state, write_model_files
+from lmforge.parallel.checkpoint import EXTRA, METADATA
 
 STATE = "train_state.pt"
 STATE_FORMAT = "lmforge-train-state/1"
@@ -101,19 +101,19 @@ class Checkpointer:
         return path
 
     def save_sharded(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, model_cfg: ModelConfig,
-                     train_state: dict[str, Any], env: ldist.Place) -> Path:
+                     train_state: dict[str, Any], env: lparallel.Place) -> Path:
         """A step checkpoint as shards (model, optimizer) + extra.pt (the rest); collective: call on every rank."""
         path = self.root / step_dir_name(step)
         extra = {"format": STATE_FORMAT, "model_config": model_cfg.to_dict(), **train_state}
-        ldist.save_sharded(path, model, optimizer, extra, env, self.tokenizer_dir)
+        lparallel.save_sharded(path, model, optimizer, extra, env, self.tokenizer_dir)
         if env.rank == 0:
             write_text(self.root / "latest", path.name + "\n")
             self.prune()
         return path
 
-    def save_best_sharded(self, model: nn.Module, metrics: dict[str, Any], env: ldist.Place) -> Path:
+    def save_best_sharded(self, model: nn.Module, metrics: dict[str, Any], env: lparallel.Place) -> Path:
         """best/ as shards of the model alone, its metrics in extra.pt; collective."""
-        return ldist.save_sharded(self.root / "best", model, None, {"metrics": metrics}, env, self.tokenizer_dir)
+        return lparallel.save_sharded(self.root / "best", model, None, {"metrics": metrics}, env, self.tokenizer_dir)
 
     def save_best(self, model: nn.Module, model_cfg: ModelConfig, metrics: dict[str, Any]) -> Path:
         _check_finite(model)
@@ -149,7 +149,7 @@ def _check_finite(model: nn.Module) -> None:
 
 
 def is_sharded(ckpt: Path) -> bool:
-    return ldist.is_sharded_checkpoint(ckpt)
+    return lparallel.is_sharded_checkpoint(ckpt)
 
 
 def load_train_state(ckpt: Path) -> dict[str, Any]:

@@ -15,9 +15,9 @@ from typing import Any
 
 from lmforge.config import field
 from lmforge.data.tokenizer import check_vocab_fits
-from lmforge.dist.parallelize import ParallelConfig
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig, get_preset
+from lmforge.parallel.parallelize import ParallelConfig
 from lmforge.train.objectives.options import VOCAB_FIX, ObjectiveOptions
 
 SCHEDULES = ("cosine", "linear", "step", "exponential", "constant")

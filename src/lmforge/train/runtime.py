@@ -1,4 +1,4 @@
-"""Where and how a run executes: device, precision, compile, and the process group (`lmforge.dist`).
+"""Where and how a run executes: device, precision, compile, and the process group (`lmforge.parallel`).
 
 Everything the loop needs to know about devices and ranks is here. `setup_runtime` joins the process group when
 the run was started by `torchrun` (and is one process otherwise), `parallelize` applies activation checkpointing,
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmforge import dist as ldist
-from lmforge.dist.parallelize import ParallelConfig, resolve_strategy
+from lmforge import parallel as lparallel
 from lmforge.errors import UserError
+from lmforge.parallel.parallelize import ParallelConfig, resolve_strategy
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Runtime:
 
     def no_sync(self, model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
         """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) on all but the last micro-batch of a step."""
-        return ldist.no_grad_sync(model, enabled=not sync)
+        return lparallel.no_grad_sync(model, enabled=not sync)
 
     def reduce_sum(self, values: dict[str, float]) -> dict[str, float]:
         """Sum additive statistics over ranks (identity on one process)."""
@@ -70,24 +70,24 @@ class Runtime:
 def setup_runtime(device: str = "auto", precision: str = "auto", compile: bool | None = None,
                   parallel: ParallelConfig | None = None) -> Runtime:
     """The run's runtime; joins the process group when started by `torchrun` (leave it with `teardown`)."""
-    env = ldist.setup(device)
+    env = lparallel.setup(device)
     try:
         return _runtime(env, precision, compile, parallel or ParallelConfig())
     except BaseException:
-        ldist.teardown(env, clean=False)
+        lparallel.teardown(env, clean=False)
         raise
 
 
 def local_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     """A one-process runtime for evaluation and sampling: eager, and never joins a process group, even when
     started by `torchrun` (scoring a checkpoint is one process's job; nothing to `teardown`)."""
-    from lmforge.dist.env import resolve_device
+    from lmforge.parallel.env import resolve_device
 
-    return _runtime(ldist.DistEnv(rank=0, world_size=1, local_rank=0, device=resolve_device(device)), precision,
+    return _runtime(lparallel.DistEnv(rank=0, world_size=1, local_rank=0, device=resolve_device(device)), precision,
                     False, ParallelConfig())
 
 
-def _runtime(env: ldist.DistEnv, precision: str, compile: bool | None, parallel: ParallelConfig) -> Runtime:
+def _runtime(env: lparallel.DistEnv, precision: str, compile: bool | None, parallel: ParallelConfig) -> Runtime:
     dev = env.device
     cuda = dev.type == "cuda"
     if precision == "auto":
@@ -114,7 +114,7 @@ def _runtime(env: ldist.DistEnv, precision: str, compile: bool | None, parallel:
 
 def teardown(rt: Runtime, clean: bool = True) -> None:
     """Leave the process group `setup_runtime` joined (no-op on one process); `clean=False` after an error."""
-    ldist.teardown(rt, clean=clean)
+    lparallel.teardown(rt, clean=clean)
 
 
 def seed_everything(seed: int) -> None:
@@ -161,7 +161,7 @@ def parallelize(model: nn.Module, rt: Runtime, parallel: ParallelConfig | None =
     """The module the training step calls: `model` moved to the device, checkpointed, compiled and wrapped.
 
     FSDP2 and activation checkpointing change `model` in place; DDP and a one-process compile return a wrapper
-    that shares its parameters. Checkpoints and evaluation use `model` itself (`lmforge.dist.unwrap`).
+    that shares its parameters. Checkpoints and evaluation use `model` itself (`lmforge.parallel.unwrap`).
 
     One process compiles the whole model (one graph, embeddings and head included); DDP and FSDP compile each
     Transformer block inside the wrapper, as torchtitan does, so that compilation composes with the sharding.
@@ -170,7 +170,7 @@ def parallelize(model: nn.Module, rt: Runtime, parallel: ParallelConfig | None =
     if cfg.mixed_precision == "auto":  # FSDP computes in the run's precision unless told otherwise
         cfg.mixed_precision = "bf16" if rt.autocast_dtype is torch.bfloat16 else "fp32"
     whole = rt.compile and rt.strategy == "none"
-    step_model = ldist.parallelize(model, cfg, rt, compile=rt.compile and not whole)
+    step_model = lparallel.parallelize(model, cfg, rt, compile=rt.compile and not whole)
     return torch.compile(step_model) if whole else step_model
 
 

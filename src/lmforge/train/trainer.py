@@ -4,7 +4,7 @@ Each step: `grad_accum` micro-batches through the objective's loss, backward (sc
 check the loss and gradient norm are finite, optimizer step, schedule step. Around it the loop calls components:
 the objective (batches, loss, eval metrics), the checkpointer, the LR schedule and the logging sinks. The model
 never learns it is being trained: devices, precision, compilation and data parallelism (DDP / FSDP2 under
-`torchrun`, `lmforge.dist`) are applied from outside (`runtime`).
+`torchrun`, `lmforge.parallel`) are applied from outside (`runtime`).
 
 Under `torchrun` every rank runs this same loop. Whatever the ranks must agree on (step or skip, evaluate, stop
 early) is decided from values reduced over all of them, so they take the same branches and meet in the same
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmforge import dist as ldist
+from lmforge import parallel as lparallel
 from lmforge.config import save_config, to_dict
 from lmforge.errors import UserError
 from lmforge.progress import console
@@ -228,7 +228,7 @@ def _on_main(rt: Runtime, fn: Callable[[], Any]) -> Any:
             result = fn()
         except UserError as e:
             result = e
-    result = ldist.broadcast_object(result, rt)
+    result = lparallel.broadcast_object(result, rt)
     if isinstance(result, UserError):
         raise result
     return result
@@ -262,7 +262,7 @@ def _train_step(step_model: nn.Module, model: nn.Module, objective: Objective, b
             scaler.scale(out.loss / grad_accum).backward()
         sums.append(out.sums)
     scaler.unscale_(optimizer)  # so clipping and the norm see true gradients (no-op without fp16)
-    norm = ldist.clip_grad_norm_(model, grad_clip)  # over every rank's shards under FSDP
+    norm = lparallel.clip_grad_norm_(model, grad_clip)  # over every rank's shards under FSDP
     # One host sync per step: the price of never applying (or checkpointing) an update from a NaN loss. Summed
     # over the ranks, so that all of them see the same loss and agree to step or to skip.
     totals = rt.reduce_sum(total(sums))
@@ -298,17 +298,17 @@ def evaluate(model: nn.Module, objective: Objective, rt: Runtime) -> dict[str, f
     if batches is None:
         return None
     sums = []
-    fsdp = ldist.is_fsdp(model)
+    fsdp = lparallel.is_fsdp(model)
     with eval_mode(model), rt.autocast():
         for batch, real in _lockstep(batches, rt) if fsdp else ((b, True) for b in batches):
             out = objective.forward(model, batch)
             if real:
                 sums.append(out.sums)
     if fsdp:
-        ldist.reshard(model)  # what the forward passes left gathered, before a checkpoint or the next step
+        lparallel.reshard(model)  # what the forward passes left gathered, before a checkpoint or the next step
     # Gathered as objects, not all-reduced: a rank whose share of a small split is empty has no keys to add.
     totals: dict[str, float] = {}
-    for part in ldist.all_gather_object(total(sums), rt):
+    for part in lparallel.all_gather_object(total(sums), rt):
         for k, v in part.items():
             totals[k] = totals.get(k, 0.0) + v
     return objective.summarize(totals) if totals else None
@@ -321,11 +321,11 @@ def _lockstep(batches: Iterable[Any], rt: Runtime) -> Iterator[tuple[Any, bool]]
     """
     it = iter(batches)
     batch = next(it, None)
-    if sum(ldist.all_gather_object(batch is None, rt)) not in (0, rt.world_size):
+    if sum(lparallel.all_gather_object(batch is None, rt)) not in (0, rt.world_size):
         raise UserError(f"the val split is too small to give each of the {rt.world_size} processes a batch",
                         fix="prepare with a larger --val-fraction, or run fewer processes")
     last = batch
-    while ldist.all_reduce_max(float(batch is not None), rt):
+    while lparallel.all_reduce_max(float(batch is not None), rt):
         if batch is None:
             yield last, False
         else:
@@ -343,7 +343,7 @@ def _save(ckpt: Checkpointer, step: int, cfg: TrainConfig, prog: Progress, model
     state = _train_state(cfg, prog, None if sharded else model, optimizer, scheduler, scaler, objective, rt)
     if sharded:
         return ckpt.save_sharded(step, model, optimizer, cfg.model, state, rt)
-    plain = ldist.full_model(model, rt)
+    plain = lparallel.full_model(model, rt)
     if rt.is_main:
         return ckpt.save(step, plain, cfg.model, state)
     return ckpt.root / step_dir_name(step)
@@ -354,7 +354,7 @@ def _save_best(ckpt: Checkpointer, cfg: TrainConfig, model: nn.Module, metrics: 
     if cfg.parallel.sharded_checkpoints:
         ckpt.save_best_sharded(model, metrics, rt)
         return
-    plain = ldist.full_model(model, rt)  # the whole model on rank 0
+    plain = lparallel.full_model(model, rt)  # the whole model on rank 0
     if rt.is_main:
         ckpt.save_best(plain, cfg.model, metrics)
 
@@ -370,11 +370,11 @@ def _train_state(cfg: TrainConfig, prog: Progress, model: nn.Module | None, opti
     return {
         "train_config": to_dict(cfg),
         "progress": dataclasses.asdict(prog),
-        **({"optimizer": ldist.optimizer_state(model, optimizer)} if model is not None else {}),
+        **({"optimizer": lparallel.optimizer_state(model, optimizer)} if model is not None else {}),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-        "rng": ldist.all_gather_object(rng_state(), rt),
-        "data": ldist.all_gather_object(objective.state_dict(), rt),
+        "rng": lparallel.all_gather_object(rng_state(), rt),
+        "data": lparallel.all_gather_object(objective.state_dict(), rt),
         "world_size": rt.world_size,
     }
 
@@ -404,9 +404,9 @@ def _restore(path: Path, state: dict[str, Any], cfg: TrainConfig, model: nn.Modu
     # Unchanged options give exactly the update the interrupted run would have made next.
     hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     if is_sharded(path):
-        ldist.load_sharded(path, model, optimizer, rt)  # resharded for this run's world size and strategy
+        lparallel.load_sharded(path, model, optimizer, rt)  # resharded for this run's world size and strategy
     else:
-        ldist.load_optimizer_state(model, optimizer, state["optimizer"])
+        lparallel.load_optimizer_state(model, optimizer, state["optimizer"])
     for group, h in zip(optimizer.param_groups, hyper, strict=True):
         group.update(h)
     scheduler.load_state_dict(state["scheduler"])

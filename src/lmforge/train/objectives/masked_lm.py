@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from lmforge.dist import unwrap
 from lmforge.errors import UserError
+from lmforge.parallel import unwrap
 from lmforge.train.objectives import Objective, Output, register, train_only
 from lmforge.train.objectives.options import (
     ObjectiveOptions,

@@ -10,11 +10,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from lmforge import dist as ldist
+from lmforge import parallel as lparallel
 from lmforge.models.io import load_model
 
 WORKER = Path(__file__).parent / "workers" / "train.py"
@@ -42,7 +38,7 @@ def _load_worker():
 
 
 worker = _load_worker()
-SINGLE = ldist.DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+SINGLE = lparallel.DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
 @functools.cache
@@ -80,7 +76,7 @@ def resume_single(ckpt: Path, seed: int) -> tuple[dict, torch.nn.Module]:
     """Load a sharded checkpoint into a differently initialised single-process model and train to the end."""
     model = worker.build_model(seed=seed)
     opt = worker.make_optimizer(model)
-    start = ldist.load_sharded(ckpt, model, opt, SINGLE)["step"]
+    start = lparallel.load_sharded(ckpt, model, opt, SINGLE)["step"]
     return {"start": start, **worker.train(model, opt, SINGLE, range(start, STEPS), rows=8)}, model
 
 
@@ -115,16 +111,16 @@ def test_fsdp_with_checkpointing_matches_one_process_and_its_checkpoints_load_on
     model = worker.build_model(seed=456)
     opt = worker.make_optimizer(model)
     state = torch.load(full, weights_only=True)
-    ldist.load_model_state(model, state["model"])
-    ldist.load_optimizer_state(model, opt, state["optim"])
+    lparallel.load_model_state(model, state["model"])
+    lparallel.load_optimizer_state(model, opt, state["optim"])
     assert_matches(worker.train(model, opt, SINGLE, range(3, STEPS), rows=8), start=3)
 
     # Export: an ordinary model directory that lmforge.models.io loads, with the same logits as the checkpoint.
-    exported = ldist.export_single_file(ckpt, tmp_path / "exported")
+    exported = lparallel.export_single_file(ckpt, tmp_path / "exported")
     loaded, cfg = load_model(exported)
     assert cfg == worker.model_config()
     direct = worker.build_model(seed=789)
-    ldist.load_sharded(ckpt, direct, None, SINGLE)
+    lparallel.load_sharded(ckpt, direct, None, SINGLE)
     tokens = worker.global_batch(99, 3)[:, :-1]
     with torch.no_grad():
         torch.testing.assert_close(loaded(tokens), direct.eval()(tokens), rtol=0, atol=0)
@@ -137,7 +133,7 @@ def test_sharded_checkpoint_from_one_process_resumes_on_two_offloaded_fsdp_ranks
 
     def save(step: int) -> None:
         if step == 2:
-            ldist.save_sharded(ckpt, model, opt, {"step": step + 1}, SINGLE)
+            lparallel.save_sharded(ckpt, model, opt, {"step": step + 1}, SINGLE)
 
     worker.train(model, opt, SINGLE, range(3), rows=8, on_step=save)
     # CPU offload, and gradient accumulation with FSDP's gradient sync off for the first micro-batch.

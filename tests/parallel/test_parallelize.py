@@ -1,4 +1,4 @@
-"""Single-process behaviour of lmforge.dist: environment, activation checkpointing, strategy checks, checkpoints.
+"""Single-process behaviour of lmforge.parallel: environment, activation checkpointing, strategy checks, checkpoints.
 
 The FSDP test here runs FSDP2 in a process group of one (gloo, in this process): it pins which modules are sharded
 and that the full-state and sharded-checkpoint helpers work on DTensor parameters, in a second, without torchrun.
@@ -16,12 +16,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge import dist as ldist
-from lmforge.dist.env import resolve_device, timeout_seconds
+from lmforge import parallel as lparallel
 from lmforge.errors import UserError
 from lmforge.models import ModelConfig, build_model
+from lmforge.parallel.env import resolve_device, timeout_seconds
 
-SINGLE = ldist.DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+SINGLE = lparallel.DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 FAMILIES = {
     "gpt": {},
     "llama": {"norm": "rmsnorm", "mlp": "gated", "pos": "rope", "tie_embeddings": False, "bias": False},
@@ -39,9 +39,9 @@ def tiny(family: str = "gpt", **kw) -> nn.Module:
 
 def loss_of(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """The family's training loss on (B, 17) tokens: next-token for decoders, token recovery for the others."""
-    family = ldist.unwrap(model).cfg.family
+    family = lparallel.unwrap(model).cfg.family
     if family == "bert":
-        logits = ldist.unwrap(model).mlm_logits(model(batch[:, :-1]))
+        logits = lparallel.unwrap(model).mlm_logits(model(batch[:, :-1]))
         return F.cross_entropy(logits.flatten(0, 1), batch[:, :-1].flatten())
     if family == "t5":
         logits = model(batch[:, 8:], batch[:, :-1])
@@ -58,7 +58,7 @@ def run_steps(model: nn.Module, steps: int = 3, opt: torch.optim.Optimizer | Non
         batch = torch.randint(0, 64, (4, 17), generator=g)
         total = 0.0
         for i, micro in enumerate(batch.chunk(accum)):
-            with ldist.no_grad_sync(model, enabled=i < accum - 1):
+            with lparallel.no_grad_sync(model, enabled=i < accum - 1):
                 loss = loss_of(model, micro) / accum
                 loss.backward()
             total += loss.item()
@@ -78,14 +78,14 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 def test_setup_without_torchrun_is_a_single_process_with_no_op_collectives(monkeypatch) -> None:
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
-    env = ldist.setup("cpu")
+    env = lparallel.setup("cpu")
     assert (env.rank, env.world_size, env.is_main, env.is_distributed) == (0, 1, True, False)
-    assert ldist.all_reduce_mean(torch.tensor(2.5), env) == 2.5
-    assert ldist.all_reduce_sum(3.0, env) == 3.0
-    assert ldist.broadcast_object({"a": 1}, env) == {"a": 1}
-    assert ldist.all_gather_object("x", env) == ["x"]
-    ldist.barrier(env)
-    ldist.teardown(env)
+    assert lparallel.all_reduce_mean(torch.tensor(2.5), env) == 2.5
+    assert lparallel.all_reduce_sum(3.0, env) == 3.0
+    assert lparallel.broadcast_object({"a": 1}, env) == {"a": 1}
+    assert lparallel.all_gather_object("x", env) == ["x"]
+    lparallel.barrier(env)
+    lparallel.teardown(env)
 
 
 def test_bad_device_and_timeout_are_user_errors(monkeypatch) -> None:
@@ -105,9 +105,9 @@ def test_bad_device_and_timeout_are_user_errors(monkeypatch) -> None:
 def test_activation_checkpointing_gives_identical_losses_and_grads(family: str) -> None:
     # Dropout on: the recomputation must replay the same random masks.
     plain = tiny(family, dropout=0.1)
-    checkpointed = ldist.parallelize(copy.deepcopy(plain), ldist.ParallelConfig(activation_checkpointing=True),
+    checkpointed = lparallel.parallelize(copy.deepcopy(plain), lparallel.ParallelConfig(activation_checkpointing=True),
                                      SINGLE)
-    blocks = ldist.transformer_blocks(checkpointed)
+    blocks = lparallel.transformer_blocks(checkpointed)
     assert len(blocks) == {"t5": 5}.get(family, 2)  # t5: encoder and decoder blocks
     assert {type(b).__name__ for b in blocks} == {"CheckpointedBlock"}
     assert list(checkpointed.state_dict()) == list(plain.state_dict())  # names untouched
@@ -137,14 +137,14 @@ def test_activation_checkpointing_saves_activations_only_at_block_boundaries() -
         return count
 
     plain = tiny(n_layer=4)
-    checkpointed = ldist.parallelize(copy.deepcopy(plain), ldist.ParallelConfig(activation_checkpointing=True),
+    checkpointed = lparallel.parallelize(copy.deepcopy(plain), lparallel.ParallelConfig(activation_checkpointing=True),
                                      SINGLE)
     assert saved_tensors(checkpointed) < saved_tensors(plain) / 2
 
 
 def test_checkpointed_blocks_decode_with_the_kv_cache_as_before() -> None:
     plain = tiny().eval()
-    checkpointed = ldist.parallelize(copy.deepcopy(plain), ldist.ParallelConfig(activation_checkpointing=True),
+    checkpointed = lparallel.parallelize(copy.deepcopy(plain), lparallel.ParallelConfig(activation_checkpointing=True),
                                      SINGLE).eval()
     tokens = torch.randint(0, 64, (1, 5))
     outs = []
@@ -158,7 +158,7 @@ def test_checkpointed_blocks_decode_with_the_kv_cache_as_before() -> None:
 
 def test_activation_checkpointing_of_a_model_without_blocks_is_a_user_error() -> None:
     with pytest.raises(UserError, match="needs Transformer blocks"):
-        ldist.parallelize(nn.Linear(4, 4), ldist.ParallelConfig(activation_checkpointing=True), SINGLE)
+        lparallel.parallelize(nn.Linear(4, 4), lparallel.ParallelConfig(activation_checkpointing=True), SINGLE)
 
 
 # --- strategies ----------------------------------------------------------------------------------------------
@@ -166,18 +166,18 @@ def test_activation_checkpointing_of_a_model_without_blocks_is_a_user_error() ->
 def test_strategies_that_need_a_process_group_are_refused_alone() -> None:
     for strategy in ("ddp", "fsdp"):
         with pytest.raises(UserError, match="needs a process group"):
-            ldist.parallelize(tiny(), ldist.ParallelConfig(strategy=strategy), SINGLE)
-    two = ldist.DistEnv(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
+            lparallel.parallelize(tiny(), lparallel.ParallelConfig(strategy=strategy), SINGLE)
+    two = lparallel.DistEnv(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
     with pytest.raises(UserError, match="unrelated models"):
-        ldist.parallelize(tiny(), ldist.ParallelConfig(strategy="none"), two)
+        lparallel.parallelize(tiny(), lparallel.ParallelConfig(strategy="none"), two)
 
 
 def test_auto_strategy_alone_leaves_the_model_as_it_is() -> None:
     model = tiny()
-    assert ldist.parallelize(model, ldist.ParallelConfig(), SINGLE) is model
-    assert ldist.unwrap(model) is model
-    assert ldist.full_model(model, SINGLE) is model  # nothing to gather: no copy
-    with ldist.no_grad_sync(model):
+    assert lparallel.parallelize(model, lparallel.ParallelConfig(), SINGLE) is model
+    assert lparallel.unwrap(model) is model
+    assert lparallel.full_model(model, SINGLE) is model  # nothing to gather: no copy
+    with lparallel.no_grad_sync(model):
         pass
 
 
@@ -185,13 +185,13 @@ def test_clip_grad_norm_returns_the_norm_before_clipping() -> None:
     model = tiny()
     loss_of(model, torch.randint(0, 64, (2, 17))).backward()
     want = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])).item()
-    assert ldist.clip_grad_norm_(model, 0.0) == pytest.approx(want, rel=1e-6)  # measure only
-    assert ldist.clip_grad_norm_(model, want / 2) == pytest.approx(want, rel=1e-6)
-    assert ldist.clip_grad_norm_(model, 0.0) == pytest.approx(want / 2, rel=1e-4)
+    assert lparallel.clip_grad_norm_(model, 0.0) == pytest.approx(want, rel=1e-6)  # measure only
+    assert lparallel.clip_grad_norm_(model, want / 2) == pytest.approx(want, rel=1e-6)
+    assert lparallel.clip_grad_norm_(model, 0.0) == pytest.approx(want / 2, rel=1e-4)
 
 
 @pytest.fixture
-def group_of_one() -> Iterator[ldist.DistEnv]:
+def group_of_one() -> Iterator[lparallel.DistEnv]:
     """A real gloo process group with this process as its only member."""
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
@@ -204,9 +204,9 @@ def test_fsdp_shards_every_block_and_trains_like_the_plain_model(group_of_one, t
     from torch.distributed.fsdp import FSDPModule
 
     plain = tiny("t5")
-    model = ldist.parallelize(copy.deepcopy(plain), ldist.ParallelConfig(strategy="fsdp"), group_of_one)
-    assert ldist.is_fsdp(model)
-    blocks = ldist.transformer_blocks(model)
+    model = lparallel.parallelize(copy.deepcopy(plain), lparallel.ParallelConfig(strategy="fsdp"), group_of_one)
+    assert lparallel.is_fsdp(model)
+    blocks = lparallel.transformer_blocks(model)
     assert len(blocks) == 5 and all(isinstance(b, FSDPModule) for b in blocks)  # encoder's 2 and decoder's 3
     assert isinstance(model, FSDPModule)  # the root: embeddings, relative bias tables, tied head
 
@@ -215,18 +215,18 @@ def test_fsdp_shards_every_block_and_trains_like_the_plain_model(group_of_one, t
     want, _ = run_steps(plain, 2, accum=2)
     assert max(abs(a - b) for a, b in zip(got, want)) < 1e-6, (got, want)
 
-    copy_ = ldist.full_model(model, group_of_one)
-    assert type(copy_) is type(plain) and not ldist.is_fsdp(copy_)
+    copy_ = lparallel.full_model(model, group_of_one)
+    assert type(copy_) is type(plain) and not lparallel.is_fsdp(copy_)
     for name, t in plain.state_dict().items():
         torch.testing.assert_close(copy_.state_dict()[name], t, rtol=0, atol=1e-6, msg=name)
 
     # A sharded checkpoint of the FSDP model continues in a plain model like the plain model itself.
-    ldist.save_sharded(tmp_path / "ckpt", model, opt, {"step": 2}, group_of_one)
+    lparallel.save_sharded(tmp_path / "ckpt", model, opt, {"step": 2}, group_of_one)
     resumed = tiny("t5")
     resumed_opt = torch.optim.AdamW(resumed.parameters(), lr=1e-2)
-    assert ldist.load_sharded(tmp_path / "ckpt", resumed, resumed_opt, group_of_one) == {"step": 2}
+    assert lparallel.load_sharded(tmp_path / "ckpt", resumed, resumed_opt, group_of_one) == {"step": 2}
     plain_opt = torch.optim.AdamW(plain.parameters(), lr=1e-2)
-    ldist.load_optimizer_state(plain, plain_opt, ldist.optimizer_state(model, opt))
+    lparallel.load_optimizer_state(plain, plain_opt, lparallel.optimizer_state(model, opt))
     got, _ = run_steps(resumed, 2, resumed_opt, seed=5)
     want, _ = run_steps(plain, 2, plain_opt, seed=5)
     assert max(abs(a - b) for a, b in zip(got, want)) < 1e-5, (got, want)
@@ -234,8 +234,8 @@ def test_fsdp_shards_every_block_and_trains_like_the_plain_model(group_of_one, t
 
 def test_fsdp_bf16_mixed_precision_computes_in_bf16_and_keeps_fp32_weights(group_of_one) -> None:
     plain = tiny()
-    cfg = ldist.ParallelConfig(strategy="fsdp", mixed_precision="bf16", fsdp_cpu_offload=True)
-    model = ldist.parallelize(copy.deepcopy(plain), cfg, group_of_one)
+    cfg = lparallel.ParallelConfig(strategy="fsdp", mixed_precision="bf16", fsdp_cpu_offload=True)
+    model = lparallel.parallelize(copy.deepcopy(plain), cfg, group_of_one)
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # master weights, for the optimizer
     got, grads = run_steps(model, 2)
     assert {g.dtype for g in grads[0].values()} == {torch.float32}  # reduced and stored in fp32
@@ -252,7 +252,7 @@ def test_record_writes_the_exception_where_torchrun_reads_it(tmp_path, monkeypat
     error_file = tmp_path / "error.json"
     monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
 
-    @ldist.record
+    @lparallel.record
     def main() -> None:
         raise RuntimeError("rank 1 lost its data")
 
@@ -271,15 +271,15 @@ def test_sharded_checkpoint_round_trips_in_one_process_and_replaces_atomically(t
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     run_steps(model, 1, opt)
     path = tmp_path / "ckpt"
-    ldist.save_sharded(path, model, opt, {"step": 1}, SINGLE)
-    ldist.save_sharded(path, model, opt, {"step": 2}, SINGLE)  # overwrite in place
+    lparallel.save_sharded(path, model, opt, {"step": 1}, SINGLE)
+    lparallel.save_sharded(path, model, opt, {"step": 2}, SINGLE)  # overwrite in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary left behind
-    assert ldist.is_sharded_checkpoint(path) and ldist.read_extra(path) == {"step": 2}
+    assert lparallel.is_sharded_checkpoint(path) and lparallel.read_extra(path) == {"step": 2}
 
     other = tiny()
     torch.nn.init.zeros_(other.lm_head.weight)
     other_opt = torch.optim.AdamW(other.parameters(), lr=1e-2)
-    assert ldist.load_sharded(path, other, other_opt, SINGLE) == {"step": 2}
+    assert lparallel.load_sharded(path, other, other_opt, SINGLE) == {"step": 2}
     for (name, a), b in zip(model.state_dict().items(), other.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert other.lm_head.weight is other.embed.tok.weight  # tying survives loading
@@ -290,15 +290,15 @@ def test_full_state_round_trips_by_parameter_name(tmp_path) -> None:
     model = tiny("llama")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     run_steps(model, 1, opt)
-    state = ldist.optimizer_state(model, opt)
+    state = lparallel.optimizer_state(model, opt)
     assert set(state["state"]) == {name for name, _ in model.named_parameters()}  # names, not positions
-    torch.save({"model": ldist.model_state(model), "optim": state}, tmp_path / "full.pt")
+    torch.save({"model": lparallel.model_state(model), "optim": state}, tmp_path / "full.pt")
 
     saved = torch.load(tmp_path / "full.pt", weights_only=True)
     other = tiny("llama", init_std=0.5)
     other_opt = torch.optim.AdamW(other.parameters(), lr=1e-2)
-    ldist.load_model_state(other, saved["model"])
-    ldist.load_optimizer_state(other, other_opt, saved["optim"])
+    lparallel.load_model_state(other, saved["model"])
+    lparallel.load_optimizer_state(other, other_opt, saved["optim"])
     assert run_steps(other, 2, other_opt, seed=3)[0] == run_steps(model, 2, opt, seed=3)[0]
 
 
@@ -309,31 +309,31 @@ def test_a_checkpoint_from_before_the_first_step_resumes_exactly(tmp_path) -> No
 
     model = tiny()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    ldist.save_sharded(tmp_path / "ckpt", model, opt, {}, SINGLE)
-    full = ldist.optimizer_state(model, opt)
+    lparallel.save_sharded(tmp_path / "ckpt", model, opt, {}, SINGLE)
+    full = lparallel.optimizer_state(model, opt)
     assert full == {} and not opt.state
     assert run_steps(model, 2, opt)[0] == want
 
     resumed = tiny(init_std=0.5)
     resumed_opt = torch.optim.AdamW(resumed.parameters(), lr=1e-2)
     run_steps(resumed, 1, resumed_opt)  # state that the checkpoint must replace
-    ldist.load_sharded(tmp_path / "ckpt", resumed, resumed_opt, SINGLE)
+    lparallel.load_sharded(tmp_path / "ckpt", resumed, resumed_opt, SINGLE)
     assert run_steps(resumed, 2, resumed_opt)[0] == want
 
     again = tiny()
     again_opt = torch.optim.AdamW(again.parameters(), lr=1e-2)
-    ldist.load_optimizer_state(again, again_opt, full)
+    lparallel.load_optimizer_state(again, again_opt, full)
     assert run_steps(again, 2, again_opt)[0] == want
 
 
 def test_loading_a_mismatched_or_incomplete_checkpoint_is_a_user_error(tmp_path) -> None:
     path = tmp_path / "ckpt"
-    ldist.save_sharded(path, tiny(), None, None, SINGLE)
+    lparallel.save_sharded(path, tiny(), None, None, SINGLE)
     with pytest.raises(UserError, match="does not match"):
-        ldist.load_sharded(path, tiny(n_layer=3), None, SINGLE)
+        lparallel.load_sharded(path, tiny(n_layer=3), None, SINGLE)
     with pytest.raises(UserError, match="not a complete sharded checkpoint"):
-        ldist.load_sharded(tmp_path, tiny(), None, SINGLE)
+        lparallel.load_sharded(tmp_path, tiny(), None, SINGLE)
     (path / "config.json").unlink()
     with pytest.raises(UserError, match="no config.json"):
-        ldist.export_single_file(path, tmp_path / "out")
+        lparallel.export_single_file(path, tmp_path / "out")
     assert not (tmp_path / "out").exists()

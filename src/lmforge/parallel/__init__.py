@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from lmforge.dist.env import (
+from lmforge.parallel.env import (
     DistEnv,
     Place,
     all_gather_object,
@@ -28,7 +28,7 @@ from lmforge.dist.env import (
     setup,
     teardown,
 )
-from lmforge.dist.parallelize import (
+from lmforge.parallel.parallelize import (
     ParallelConfig,
     clip_grad_norm_,
     is_fsdp,
@@ -77,5 +77,5 @@ _CHECKPOINT = ("export_single_file", "full_model", "is_sharded_checkpoint", "loa
 
 def __getattr__(name: str) -> Any:
     if name in _CHECKPOINT:
-        return getattr(importlib.import_module("lmforge.dist.checkpoint"), name)
-    raise AttributeError(f"module 'lmforge.dist' has no attribute {name!r}")
+        return getattr(importlib.import_module("lmforge.parallel.checkpoint"), name)
+    raise AttributeError(f"module 'lmforge.parallel' has no attribute {name!r}")

@@ -5,7 +5,7 @@ batch for a given step; each rank trains on its own contiguous slice of the rows
 micro-batches. With equal tokens per rank and micro-batch, the mean of the ranks' losses and the averaged gradients
 equal those of one process on the whole batch, so every strategy must reproduce the single-process losses and
 gradient norms. The step is written here rather than taken from the product's trainer so that these tests pin
-`lmforge.dist` alone. The test process imports this file for its reference run.
+`lmforge.parallel` alone. The test process imports this file for its reference run.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lmforge import dist as ldist
+from lmforge import parallel as lparallel
 from lmforge.models import DecoderLM, ModelConfig
 
 SEQ = 16
@@ -52,7 +52,7 @@ def global_batch(step: int, rows: int) -> torch.Tensor:
     return torch.cat(tokens, dim=1)
 
 
-def train(model: torch.nn.Module, opt: torch.optim.Optimizer, env: ldist.Place, steps: range, rows: int,
+def train(model: torch.nn.Module, opt: torch.optim.Optimizer, env: lparallel.Place, steps: range, rows: int,
           accum: int = 1, on_micro=None, on_step=None) -> dict[str, Any]:
     """Steps `steps` on global batches of `rows` rows; losses and gradient norms are those of the whole batch."""
     out: dict[str, Any] = {"losses": [], "grad_norms": [], "logits_dtype": None}
@@ -66,16 +66,16 @@ def train(model: torch.nn.Module, opt: torch.optim.Optimizer, env: ldist.Place, 
                 on_micro(micro)
             batch = mine[micro * per_micro:(micro + 1) * per_micro]
             # Only the last micro-batch reduces gradients across ranks; the others accumulate locally.
-            with ldist.no_grad_sync(model, enabled=micro < accum - 1):
+            with lparallel.no_grad_sync(model, enabled=micro < accum - 1):
                 logits = model(batch[:, :-1])
                 loss = F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten()) / accum
                 loss.backward()
             loss_sum += loss.item()
         out["logits_dtype"] = str(logits.dtype)
-        out["grad_norms"].append(ldist.clip_grad_norm_(model, 1.0))
+        out["grad_norms"].append(lparallel.clip_grad_norm_(model, 1.0))
         opt.step()
         opt.zero_grad(set_to_none=True)
-        out["losses"].append(ldist.all_reduce_mean(loss_sum, env))
+        out["losses"].append(lparallel.all_reduce_mean(loss_sum, env))
         if on_step is not None:
             on_step(step)
     return out
@@ -93,7 +93,7 @@ def count_gradient_all_reduces(model: torch.nn.parallel.DistributedDataParallel,
     model.register_comm_hook(None, hook)
 
 
-@ldist.record  # torchrun's failure summary then shows this rank's exception, not only its exit code
+@lparallel.record  # torchrun's failure summary then shows this rank's exception, not only its exit code
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--strategy", default="auto")
@@ -114,12 +114,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
 
-    env = ldist.setup(args.device)
+    env = lparallel.setup(args.device)
     # Different seeds per rank: parallelize must still start every rank from rank 0's weights.
     model = build_model(args.seed + env.rank)
-    cfg = ldist.ParallelConfig(strategy=args.strategy, activation_checkpointing=args.ac,
+    cfg = lparallel.ParallelConfig(strategy=args.strategy, activation_checkpointing=args.ac,
                                fsdp_cpu_offload=args.offload, mixed_precision=args.precision)
-    model = ldist.parallelize(model, cfg, env)
+    model = lparallel.parallelize(model, cfg, env)
     micro_of_all_reduce: list[int] = []
     current_micro = [0]
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
@@ -127,7 +127,7 @@ def main() -> None:
     opt = make_optimizer(model)
     start = 0
     if args.load is not None:
-        start = ldist.load_sharded(args.load, model, opt, env)["step"]
+        start = lparallel.load_sharded(args.load, model, opt, env)["step"]
 
     def on_micro(micro: int) -> None:
         current_micro[0] = micro
@@ -140,9 +140,9 @@ def main() -> None:
             Path(f"{args.out}.hung").write_text(str(time.time()))
             time.sleep(3600)  # alive but silent, like a rank stuck in I/O: only the collective timeout helps
         if step in args.save_at:
-            ldist.save_sharded(args.save, model, opt, {"step": step + 1}, env)
+            lparallel.save_sharded(args.save, model, opt, {"step": step + 1}, env)
             if args.save_full is not None and step == args.save_at[0]:
-                full = {"model": ldist.model_state(model), "optim": ldist.optimizer_state(model, opt)}
+                full = {"model": lparallel.model_state(model), "optim": lparallel.optimizer_state(model, opt)}
                 if env.is_main:
                     torch.save(full, args.save_full)
 
@@ -150,16 +150,16 @@ def main() -> None:
     result["micro_of_all_reduce"] = sorted(set(micro_of_all_reduce))
     result["param_dtype"] = str(next(model.parameters()).dtype)
     result["collectives"] = {
-        "mean_of_rank": ldist.all_reduce_mean(float(env.rank), env),
-        "sum_of_one": ldist.all_reduce_sum(1.0, env),
-        "max_of_rank": ldist.all_reduce_max(float(env.rank), env),
-        "broadcast": ldist.broadcast_object(f"from rank {env.rank}", env),
-        "gathered": ldist.all_gather_object(env.rank * 10, env),
+        "mean_of_rank": lparallel.all_reduce_mean(float(env.rank), env),
+        "sum_of_one": lparallel.all_reduce_sum(1.0, env),
+        "max_of_rank": lparallel.all_reduce_max(float(env.rank), env),
+        "broadcast": lparallel.broadcast_object(f"from rank {env.rank}", env),
+        "gathered": lparallel.all_gather_object(env.rank * 10, env),
     }
     result["world_size"] = env.world_size
     if env.is_main:
         args.out.write_text(json.dumps(result))
-    ldist.teardown(env)
+    lparallel.teardown(env)
 
 
 if __name__ == "__main__":

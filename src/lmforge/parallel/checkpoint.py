@@ -33,11 +33,11 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from lmforge.atomic import atomic_directory
-from lmforge.dist.env import Place, barrier, broadcast_object
-from lmforge.dist.parallelize import is_fsdp, unwrap
 from lmforge.errors import UserError
 from lmforge.models.io import CONFIG, copy_tokenizer_files
 from lmforge.models.io import SHARDS_METADATA as METADATA  # written by DCP last: marks a complete checkpoint
+from lmforge.parallel.env import Place, barrier, broadcast_object
+from lmforge.parallel.parallelize import is_fsdp, unwrap
 
 EXTRA = "extra.pt"
 # cpu_offload with full_state_dict gathers onto rank 0 only (the other ranks get {}), so a large model never sits

@@ -4,7 +4,7 @@ A run started by `torchrun` (RANK / WORLD_SIZE / LOCAL_RANK in the environment) 
 `python -m lmforge ...` run gets world size 1 and no process group, and every collective here is then a no-op, so
 the trainer calls the same functions either way.
 
-Every function of `lmforge.dist` that needs to know where it runs takes a `Place`: anything with `rank`,
+Every function of `lmforge.parallel` that needs to know where it runs takes a `Place`: anything with `rank`,
 `world_size` and `device` attributes, so the trainer can pass its own runtime object instead of a `DistEnv`.
 
 Failing fast: a rank that dies (crash, OOM kill, uncaught exception) ends the job at once, because torchrun stops

@@ -23,8 +23,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lmforge.config import field
-from lmforge.dist.env import Place
 from lmforge.errors import UserError
+from lmforge.parallel.env import Place
 
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -43,12 +43,12 @@ class ParallelConfig:
                                              "and gather them again for the backward (less memory, more traffic)")
     mixed_precision: str = field("auto", "fsdp: dtype of the gathered parameters used for compute; gradients are "
                                  "reduced and master weights kept in fp32 (auto: `lmforge train` follows "
-                                 "--precision; lmforge.dist.parallelize alone: bf16 on CUDA, fp32 elsewhere)",
+                                 "--precision; lmforge.parallel.parallelize alone: bf16 on CUDA, fp32 elsewhere)",
                                  choices=PRECISIONS)
     sharded_checkpoints: bool = field(False, "save checkpoints as torch.distributed.checkpoint shards that every "
                                       "rank writes at once, never gathering the model in one process (for models "
                                       "too large for that); they resume on any number of processes, and "
-                                      "lmforge.dist.export_single_file turns one into a model directory")
+                                      "lmforge.parallel.export_single_file turns one into a model directory")
 
 
 def resolve_strategy(cfg: ParallelConfig, env: Place) -> str:
