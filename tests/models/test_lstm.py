@@ -146,7 +146,9 @@ def test_a_config_with_labels_builds_a_classifier_that_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize(("kw", "message"), [
-    (dict(family="gpt", labels=["a", "b"]), "sequence classification is implemented for the lstm family only"),
+    (dict(family="t5", labels=["a", "b"]), "a t5 model has no 'classify' head"),
+    (dict(family="gpt", head="span"), "a gpt model has no 'span' head"),
+    (dict(head="classify"), "a classify head needs labels"),
     (dict(labels=["a"]), "labels must be two or more distinct non-empty names"),
     (dict(labels=["a", "a"]), "labels must be two or more distinct non-empty names"),
 ])

@@ -9,21 +9,14 @@ from lmforge.models.decoder import DecoderLM
 from lmforge.models.encoder import EncoderModel
 from lmforge.models.encoder_decoder import EncoderDecoderLM
 from lmforge.models.lstm import LSTMLM, LSTMClassifier
+from lmforge.models.registry import Kind, can, capabilities, family, kind_of
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """The model of `cfg.family` (a sequence classifier when `cfg.labels` names classes), randomly initialised, on
-    the CPU in fp32."""
-    if cfg.family in ("gpt", "llama"):
-        return DecoderLM(cfg)
-    if cfg.family == "bert":
-        return EncoderModel(cfg)
-    if cfg.family == "t5":
-        return EncoderDecoderLM(cfg)
-    if cfg.family == "lstm":
-        return LSTMClassifier(cfg) if cfg.labels else LSTMLM(cfg)
-    raise ValueError(f"unknown family {cfg.family!r}")
+    """The model `cfg` describes (its family's class, carrying the head `cfg.head` names), randomly initialised,
+    on the current default device (the CPU unless the caller sets one, e.g. meta) in fp32."""
+    return family(cfg).model_class(cfg.head)(cfg)
 
 
-__all__ = ["LSTMLM", "PRESETS", "DecoderLM", "EncoderDecoderLM", "EncoderModel", "LSTMClassifier", "ModelConfig",
-           "build_model", "get_preset"]
+__all__ = ["LSTMLM", "PRESETS", "DecoderLM", "EncoderDecoderLM", "EncoderModel", "Kind", "LSTMClassifier",
+           "ModelConfig", "build_model", "can", "capabilities", "family", "get_preset", "kind_of"]

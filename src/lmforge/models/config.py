@@ -99,13 +99,8 @@ class ModelConfig:
             problems.append("a classify head needs labels (the class names)")
         if self.labels and self.head != "classify":
             problems.append(f"labels are for a classify head, not '{self.head}'")
-        if self.labels:
-            if self.family != "lstm":
-                raise UserError(f"sequence classification is implemented for the lstm family only, but the model "
-                                f"is family '{self.family}' and has labels", fix="train a classifier with --preset "
-                                "lstm-tiny (or another lstm preset), or leave model.labels out for a language model")
-            if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels) or not all(self.labels):
-                problems.append(f"labels must be two or more distinct non-empty names, got {self.labels}")
+        if self.labels and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels) or not all(self.labels)):
+            problems.append(f"labels must be two or more distinct non-empty names, got {self.labels}")
         if problems:
             raise UserError("invalid model config: " + "; ".join(problems),
                             fix="adjust the model options (see `lmforge train --help`)")
@@ -152,11 +147,14 @@ class ModelConfig:
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L d T."""
+        from lmforge.models.registry import Kind, kind_of
+
         t = seq_len or self.max_seq_len
-        layers = self.n_layer + (self.n_decoder_layer if self.family == "t5" else 0)
-        attention = 0 if self.family == "lstm" else 12 * layers * self.d_model * t
-        # A classifier has no output projection over the vocabulary (its small head is in num_params).
-        output = 0 if self.labels else 6 * self.vocab_size * self.d_model
+        kind = kind_of(self)
+        layers = self.n_layer + (self.n_decoder_layer if kind == Kind.ENCODER_DECODER else 0)
+        attention = 0 if kind == Kind.RECURRENT else 12 * layers * self.d_model * t
+        # Only an lm head projects onto the vocabulary (a task head is small and counted in num_params).
+        output = 6 * self.vocab_size * self.d_model if self.head == "lm" else 0
         return 6 * self.num_params(include_embeddings=False) + output + attention
 
 

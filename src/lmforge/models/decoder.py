@@ -1,5 +1,8 @@
-"""Decoder-only language model (GPT-2-style and Llama-style, by config).
+"""Decoder-only Transformer (GPT-2-style and Llama-style, by config): a causal backbone and its head.
 
+With head `lm` (the default) it is a language model: `forward` gives next-token logits. With head `classify` it is
+a sequence classifier (as Hugging Face's `GPT2ForSequenceClassification` / `LlamaForSequenceClassification`):
+`forward` gives one row of class logits per sequence, read at its last real token.
 Knows nothing of training, checkpoints, devices or parallelism: those wrap it from outside.
 """
 
@@ -11,6 +14,7 @@ from torch import Tensor
 
 from lmforge.models.blocks import Block, KVCache, Positions, cache_mask, init_weights, make_norm
 from lmforge.models.config import ModelConfig
+from lmforge.models.heads import n_classes, pool
 
 
 class DecoderLM(nn.Module):
@@ -20,15 +24,18 @@ class DecoderLM(nn.Module):
         self.embed = Positions(cfg)
         self.blocks = nn.ModuleList(Block(cfg, causal=True) for _ in range(cfg.n_layer))
         self.norm_f = make_norm(cfg) if cfg.norm_position == "pre" else nn.Identity()
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.head == "classify":
+            self.score = nn.Linear(cfg.d_model, n_classes(cfg), bias=False)
+        else:
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         init_weights(self, cfg)
-        if cfg.tie_embeddings:
+        if cfg.tie_embeddings and cfg.head == "lm":
             self.lm_head.weight = self.embed.tok.weight
 
     # --- KV cache ---------------------------------------------------------------------------------------------
     def setup_cache(self, batch_size: int, max_seq_len: int | None = None, dtype: torch.dtype | None = None) -> None:
         """Preallocate a KV cache for `batch_size` sequences of up to `max_seq_len` tokens."""
-        p = self.lm_head.weight
+        p = self.embed.tok.weight
         s = max_seq_len or self.cfg.max_seq_len
         for block in self.blocks:
             block.attn.cache = KVCache(batch_size, s, self.cfg.n_kv_head, self.cfg.head_dim,
@@ -40,13 +47,22 @@ class DecoderLM(nn.Module):
 
     # --- forward ----------------------------------------------------------------------------------------------
     def forward(self, idx: Tensor, *, input_pos: Tensor | None = None, positions: Tensor | None = None,
-                key_mask: Tensor | None = None) -> Tensor:
-        """Logits (B, T, V) for tokens idx (B, T).
+                key_mask: Tensor | None = None, attention_mask: Tensor | None = None) -> Tensor:
+        """Logits (B, T, V) for tokens idx (B, T); with a classify head, class logits (B, K) at each sequence's
+        last real token (`attention_mask` (B, T): 1 on real tokens, 0 on right padding).
 
         Training: call with idx only. Cached decoding (after `setup_cache`): `input_pos` (T,) are the cache slots
         the tokens are written to; `positions` (B, T) the positions used for position information (they differ
         from the slots for left-padded rows); `key_mask` (B, S) marks cache slots holding real tokens.
         """
+        h = self.hidden(idx, input_pos=input_pos, positions=positions, key_mask=key_mask)
+        if self.cfg.head == "classify":
+            return self.score(pool(h, attention_mask, "last"))
+        return self.lm_head(h)
+
+    def hidden(self, idx: Tensor, *, input_pos: Tensor | None = None, positions: Tensor | None = None,
+               key_mask: Tensor | None = None) -> Tensor:
+        """The backbone: final hidden states (B, T, C), normalised, before any head (arguments as `forward`)."""
         B, T = idx.shape
         if input_pos is None:
             if T > self.cfg.max_seq_len:
@@ -59,4 +75,4 @@ class DecoderLM(nn.Module):
         x, rope = self.embed(idx, pos)
         for block in self.blocks:
             x = block(x, rope=rope, mask=mask, input_pos=input_pos)
-        return self.lm_head(self.norm_f(x))
+        return self.norm_f(x)

@@ -1,5 +1,12 @@
-"""Encoder-only model (BERT-style): bidirectional self-attention, segment embeddings, pooler and the
-pretraining heads (masked LM, next-sentence prediction). Objectives pick the heads they need."""
+"""Encoder-only model (BERT-style): bidirectional self-attention and segment embeddings, with the heads its config
+names (`models/heads.py`):
+
+- `lm`: the pretraining heads, masked LM and (through the pooler) next-sentence prediction; `forward` returns the
+  hidden states (B, T, C) and objectives apply the heads they need (`mlm_logits`, `nsp_logits`).
+- `classify`: [CLS] -> pooler (dense + tanh) -> dropout -> `classifier`; `forward` returns class logits (B, K), as
+  Hugging Face's `BertForSequenceClassification`.
+- `span`: `qa_outputs` on every token; `forward` returns start/end logits (B, T, 2), as `BertForQuestionAnswering`.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +14,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from lmforge.models.blocks import ACTIVATIONS, Positions, Stack, init_weights, make_norm
+from lmforge.models.blocks import Positions, Stack, init_weights
 from lmforge.models.config import ModelConfig
-
-
-class MLMHead(nn.Module):
-    """Transform (dense, activation, norm) then the vocabulary projection, tied to the embedding, with a bias."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.dense = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.act = ACTIVATIONS[cfg.activation]
-        self.norm = make_norm(cfg)
-        self.out = nn.Linear(cfg.d_model, cfg.vocab_size, bias=True)
-
-    def forward(self, h: Tensor) -> Tensor:
-        return self.out(self.norm(self.act(self.dense(h))))
+from lmforge.models.heads import MLMHead, n_classes, pool
 
 
 class EncoderModel(nn.Module):
@@ -31,17 +25,36 @@ class EncoderModel(nn.Module):
         self.cfg = cfg
         self.embed = Positions(cfg)
         self.encoder = Stack(cfg, cfg.n_layer, causal=False)
-        self.pooler = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.mlm_head = MLMHead(cfg)
-        self.nsp_head = nn.Linear(cfg.d_model, 2, bias=cfg.bias)
+        if cfg.head in ("lm", "classify"):
+            self.pooler = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        if cfg.head == "lm":
+            self.mlm_head = MLMHead(cfg)
+            self.nsp_head = nn.Linear(cfg.d_model, 2, bias=cfg.bias)
+        elif cfg.head == "classify":
+            self.drop = nn.Dropout(cfg.dropout)
+            self.classifier = nn.Linear(cfg.d_model, n_classes(cfg), bias=cfg.bias)
+        else:  # span
+            self.qa_outputs = nn.Linear(cfg.d_model, 2, bias=cfg.bias)
         init_weights(self, cfg)
-        if cfg.tie_embeddings:
-            self.mlm_head.out.weight = self.embed.tok.weight
-        nn.init.zeros_(self.mlm_head.out.bias)
+        if cfg.head == "lm":
+            if cfg.tie_embeddings:
+                self.mlm_head.out.weight = self.embed.tok.weight
+            nn.init.zeros_(self.mlm_head.out.bias)
 
     def forward(self, idx: Tensor, *, attention_mask: Tensor | None = None,
                 token_types: Tensor | None = None) -> Tensor:
-        """Hidden states (B, T, C) for tokens idx (B, T); attention_mask (B, T) is True/1 on real tokens."""
+        """For tokens idx (B, T): hidden states (B, T, C) (head lm), class logits (B, K) (classify) or start/end
+        logits (B, T, 2) (span); attention_mask (B, T) is True/1 on real tokens."""
+        h = self.hidden(idx, attention_mask=attention_mask, token_types=token_types)
+        if self.cfg.head == "classify":
+            return self.classifier(self.drop(self.pooled(h)))
+        if self.cfg.head == "span":
+            return self.qa_outputs(h)
+        return h
+
+    def hidden(self, idx: Tensor, *, attention_mask: Tensor | None = None,
+               token_types: Tensor | None = None) -> Tensor:
+        """The backbone: hidden states (B, T, C), before any head."""
         T = idx.shape[1]
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
@@ -54,14 +67,11 @@ class EncoderModel(nn.Module):
 
     def pooled(self, hidden: Tensor) -> Tensor:
         """BERT's pooled output: dense + tanh on the first ([CLS]) position."""
-        return torch.tanh(self.pooler(hidden[:, 0]))
+        return torch.tanh(self.pooler(pool(hidden, None, "first")))
 
     def nsp_logits(self, hidden: Tensor) -> Tensor:
         return self.nsp_head(self.pooled(hidden))
 
     def mean_pooled(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Mean of the hidden states over real tokens: the sentence embedding of contrastive training."""
-        if attention_mask is None:
-            return hidden.mean(1)
-        m = attention_mask.to(hidden.dtype)[..., None]
-        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return pool(hidden, attention_mask, "mean")

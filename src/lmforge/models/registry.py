@@ -21,8 +21,8 @@ The n-gram baseline (`models.ngram`) is a kind too: it scores text, counted rath
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,14 +69,16 @@ class Family:
 
     name: str  # ModelConfig.family
     kind: Kind
-    module: str  # module of `cls` inside lmforge.models (imported when a model is built)
-    cls: str  # the class built for every head (heads are chosen by the config, inside the model)
+    module: str  # module of the model class inside lmforge.models (imported when a model is built)
+    cls: str  # the class built; it reads `cfg.head` and carries the heads it names
     heads: tuple[str, ...]
     preset: str  # the smallest preset of the family, for messages
     summary: str
+    head_classes: Mapping[str, str] = field(default_factory=dict)  # another class for some head
 
-    def model_class(self) -> type[nn.Module]:
-        return getattr(importlib.import_module(f"lmforge.models.{self.module}"), self.cls)
+    def model_class(self, head: str = "lm") -> type[nn.Module]:
+        name = self.head_classes.get(head, self.cls)
+        return getattr(importlib.import_module(f"lmforge.models.{self.module}"), name)
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -88,8 +90,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            "BERT-style encoder (segments, pooler; MLM + NSP pretraining heads)"),
     Family("t5", Kind.ENCODER_DECODER, "encoder_decoder", "EncoderDecoderLM", ("lm",), "t5-tiny",
            "T5-style encoder-decoder (relative positions, cross-attention)"),
-    Family("lstm", Kind.RECURRENT, "lstm", "LSTMModel", ("lm", "classify"), "lstm-tiny",
-           "LSTM recurrent baseline"),
+    Family("lstm", Kind.RECURRENT, "lstm", "LSTMLM", ("lm", "classify"), "lstm-tiny",
+           "LSTM recurrent baseline", head_classes={"classify": "LSTMClassifier"}),
 )}
 
 

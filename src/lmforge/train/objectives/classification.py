@@ -141,7 +141,7 @@ class Classification(ExampleBatches, Objective):
     # ------------------------------------------------------------------------------------------------- loss
     def forward(self, model: nn.Module, batch: Any) -> Output:
         b = self.to_device(batch)
-        logits = model(b["ids"], b["mask"]).float()  # (B, K)
+        logits = model(b["ids"], attention_mask=b["mask"]).float()  # (B, K)
         labels = b["labels"]
         loss_sum = F.cross_entropy(logits, labels, reduction="sum")
         pred = logits.argmax(-1)
