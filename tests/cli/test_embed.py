@@ -89,7 +89,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, bert, tiny_data, cap
     npy, csv = str(tmp_path / "e.npy"), str(tmp_path / "e.csv")
     cases = [
         (["--checkpoint", str(gpt), "--input", str(good), "--out", npy],
-         "sentence embeddings come from encoder models (family bert), but this checkpoint is a 'gpt' model"),
+         "sentence embeddings needs a model that can embed texts (an encoder); this checkpoint is a gpt decoder"),
         (["--checkpoint", str(bert), "--input", str(write_lines(tmp_path / "b.txt", ["a", "", "b"])),
           "--out", npy], "line 2 is blank (fix: remove blank lines"),
         (["--checkpoint", str(bert), "--input", str(good), "--out", csv],

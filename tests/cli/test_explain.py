@@ -101,7 +101,7 @@ def test_t5_gets_three_attention_stacks_and_no_surprise(tmp_path, capsys):
     ckpt = checkpoint(tmp_path, "t5", pos="relative", attn_scale=1.0)
     code, _, stderr = run(capsys, "--checkpoint", str(ckpt), "The cat", "--out", str(tmp_path / "o"),
                           "--what", "surprise")
-    assert code == 2 and "per-token surprise needs a decoder" in stderr
+    assert code == 2 and "per-token surprise needs a next-token model or a masked LM" in stderr
     assert not (tmp_path / "o").exists()
     code, stdout, stderr = run(capsys, "--checkpoint", str(ckpt), "The cat", "--out", str(tmp_path / "o"),
                                "--layers", "-1", "--heads", "0", "--ig-steps", "2", "--device", "cpu")

@@ -49,7 +49,7 @@ def test_models_without_a_transformer_decoder_are_one_line(tmp_path, tiny_data, 
     ckpt = checkpoint(tmp_path, tiny_data, family)
     assert main(["generate", "--checkpoint", str(ckpt), "hello"]) == 2
     err = capsys.readouterr().err
-    assert f"this checkpoint is a '{family}' model" in err and err.count("\n") == 1
+    assert f"generate text; this checkpoint is a {family} " in err and err.count("\n") == 1
 
 
 def test_an_empty_source_for_an_encoder_decoder_is_one_line(tmp_path, tiny_data, capsys):

@@ -106,7 +106,7 @@ def test_non_causal_model_and_too_long_windows_are_refused(tiny_data, tmp_path, 
     torch.manual_seed(0)
     cfg = dataclasses.replace(get_preset("bert-tiny"), vocab_size=512, d_model=32, n_layer=1)
     bert = save_model(tmp_path / "bert", build_model(cfg), cfg, tokenizer_dir=tiny_data)
-    with pytest.raises(UserError, match="causal language model; this checkpoint is a 'bert' model"):
+    with pytest.raises(UserError, match=r"\(a causal language model\); this checkpoint is a bert encoder"):
         evaluate_checkpoint(bert, tiny_data, device="cpu")
     with pytest.raises(UserError, match="longer than the model's max_seq_len 64"):
         evaluate_checkpoint(checkpoint, tiny_data, seq_len=65, device="cpu")

@@ -93,5 +93,5 @@ def test_models_without_a_transformer_decoder_are_refused_in_one_line(family):
     from lmforge.models import build_model
 
     model = build_model(ModelConfig(family=family, vocab_size=64, max_seq_len=32, n_layer=1, n_head=2, d_model=32))
-    with pytest.raises(UserError, match=f"this checkpoint is a '{family}' model"):
+    with pytest.raises(UserError, match=f"generate text; this checkpoint is a {family} "):
         generate_ids(model, [[1, 2, 3]], GenerationConfig(max_new_tokens=2))

@@ -27,11 +27,12 @@ from lmforge.config import field
 from lmforge.device import DEVICES
 from lmforge.errors import UserError
 from lmforge.eval.perplexity import Score
+from lmforge.models.registry import SCORE, Kind, families_that, kind_of, require
 
 DEFAULT_SEQ_LEN = 128  # --compare trains and scores every neural model on windows of this many tokens
 # Peak learning rates of short runs: an LSTM tolerates (and, in a few hundred steps, needs) a higher one.
 DEFAULT_LR = {"lstm": 1e-2, "transformer": 1e-3}
-LABELS = {"gpt": "Transformer", "llama": "Transformer (llama)", "lstm": "LSTM"}
+LABELS = {Kind.DECODER: "Transformer", Kind.RECURRENT: "LSTM"}  # the table's row names, by kind
 
 
 @dataclass
@@ -116,7 +117,7 @@ def compare(cfg: CompareConfig) -> Comparison:
     for path in filter(None, given.values()):
         # A Transformer cannot read past its position table: every model is scored on windows it can read.
         model_cfg = ModelConfig.load(path / CONFIG)
-        if model_cfg.family != "lstm" and model_cfg.max_seq_len < seq_len:
+        if kind_of(model_cfg) != Kind.RECURRENT and model_cfg.max_seq_len < seq_len:
             console.print(f"[yellow]{path} reads at most {model_cfg.max_seq_len} tokens: every model is scored on "
                           f"windows of {model_cfg.max_seq_len}[/yellow]")
             seq_len = model_cfg.max_seq_len
@@ -134,7 +135,7 @@ def compare(cfg: CompareConfig) -> Comparison:
 
 def _given(checkpoint: str | None, flag: str, preset: str, held_out: Any) -> Path | None:
     """The checkpoint directory to load, checked against the data; None (after checking the preset) to train."""
-    from lmforge.eval.perplexity import CAUSAL_FAMILIES, check_data_matches
+    from lmforge.eval.perplexity import check_data_matches
     from lmforge.models.config import ModelConfig, get_preset
     from lmforge.models.io import CONFIG, resolve_checkpoint
 
@@ -146,9 +147,9 @@ def _given(checkpoint: str | None, flag: str, preset: str, held_out: Any) -> Pat
                         fix=f"pass an existing checkpoint or run directory to {flag}, or leave it out to train one")
     path = resolve_checkpoint(checkpoint)
     model_cfg = ModelConfig.load(path / CONFIG)
-    if model_cfg.family not in CAUSAL_FAMILIES:
-        raise UserError(f"perplexity needs a causal language model; this checkpoint is a '{model_cfg.family}' "
-                        f"model", where=path, fix=f"pass a checkpoint of family {', '.join(CAUSAL_FAMILIES)} to {flag}")
+    scorers = ", ".join(f.name for f in families_that(SCORE))
+    require(model_cfg, SCORE, needed_for="perplexity", where=path,
+            fix=f"pass a checkpoint of family {scorers} to {flag}")
     check_data_matches(path, model_cfg, held_out)
     return path
 
@@ -178,7 +179,7 @@ def _neural_entry(cfg: CompareConfig, kind: str, checkpoint: Path | None, preset
     source = f"loaded ({model_cfg.family})" if checkpoint else f"{preset}, {cfg.steps} steps"
     scored = evaluate_checkpoint(path, cfg.data, cfg.split, seq_len=seq_len, batch_size=cfg.batch_size,
                                  max_batches=cfg.max_batches, device=cfg.device, precision=cfg.precision)
-    return Entry(name=LABELS.get(model_cfg.family, model_cfg.family), kind=kind, score=scored.score,
+    return Entry(name=LABELS.get(kind_of(model_cfg), model_cfg.family), kind=kind, score=scored.score,
                  size=model_cfg.num_params(), source=source, checkpoint=str(path),
                  seconds=time.perf_counter() - t0)
 

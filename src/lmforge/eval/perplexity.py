@@ -19,15 +19,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmforge.models.registry import SCORE, Kind, kind_of, require
+
 if TYPE_CHECKING:
     from torch import nn
 
     from lmforge.data.loaders import TokenDataset
     from lmforge.models.config import ModelConfig
-
-# Families whose forward maps idx (B, T) -> next-token logits (B, T, V); the others have no causal perplexity.
-CAUSAL_FAMILIES = ("gpt", "llama", "lstm")
-
 
 @dataclass
 class Score:
@@ -132,12 +130,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
         raise UserError(f"this checkpoint is a sequence classifier (labels {', '.join(cfg.labels)}), not a language "
                         f"model", where=path, fix="its held-out accuracy and macro-F1 are in the run's metrics.jsonl "
                                               "(val_accuracy, val_f1)")
-    if cfg.family not in CAUSAL_FAMILIES:
-        raise UserError(f"perplexity needs a causal language model; this checkpoint is a '{cfg.family}' model",
-                        where=path, fix=f"evaluate a checkpoint of family {', '.join(CAUSAL_FAMILIES)}")
+    require(cfg, SCORE, needed_for="perplexity", where=path)
     check_data_matches(path, cfg, ds)
     seq_len = seq_len or cfg.max_seq_len
-    if seq_len > cfg.max_seq_len and cfg.family != "lstm":
+    if seq_len > cfg.max_seq_len and kind_of(cfg) != Kind.RECURRENT:  # an LSTM has no position table
         raise UserError(f"seq_len {seq_len} is longer than the model's max_seq_len {cfg.max_seq_len}",
                         fix="lower --seq-len")
     score = evaluate_lm(model, ds, seq_len=seq_len, batch_size=batch_size, max_batches=max_batches,

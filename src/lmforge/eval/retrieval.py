@@ -24,9 +24,9 @@ from torch import Tensor, nn
 
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig
+from lmforge.models.registry import EMBED, families_that, require
 from lmforge.parallel import unwrap
 
-ENCODER_FAMILIES = ("bert",)
 EMBED_FORMATS = (".npy", ".jsonl")  # what embed_file writes, by the output's suffix
 
 
@@ -200,11 +200,9 @@ def load_encoder(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Mod
     """An encoder checkpoint (eval mode) and its config; one line when the checkpoint is of another family."""
     from lmforge.models.io import CONFIG, load_model
 
-    family = ModelConfig.load(Path(path) / CONFIG).family
-    if family not in ENCODER_FAMILIES:
-        raise UserError(f"sentence embeddings come from encoder models (family {', '.join(ENCODER_FAMILIES)}), but "
-                        f"this checkpoint is a '{family}' model", where=path,
-                        fix="pass a checkpoint trained with --preset bert-tiny (or another bert model), e.g. by "
-                            "--objective contrastive")
+    encoders = ", ".join(f.name for f in families_that(EMBED))
+    require(ModelConfig.load(Path(path) / CONFIG), EMBED, needed_for="sentence embeddings", where=path,
+            fix=f"pass a checkpoint of family {encoders} (e.g. --preset bert-tiny), e.g. trained by --objective "
+                "contrastive")
     model, cfg = load_model(path, device)
     return model, cfg

@@ -27,9 +27,10 @@ from torch import Tensor, nn
 
 from lmforge.data.tokenizer import special_token_ids
 from lmforge.errors import UserError
-from lmforge.explain.inputs import DECODER_FAMILIES, Encoded, decoder_start_id, piece_text
+from lmforge.explain.inputs import Encoded, decoder_start_id, piece_text
 from lmforge.explain.page import Scale, render
 from lmforge.models.config import ModelConfig
+from lmforge.models.registry import CLASSIFY, EXTRACT_SPAN, SCORE, Kind, can, kind_of
 
 LogitsFn = Callable[[Tensor], Tensor]  # embeddings (B, T, C) -> logits (B, C)
 METHODS = ("ig", "grad_x_input")
@@ -145,26 +146,32 @@ def token_table(model: nn.Module) -> nn.Embedding:
 def model_logits_fn(model: nn.Module, enc: Encoded, *, decoder_start: int = 0) -> tuple[LogitsFn, Tensor]:
     """(logits_fn, the text's token embeddings (T, C)) for a checkpoint's model.
 
-    gpt / llama / lstm: the next-token logits after the text (B, V). bert: the next-sentence head (B, 2), the pooled
-    [CLS] output through a linear layer, as any sentence classifier. t5: the first decoded token's logits (B, V),
-    the decoder starting from `decoder_start`. A sequence classifier (`cfg.labels`): its class logits (B, K).
+    A next-token model (decoder, LSTM): the next-token logits after the text (B, V). An encoder's pretraining
+    heads: the next-sentence head (B, 2), the pooled [CLS] output through a linear layer, as any sentence
+    classifier. An encoder-decoder: the first decoded token's logits (B, V), the decoder starting from
+    `decoder_start`. A sequence classifier (any kind with a classify head): its class logits (B, K).
     """
+    cfg, kind = model.cfg, kind_of(model.cfg)
+    if can(cfg, EXTRACT_SPAN):
+        raise UserError("attribution of a span (QA) head is not supported yet",
+                        fix="explain --what attention works for it; attribute a classifier or a language model")
     device = next(model.parameters()).device
     ids = enc.tensor(device)
     types = enc.types_tensor(device)
     table = token_table(model)
-    family = model.cfg.family
 
     def logits_fn(e: Tensor) -> Tensor:
         B = e.shape[0]
         ids_b = ids.expand(B, -1)
         with substitute_embeddings(table, ids_b, e):
-            if model.cfg.labels:  # a sequence classifier: its class logits (B, K)
-                return model(ids_b)
-            if family in DECODER_FAMILIES:
+            token_types = {} if kind != Kind.ENCODER else {
+                "token_types": None if types is None else types.expand(B, -1)}
+            if can(cfg, CLASSIFY):  # a sequence classifier: its class logits (B, K)
+                return model(ids_b, **token_types)
+            if can(cfg, SCORE):
                 return model(ids_b)[:, -1]
-            if family == "bert":
-                return model.nsp_logits(model(ids_b, token_types=None if types is None else types.expand(B, -1)))
+            if kind == Kind.ENCODER:
+                return model.nsp_logits(model(ids_b, **token_types))
             start = torch.full((B, 1), decoder_start, dtype=torch.long, device=device)
             return model.decode(start, model.encode(ids_b))[:, -1]
 
@@ -199,11 +206,10 @@ def resolve_target(target: str | None, tokenizer: Tokenizer, cfg: ModelConfig) -
             return int(target)
         raise UserError(f"target {target!r} is not a label of this classifier",
                         fix=f"give one of {', '.join(map(repr, cfg.labels))} (or its index)")
-    family, n_classes = cfg.family, 2 if cfg.family == "bert" else cfg.vocab_size
-    if family == "bert":
+    if kind_of(cfg) == Kind.ENCODER:  # the next-sentence head's two classes
         t = target.strip().lower()
         index = NSP_CLASSES.get(t, int(t) if t.isdigit() else None)
-        if index is None or not 0 <= index < n_classes:
+        if index is None or not 0 <= index < 2:
             raise UserError(f"target {target!r} is not a class of the next-sentence head",
                             fix="use 0 or next (the text's second half follows the first), 1 or random")
         return index
@@ -230,7 +236,6 @@ def attribute(model: nn.Module, tokenizer: Tokenizer, enc: Encoded, *, method: s
     """
     if method not in METHODS:
         raise UserError(f"unknown attribution method {method!r}", fix=f"choose one of {', '.join(METHODS)}")
-    family = model.cfg.family
     specials = special_token_ids(tokenizer)
     logits_fn, inputs = model_logits_fn(model, enc, decoder_start=decoder_start_id(tokenizer))
     with torch.no_grad():
@@ -242,7 +247,8 @@ def attribute(model: nn.Module, tokenizer: Tokenizer, enc: Encoded, *, method: s
     if not 0 <= target < logits.shape[-1]:
         raise UserError(f"target {target} is out of range: the model has {logits.shape[-1]} outputs")
     # cuDNN's LSTM has no backward in eval mode; the native kernel does (and gives the same numbers).
-    no_cudnn = torch.backends.cudnn.flags(enabled=False) if family == "lstm" else contextlib.nullcontext()
+    recurrent = kind_of(model.cfg) == Kind.RECURRENT
+    no_cudnn = torch.backends.cudnn.flags(enabled=False) if recurrent else contextlib.nullcontext()
     with no_cudnn:
         if method == "grad_x_input":
             return gradient_x_input(logits_fn, inputs, target, output=output)
@@ -253,7 +259,7 @@ def attribute(model: nn.Module, tokenizer: Tokenizer, enc: Encoded, *, method: s
 def target_label(a: Attribution, tokenizer: Tokenizer, cfg: ModelConfig) -> str:
     if cfg.labels:
         return repr(cfg.labels[a.target])
-    if cfg.family == "bert":
+    if kind_of(cfg) == Kind.ENCODER:
         return {0: "next sentence (0)", 1: "random sentence (1)"}.get(a.target, f"class {a.target}")
     return repr(piece_text(tokenizer, a.target))
 

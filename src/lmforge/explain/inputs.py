@@ -1,8 +1,8 @@
 """The text being explained, as the model reads it and as a person reads it.
 
-Each family reads a text the way it was trained on it: a decoder (or LSTM) after `<eos>` (documents follow an `<eos>` in
-the training stream, so the first word is predicted too), a BERT-style encoder as `<cls> text <sep>` when the
-tokenizer has both, a T5-style encoder as the bare text. Every token also keeps the span of the original text it
+Each kind of model reads a text the way it was trained on it: a decoder (or LSTM) after `<eos>` (documents follow an
+`<eos>` in the training stream, so the first word is predicted too), a BERT-style encoder as `<cls> text <sep>` when
+the tokenizer has both, a T5-style encoder as the bare text. Every token also keeps the span of the original text it
 covers (from the tokenizer's offsets), so pages show the text exactly as given, not a re-decoding of it.
 """
 
@@ -18,8 +18,9 @@ from lmforge.data.tokenizer import check_vocab_fits, special_token_ids
 from lmforge.data.tokenizer import decoder_start_id as tokenizer_decoder_start_id
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig
+from lmforge.models.registry import Kind, kind_of
 
-DECODER_FAMILIES = ("gpt", "llama", "lstm")  # next-token models: idx (B, T) -> logits (B, T, V)
+NEXT_TOKEN_KINDS = (Kind.DECODER, Kind.RECURRENT)  # idx (B, T) -> next-token logits (B, T, V), texts after <eos>
 
 
 @dataclass
@@ -78,7 +79,7 @@ def check_text(text: str) -> None:
 
 
 def encode_text(tokenizer: Tokenizer, text: str, cfg: ModelConfig) -> Encoded:
-    """Tokenise `text` for a model of `cfg`, framed as its family was trained; UserError if empty or too long."""
+    """Tokenise `text` for a model of `cfg`, framed as its kind was trained; UserError if empty or too long."""
     check_text(text)
     enc = tokenizer.encode(text, add_special_tokens=False)
     if not enc.ids:
@@ -96,14 +97,14 @@ def encode_text(tokenizer: Tokenizer, text: str, cfg: ModelConfig) -> Encoded:
         spans = [(0, 0)] * len(before) + spans + [(len(text), len(text))] * len(after)
         added = [True] * len(before) + added + [True] * len(after)
 
-    token_types = None
-    if cfg.family in DECODER_FAMILIES and "eos" in special:
+    token_types, kind = None, kind_of(cfg)
+    if kind in NEXT_TOKEN_KINDS and "eos" in special:
         frame([special["eos"]], [])
-    elif cfg.family == "bert":
+    elif kind == Kind.ENCODER:
         if "cls" in special and "sep" in special:
             frame([special["cls"]], [special["sep"]])
         token_types = [0] * len(ids) if cfg.type_vocab_size else None
-    if len(ids) > cfg.max_seq_len and cfg.family != "lstm":  # a recurrent model has no position limit
+    if len(ids) > cfg.max_seq_len and kind != Kind.RECURRENT:  # a recurrent model has no position limit
         extra = sum(added)
         raise UserError(f"the text is {len(ids) - extra} tokens" + (f" (+{extra} added)" if extra else "")
                         + f", more than the model's {cfg.max_seq_len} positions",

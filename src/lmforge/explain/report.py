@@ -15,6 +15,7 @@ from lmforge.config import field
 from lmforge.device import DEVICES
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig
+from lmforge.models.registry import Kind, kind_of
 
 OUTPUTS = ("attention", "surprise", "attribution")
 
@@ -61,8 +62,7 @@ def _wanted(cfg: ExplainConfig, mcfg: ModelConfig, tokenizer: Tokenizer) -> list
         raise UserError(f"unknown output {', '.join(map(repr, unknown))} in --what",
                         fix=f"choose from {', '.join(OUTPUTS)}")
     why_not = {"attention": None if stack_layers(mcfg) else f"a {mcfg.family} model has no attention",
-               "surprise": ("a sequence classifier predicts classes, not tokens" if mcfg.labels
-                            else unsupported(mcfg.family, tokenizer)),
+               "surprise": unsupported(mcfg, tokenizer),
                "attribution": None}
     if cfg.what:
         for w in cfg.what:
@@ -129,8 +129,9 @@ def explain(cfg: ExplainConfig) -> ExplainResult:
         first = [tokenizer.id_to_token(start) or str(start)]  # what an encoder-decoder's decoder read
         for stack in stacks:
             picked = [m for m in maps if m.stack == stack]
-            queries = first if mcfg.family == "t5" and stack != "encoder" else text
-            keys = first if mcfg.family == "t5" and stack == "decoder" else text
+            encoder_decoder = kind_of(mcfg) == Kind.ENCODER_DECODER
+            queries = first if encoder_decoder and stack != "encoder" else text
+            keys = first if encoder_decoder and stack == "decoder" else text
             result.files.append(plot_attention(picked, queries, keys, out / f"attention_{stack}.png",
                                                heads=cfg.heads, title=f"{stack} attention: {path}"))
 

@@ -17,8 +17,10 @@ from torch import Tensor, nn
 
 from lmforge.data.tokenizer import special_token_ids
 from lmforge.errors import UserError
-from lmforge.explain.inputs import DECODER_FAMILIES, Encoded, piece_text
+from lmforge.explain.inputs import Encoded, piece_text
 from lmforge.explain.page import Scale, render
+from lmforge.models.config import ModelConfig
+from lmforge.models.registry import CLASSIFY, FILL_MASK, SCORE, can, describe
 
 UNITS = {"nats": 1.0, "bits": 1.0 / math.log(2)}
 
@@ -78,29 +80,30 @@ def masked_surprise(model: nn.Module, ids: Tensor, positions: list[int], mask_id
     return tuple(torch.cat(parts) for parts in zip(*out))
 
 
-def unsupported(family: str, tokenizer: Tokenizer) -> str | None:
-    """Why a model of `family` with `tokenizer` gets no surprise page, or None when it does."""
-    if family == "bert" and "mask" not in special_token_ids(tokenizer):
+def unsupported(cfg: ModelConfig, tokenizer: Tokenizer) -> str | None:
+    """Why a model of `cfg` with `tokenizer` gets no surprise page, or None when it does."""
+    if can(cfg, CLASSIFY):
+        return "a sequence classifier predicts classes, not tokens"
+    if can(cfg, FILL_MASK) and "mask" not in special_token_ids(tokenizer):
         return "per-token surprise of a masked LM needs a <mask> token, and this tokenizer has none"
-    if family not in (*DECODER_FAMILIES, "bert"):
-        return f"per-token surprise needs a decoder (gpt, llama) or a masked LM (bert); this checkpoint is {family}"
+    if not (can(cfg, SCORE) or can(cfg, FILL_MASK)):
+        return f"per-token surprise needs a next-token model or a masked LM; this checkpoint is {describe(cfg)}"
     return None
 
 
 def token_surprise(model: nn.Module, tokenizer: Tokenizer, enc: Encoded, *, top_k: int = 5) -> Surprise:
     """The surprise of every token of `enc` under `model` (a decoder LM or a BERT-style masked LM)."""
-    family = model.cfg.family
-    reason = unsupported(family, tokenizer)
+    reason = unsupported(model.cfg, tokenizer)
     if reason:
         raise UserError(reason, fix="leave surprise out of --what")
     device = next(model.parameters()).device
     ids = enc.tensor(device)
     tokens = [TokenSurprise(i, enc.ids[i], enc.shown(i), None) for i in range(len(enc))]
-    if family in DECODER_FAMILIES:
+    if can(model.cfg, SCORE):
         method, scored = "next-token", [i for i in range(1, len(enc)) if not enc.added[i]]
         nats, ranks, top_ids, top_p = next_token_surprise(model, ids, top_k)
         rows = [i - 1 for i in scored]
-    else:  # bert
+    else:  # a masked LM
         method, scored = "masked", [i for i in range(len(enc)) if not enc.added[i]]
         nats, ranks, top_ids, top_p = masked_surprise(model, ids, scored, special_token_ids(tokenizer)["mask"],
                                                       top_k=top_k, token_types=enc.types_tensor(device))

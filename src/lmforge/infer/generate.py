@@ -19,6 +19,7 @@ from torch import nn
 from lmforge.config import field
 from lmforge.errors import UserError
 from lmforge.infer.sampling import SamplingConfig, sample
+from lmforge.models.registry import GENERATE, Kind, families_that, kind_of, require
 
 
 @dataclass
@@ -31,9 +32,6 @@ class GenerationConfig(SamplingConfig):
 # on_text(row, new_text) is called as text becomes final, for streaming.
 TextCallback = Callable[[int, str], None]
 
-
-DECODER_FAMILIES = ("gpt", "llama")
-ENCODER_DECODER_FAMILIES = ("t5",)
 
 # Logits (B, V) for the last token fed, given the tokens just chosen (B,) and the output slot they go to.
 StepFn = Callable[[torch.Tensor, int], torch.Tensor]
@@ -48,11 +46,11 @@ def generate_ids(model: nn.Module, prompts: list[list[int]], cfg: GenerationConf
     A decoder-only model continues each prompt. An encoder-decoder reads each prompt as its source (include the
     `<eos>` it was trained with) and writes a target from `decoder_start_id`; one sampling loop serves both.
     """
-    family = model.cfg.family
-    if family not in DECODER_FAMILIES + ENCODER_DECODER_FAMILIES:
-        raise UserError(f"generation needs a Transformer decoder; this checkpoint is a '{family}' model",
-                        fix="generate from a gpt, llama or t5 checkpoint (lstm models are scored by `lmforge eval`, "
-                            "bert ones embed or export with `lmforge embed` / `lmforge export`)")
+    require(model.cfg, GENERATE, needed_for="generation",
+            fix=f"generate from a {', '.join(f.name for f in families_that(GENERATE))} language model (lstm models "
+                "are scored by `lmforge eval`, bert ones embed or export with `lmforge embed` / `lmforge export`, "
+                "classifiers report their scores in the run's metrics)")
+    encoder_decoder = kind_of(model.cfg) == Kind.ENCODER_DECODER
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("empty prompt after tokenisation", fix="give at least one token (or let the caller add EOS)")
     device = next(model.parameters()).device
@@ -60,7 +58,7 @@ def generate_ids(model: nn.Module, prompts: list[list[int]], cfg: GenerationConf
     seen = torch.zeros(B, model.cfg.vocab_size, dtype=torch.bool, device=device)  # for repetition penalty
     gen = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
     try:
-        if family in ENCODER_DECODER_FAMILIES:
+        if encoder_decoder:
             if decoder_start_id is None:
                 raise ValueError("an encoder-decoder needs decoder_start_id (data.tokenizer.decoder_start_id)")
             logits, step, new = _encoder_decoder(model, prompts, cfg.max_new_tokens, pad_id, decoder_start_id)
@@ -199,7 +197,7 @@ def generate(model: nn.Module, tokenizer: Tokenizer, prompts: list[str], cfg: Ge
     eos_id, pad_id = special_ids.get("eos"), special_ids.get("pad", 0)
     encoded = [tokenizer.encode(p, add_special_tokens=False).ids for p in prompts]
     start = None
-    if model.cfg.family in ENCODER_DECODER_FAMILIES:
+    if kind_of(model.cfg) == Kind.ENCODER_DECODER:
         if any(not ids for ids in encoded):
             raise UserError("an encoder-decoder needs a source text to generate from; a prompt is empty",
                             fix="pass the text to translate, summarise or complete")

@@ -52,6 +52,10 @@ CLASSIFY = "classify"  # one label per text (the sequence-classification head)
 EXTRACT_SPAN = "extract_span"  # start/end logits over a text (the extractive-QA span head)
 
 HEADS = ("lm", "classify", "span")
+# How messages say each capability: "perplexity needs a model that can <phrase>".
+PHRASES = {GENERATE: "generate text", SCORE: "predict the next token (a causal language model)",
+           FILL_MASK: "fill in masked tokens", EMBED: "embed texts (an encoder)", CLASSIFY: "classify texts",
+           EXTRACT_SPAN: "extract answer spans"}
 
 _LM_CAPABILITIES: dict[Kind, frozenset[str]] = {
     Kind.DECODER: frozenset({GENERATE, SCORE}),
@@ -119,8 +123,9 @@ def can(cfg: ModelConfig, capability: str) -> bool:
 
 def describe(cfg: ModelConfig) -> str:
     """'a bert encoder with a classify head', for messages."""
-    kind = kind_of(cfg).value.replace("_", "-")
-    return f"a {cfg.family} {kind}" + ("" if cfg.head == "lm" else f" with a {cfg.head} head")
+    noun = {Kind.ENCODER_DECODER: "encoder-decoder", Kind.RECURRENT: "recurrent model"}.get(kind_of(cfg),
+                                                                                            kind_of(cfg).value)
+    return f"a {cfg.family} {noun}" + ("" if cfg.head == "lm" else f" with a {cfg.head} head")
 
 
 def families_that(capability: str) -> list[Family]:
@@ -139,7 +144,7 @@ def require(cfg: ModelConfig, capability: str, *, needed_for: str, where: str | 
         return
     able = families_that(capability)
     default_fix = f"use a checkpoint of family {', '.join(f.name for f in able)}" if able else None
-    raise UserError(f"{needed_for} needs a model that can {capability.replace('_', ' ')}; this checkpoint is "
+    raise UserError(f"{needed_for} needs a model that can {PHRASES[capability]}; this checkpoint is "
                     f"{describe(cfg)}", where=where, fix=fix or default_fix)
 
 
