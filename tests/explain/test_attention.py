@@ -17,8 +17,8 @@ from lmforge.infer.generate import GenerationConfig, generate_ids
 from lmforge.models import ModelConfig, build_model
 from lmforge.models.blocks import Attention
 
-# A large init scale makes attention peaked, so a wrong recomputation (a missing bias, rope or mask) shows up as a
-# clear mismatch rather than hiding in near-uniform weights.
+# A large init scale makes attention peaked, so a wrong eager path (a missing bias, rope or mask) shows up as a
+# clear mismatch with SDPA rather than hiding in near-uniform weights.
 BASE = dict(vocab_size=64, max_seq_len=32, n_layer=2, d_model=32, init_std=0.4)
 FAMILIES = {
     "gpt": dict(family="gpt", n_head=4),
@@ -99,8 +99,78 @@ def test_maps_are_named_by_stack_and_layer():
     assert [(m.stack, m.layer) for m in only] == [("decoder", 2), ("decoder-cross", 2)]
 
 
-def test_a_recomputation_without_rope_would_not_match():
-    """The reproduction test can fail: drop RoPE from the recomputation and the output no longer matches."""
+def module_outputs(model, run) -> list[torch.Tensor]:
+    """Every Attention module's output during `run()`, in call order."""
+    outputs = []
+    handles = [m.register_forward_hook(lambda mod, args, out: outputs.append(out))
+               for m in model.modules() if isinstance(m, Attention)]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return outputs
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_the_eager_path_gives_the_sdpa_paths_output(family):
+    """Capturing changes nothing a module computes: every call of the SDPA run, replayed with capture on, gives
+    the same output (RoPE and GQA for llama, a padding mask for bert, relative bias and cross-attention for t5)."""
+    model, _ = model_of(family)
+    calls = []  # (module, args, kwargs, output) of each Attention call on the SDPA path
+    handles = [m.register_forward_hook(lambda *call: calls.append(call), with_kwargs=True)
+               for m in model.modules() if isinstance(m, Attention)]
+    try:
+        with torch.no_grad():
+            forward(model, family)
+    finally:
+        for h in handles:
+            h.remove()
+    with torch.no_grad(), capture_attention(model) as maps:
+        for module, args, kwargs, want in calls:
+            torch.testing.assert_close(module(*args, **kwargs), want, atol=1e-5, rtol=1e-5)
+    assert len(maps) == len(calls) > 0
+    if family == "t5":
+        assert {m.stack for m in maps} == {"encoder", "decoder", "decoder-cross"}
+        assert any(kw["mask"] is not None and kw["mask"].is_floating_point() for _, _, kw, _ in calls)
+    assert all(m.on_weights is None for m in model.modules() if isinstance(m, Attention))
+
+
+def test_the_eager_path_gives_the_sdpa_paths_output_in_cached_decoding():
+    model, _ = model_of("llama")
+
+    def run():
+        return generate_ids(model, [[5, 6, 7], [9]], GenerationConfig(max_new_tokens=4, temperature=0.0))
+
+    fast = module_outputs(model, run)
+    with capture_attention(model):
+        eager = module_outputs(model, run)
+    assert len(eager) == len(fast) == 2 * 4
+    for got, want in zip(eager, fast):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_the_eager_path_trains_like_sdpa():
+    """Gradients flow through the captured path as through SDPA (capture inside a training step is harmless)."""
+    model, _ = model_of("llama")
+    ids = torch.randint(5, 64, (2, 9), generator=torch.Generator().manual_seed(4))
+
+    def grads():
+        model.zero_grad()
+        model(ids).float().pow(2).mean().backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    fast = grads()
+    with capture_attention(model) as maps:
+        eager = grads()
+    assert maps and all(not m.probs.requires_grad for m in maps)
+    for got, want in zip(eager, fast):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_a_call_without_rope_would_not_match():
+    """The reproduction test can fail: weights from a call without RoPE do not give the module's output."""
     model, _ = model_of("llama")
     seen = {}
 
@@ -127,13 +197,22 @@ def test_kv_cached_decoding_steps_are_captured_exactly():
         torch.testing.assert_close(reproduce(module, m.probs, m.values), out, atol=1e-5, rtol=1e-4)
 
 
-def test_hooks_are_removed_after_capture():
+def test_capture_leaves_the_modules_as_they_were():
     model, _ = model_of("gpt")
     with capture_attention(model) as maps:
         model(torch.tensor([[5, 6]]))
     model(torch.tensor([[5, 6]]))
     assert len(maps) == 2
     assert all(not m._forward_hooks for m in model.modules())
+    assert all(m.on_weights is None for m in model.modules() if isinstance(m, Attention))
+
+
+def test_capture_can_be_limited_to_some_modules():
+    model, _ = model_of("gpt")
+    with capture_attention(model, where=lambda stack, layer: layer == 1) as maps:
+        model(torch.tensor([[5, 6, 7]]))
+    assert [m.name for m in maps] == ["blocks.1.attn"]
+    assert model.blocks[0].attn.on_weights is None  # the other layer stayed on SDPA
 
 
 def test_select_counts_from_the_end_and_rejects_out_of_range():

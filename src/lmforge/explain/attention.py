@@ -1,12 +1,12 @@
-"""Attention maps, captured from outside the model.
+"""Attention maps, read from the model's own attention modules.
 
-The models attend through `F.scaled_dot_product_attention`, which never materialises the attention weights. A
-forward hook on every `Attention` module takes the module's own inputs and recomputes
-softmax(q k^T * scale + mask) with the module's own weights and the same position logic (fused or cross
-projections, RoPE, grouped-query heads, T5's relative bias, causal or bidirectional masks). The model code stays
-untouched, and the tests check that these weights, applied to the values, give back the module's actual output:
-the maps are the ones the model used, not an approximation. (With dropout in training mode they are the weights
-before dropout.)
+The models attend through `F.scaled_dot_product_attention`, which never materialises the attention weights. Each
+`Attention` module (`lmforge.models.blocks`) also has an eager path, switched on by setting its `on_weights`
+callable: it computes softmax(q k^T * scale + mask) explicitly, hands the weights out, and applies those same
+weights to the values for its output. So a map is exactly what produced the module's output (fused or cross
+projections, RoPE, grouped-query heads, T5's relative bias, causal or padding masks, KV-cached decoding steps),
+with no second copy of the attention math here to drift from the model's. (With dropout in training mode they
+are the weights before dropout.)
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lmforge.errors import UserError
-from lmforge.models.blocks import Attention, CrossKVCache, KVCache, apply_rope
+from lmforge.models.blocks import Attention
 from lmforge.models.config import ModelConfig
+from lmforge.models.registry import Kind, kind_of
 
 
 @dataclass
@@ -37,47 +37,28 @@ class AttentionMap:
     values: Tensor | None = None  # (B, H, S, D) the values, heads repeated for GQA (keep_values=True only)
 
 
+@contextlib.contextmanager
+def _weights_to(module: Attention, sink: Callable[[Tensor, Tensor], None]) -> Iterator[None]:
+    """Run `module` on its eager path, its weights and values going to `sink`, inside the `with` block."""
+    previous, module.on_weights = module.on_weights, sink
+    try:
+        yield
+    finally:
+        module.on_weights = previous
+
+
 def attention_weights(attn: Attention, x: Tensor, *, rope: tuple[Tensor, Tensor] | None = None,
                       mask: Tensor | None = None, input_pos: Tensor | None = None,
                       context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Recompute the attention of `attn` on the inputs of its forward: (probs (B, H, T, S), values (B, H, S, D)).
+    """The attention of `attn` on these forward inputs: (probs (B, H, T, S), values (B, H, S, D)).
 
-    Mirrors `Attention.forward` step by step. Called after that forward (from a hook), so a KV cache already
-    holds this call's keys and values and is read rather than recomputed.
+    Calls the module's own forward on its eager path, so the weights are the ones its output comes from. With a
+    KV cache, that call writes this step's keys and values into the cache, as the model's own call does.
     """
-    B, T, _ = x.shape
-    H, H_kv, D = attn.n_head, attn.n_kv_head, attn.head_dim
-    if attn.cross:
-        q = attn.wq(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        if isinstance(attn.cache, CrossKVCache) and attn.cache.kv is not None:
-            k, v = attn.cache.kv
-        else:
-            k, v = attn.wkv(context).split([H_kv * D, H_kv * D], dim=-1)
-            k = k.view(B, -1, H_kv, D).transpose(1, 2)  # (B, H_kv, S, D)
-            v = v.view(B, -1, H_kv, D).transpose(1, 2)
-    else:
-        q, k, v = attn.wqkv(x).split([H * D, H_kv * D, H_kv * D], dim=-1)
-        q = q.view(B, T, H, D).transpose(1, 2)
-        k = k.view(B, T, H_kv, D).transpose(1, 2)
-        v = v.view(B, T, H_kv, D).transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if isinstance(attn.cache, KVCache) and input_pos is not None:
-            k, v = attn.cache.k, attn.cache.v
-    if H_kv != H:
-        k, v = k.repeat_interleave(H // H_kv, dim=1), v.repeat_interleave(H // H_kv, dim=1)
-    scale = attn.scale if attn.scale is not None else 1.0 / math.sqrt(D)  # SDPA's default
-    scores = (q.float() @ k.float().transpose(-2, -1)) * scale  # (B, H, T, S)
-    S = scores.shape[-1]
-    if mask is None:
-        if attn.causal:  # SDPA's is_causal: a top-left aligned lower triangle
-            keep = torch.ones(T, S, dtype=torch.bool, device=x.device).tril()
-            scores = scores.masked_fill(~keep, float("-inf"))
-    elif mask.dtype == torch.bool:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    else:  # additive float mask: T5's relative-position bias, with -inf where masked
-        scores = scores + mask.float()
-    return scores.softmax(dim=-1), v
+    got: list[tuple[Tensor, Tensor]] = []
+    with _weights_to(attn, lambda probs, values: got.append((probs.detach(), values.detach()))):
+        attn(x, rope=rope, mask=mask, input_pos=input_pos, context=context)
+    return got[0]
 
 
 def _place(name: str) -> tuple[str, int]:
@@ -99,47 +80,40 @@ def capture_attention(model: nn.Module, *, keep_values: bool = False,
     The yielded list fills with one `AttentionMap` per module call, in call order (so several forward calls,
     e.g. cached decoding steps, give several maps per module). Maps are float32 and on the CPU. `where(stack,
     layer)` limits the capture to some modules: a map is heads x T x S floats, which adds up on long inputs.
+    Captured modules attend eagerly rather than through SDPA, so they are slower and use more memory.
     """
     maps: list[AttentionMap] = []
-    handles = []
 
-    def hook_for(name: str):
+    def sink_for(name: str) -> Callable[[Tensor, Tensor], None]:
         stack, layer = _place(name)
 
-        def hook(module: Attention, args: tuple[Any, ...], kwargs: dict[str, Any], output: Tensor) -> None:
-            x = args[0] if args else kwargs["x"]
-            with torch.no_grad():
-                probs, values = attention_weights(
-                    module, x.detach(), rope=kwargs.get("rope"), mask=kwargs.get("mask"),
-                    input_pos=kwargs.get("input_pos"), context=kwargs.get("context"))
-            maps.append(AttentionMap(name, stack, layer, probs.cpu(),
-                                     values.float().cpu() if keep_values else None))
+        def sink(probs: Tensor, values: Tensor) -> None:
+            maps.append(AttentionMap(name, stack, layer, probs.detach().cpu(),
+                                     values.detach().float().cpu() if keep_values else None))
 
-        return hook
+        return sink
 
-    for name, module in model.named_modules():
-        if isinstance(module, Attention) and (where is None or where(*_place(name))):
-            handles.append(module.register_forward_hook(hook_for(name), with_kwargs=True))
-    try:
+    with contextlib.ExitStack() as on:
+        for name, module in model.named_modules():
+            if isinstance(module, Attention) and (where is None or where(*_place(name))):
+                on.enter_context(_weights_to(module, sink_for(name)))
         yield maps
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def run_for_attention(model: nn.Module, ids: Tensor, *, token_types: Tensor | None = None,
                       decoder_start: int = 0, where: Callable[[str, int], bool] | None = None
                       ) -> list[AttentionMap]:
-    """The attention maps of one forward pass over ids (1, T), family by family (`where`: as `capture_attention`).
+    """The attention maps of one forward pass over ids (1, T), by model kind (`where`: as `capture_attention`).
 
     Decoders and encoders read the text; an encoder-decoder's encoder reads it and its decoder takes one step
     from `decoder_start`, so its cross-attention shows which input tokens that first step looks at.
     """
+    kind = kind_of(model.cfg)
     with torch.no_grad(), capture_attention(model, where=where) as maps:
-        if model.cfg.family == "t5":
+        if kind == Kind.ENCODER_DECODER:
             start = torch.full((ids.shape[0], 1), decoder_start, dtype=torch.long, device=ids.device)
             model.decode(start, model.encode(ids))
-        elif model.cfg.family == "bert":
+        elif kind == Kind.ENCODER:
             model(ids, token_types=token_types)
         else:
             model(ids)
@@ -148,11 +122,14 @@ def run_for_attention(model: nn.Module, ids: Tensor, *, token_types: Tensor | No
 
 def stack_layers(cfg: ModelConfig) -> dict[str, int]:
     """The attention stacks of a model of `cfg` (as `AttentionMap.stack` names them) and their layer counts."""
-    if cfg.family == "t5":
+    kind = kind_of(cfg)
+    if kind == Kind.ENCODER_DECODER:
         return {"encoder": cfg.n_layer, "decoder": cfg.n_decoder_layer, "decoder-cross": cfg.n_decoder_layer}
-    if cfg.family == "lstm":
-        return {}  # recurrent: no attention
-    return {"encoder" if cfg.family == "bert" else "decoder": cfg.n_layer}
+    if kind == Kind.ENCODER:
+        return {"encoder": cfg.n_layer}
+    if kind == Kind.DECODER:
+        return {"decoder": cfg.n_layer}
+    return {}  # recurrent: no attention
 
 
 # --- plotting ------------------------------------------------------------------------------------------------

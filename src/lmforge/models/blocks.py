@@ -9,6 +9,7 @@ without touching the model.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -193,7 +194,9 @@ def cache_mask(input_pos: Tensor, size: int, key_mask: Tensor | None) -> Tensor:
 class Attention(nn.Module):
     """Multi-head attention with optional grouped-query heads; self-attention or cross-attention.
 
-    Self-attention projects q, k, v with one fused matmul; cross-attention takes k, v from `context`.
+    Self-attention projects q, k, v with one fused matmul; cross-attention takes k, v from `context`. Setting
+    `on_weights` switches this module to an eager path that computes the attention weights explicitly and
+    passes them out (how `lmforge.explain` reads attention maps); unset, attention goes through SDPA.
     """
 
     def __init__(self, cfg: ModelConfig, causal: bool, cross: bool = False) -> None:
@@ -211,6 +214,9 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
         self.cache: KVCache | CrossKVCache | None = None
+        # None: attention through SDPA. Set: the eager path (`attend_eagerly`), which hands this callable the
+        # weights (B, H, T, S) float32 and the values (B, H, S, D) it applies them to, heads repeated for GQA.
+        self.on_weights: Callable[[Tensor, Tensor], None] | None = None
 
     def forward(self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None,
                 input_pos: Tensor | None = None, context: Tensor | None = None) -> Tensor:
@@ -238,12 +244,37 @@ class Attention(nn.Module):
         if self.n_kv_head != self.n_head:
             rep = self.n_head // self.n_kv_head
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=self.causal and mask is None, scale=self.scale,
-        )
+        if self.on_weights is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+                is_causal=self.causal and mask is None, scale=self.scale,
+            )
+        else:
+            y = self.attend_eagerly(q, k, v, mask)
         y = y.transpose(1, 2).reshape(B, T, q_dim)  # (B, T, C)
         return self.resid_drop(self.wo(y))
+
+    def attend_eagerly(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """What `F.scaled_dot_product_attention` computes, written out so the weights exist: q (B, H, T, D) and
+        k, v (B, H, S, D) -> (B, H, T, D).
+
+        softmax(q k^T * scale + mask) in float32, handed to `on_weights` with v, then applied to v: the weights
+        are the ones that make this output. With dropout in training mode they are the weights before dropout.
+        """
+        T, S = q.shape[-2], k.shape[-2]
+        scale = self.scale if self.scale is not None else 1.0 / math.sqrt(self.head_dim)  # SDPA's default
+        scores = (q.float() @ k.float().transpose(-2, -1)) * scale  # (B, H, T, S)
+        if mask is None and self.causal:  # SDPA's is_causal: a top-left aligned lower triangle
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
+        if mask is not None and mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        elif mask is not None:  # additive float mask: T5's relative-position bias, with -inf where masked
+            scores = scores + mask.float()
+        probs = scores.softmax(dim=-1)
+        self.on_weights(probs, v)
+        if self.training and self.dropout > 0.0:
+            probs = F.dropout(probs, self.dropout)
+        return (probs @ v.float()).type_as(q)
 
 
 class Block(nn.Module):
