@@ -56,7 +56,7 @@ def test_masked_lm_surprise_masks_each_token_in_turn(tokenizer):
 
 def test_encoder_decoder_surprise_is_refused(tokenizer):
     model, cfg = model_of("t5", tokenizer.get_vocab_size(), pos="relative")
-    with pytest.raises(UserError, match="needs a next-token model or a masked LM; this checkpoint is a t5 encoder-decoder"):
+    with pytest.raises(UserError, match="next-token model or a masked LM; this checkpoint is a t5 encoder-decoder"):
         token_surprise(model, tokenizer, encode_text(tokenizer, "The cat", cfg))
 
 
