@@ -97,7 +97,7 @@ def check_data_matches(checkpoint: Path, cfg: ModelConfig, ds: TokenDataset) -> 
     from lmforge.data.tokenizer import TOKENIZER_FILE, check_vocab_fits, tokenizer_hash
     from lmforge.errors import UserError
 
-    fix = (f"evaluate on data encoded with this model's tokenizer: lmforge prepare --tokenizer-from {checkpoint} "
+    fix = (f"use data encoded with this model's tokenizer: lmforge prepare --tokenizer-from {checkpoint} "
            f"--out DIR ...")
     check_vocab_fits(ds.vocab_size, cfg.vocab_size, where=ds.directory, fix=fix)
     if (checkpoint / TOKENIZER_FILE).is_file():

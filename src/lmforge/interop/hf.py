@@ -399,12 +399,20 @@ def fill_optional(family: Family, cfg: ModelConfig, state: dict[str, Tensor]) ->
     return [prefix.rstrip(".") for prefix in family.optional if any(k.startswith(prefix) for k in absent)]
 
 
-def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write the Hugging Face model directory `hf_dir` as an lmforge checkpoint `out_dir`."""
-    src, out = Path(hf_dir), Path(out_dir)
-    if not src.is_dir():
-        raise UserError("Hugging Face model directory not found", where=src,
-                        fix="pass a directory holding config.json and model.safetensors")
+def is_hf_directory(path: str | Path) -> bool:
+    """A Hugging Face model directory (its config.json names a `model_type`), not an lmforge checkpoint."""
+    config = Path(path) / HF_CONFIG
+    if not config.is_file():
+        return False
+    try:
+        return "model_type" in json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
+def read_hf_config(hf_dir: str | Path) -> ModelConfig:
+    """The lmforge config of a Hugging Face model directory (one line for what lmforge cannot express)."""
+    src = Path(hf_dir)
     config = _read_json(src / HF_CONFIG)
     family = family_for_hf(config, src / HF_CONFIG)
     problems = family.unsupported_import(config)
@@ -412,15 +420,37 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
         raise UserError(f"lmforge cannot express this {family.model_type} model: {'; '.join(problems)}",
                         where=src / HF_CONFIG, fix="only the standard architecture imports")
     try:
-        cfg = family.config_from_hf(config)
+        return family.config_from_hf(config)
     except KeyError as e:
         raise UserError(f"config.json lacks {e}", where=src / HF_CONFIG) from None
-    _check_out_dir(out, src)
+
+
+def read_hf_model(hf_dir: str | Path) -> tuple[ModelConfig, dict[str, Tensor], list[str]]:
+    """A Hugging Face model directory in lmforge's terms: (config, tensors by lmforge name, optional heads the
+    directory lacked and that were initialised fresh). The weights are checked against the config."""
+    src = Path(hf_dir)
+    if not src.is_dir():
+        raise UserError("Hugging Face model directory not found", where=src,
+                        fix="pass a directory holding config.json and model.safetensors")
+    cfg = read_hf_config(src)
+    family = family_for_hf(_read_json(src / HF_CONFIG), src / HF_CONFIG)
     hf_state = normalize_hf_state(family, read_hf_weights(src))
     cfg = untie_if_distinct(family, cfg, hf_state)
     state = from_hf_state(family, cfg, hf_state, src)
     added = fill_optional(family, cfg, state)
     check_state(cfg, state, src)
+    return cfg, state, added
+
+
+def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write the Hugging Face model directory `hf_dir` as an lmforge checkpoint `out_dir`."""
+    src, out = Path(hf_dir), Path(out_dir)
+    if not src.is_dir():
+        raise UserError("Hugging Face model directory not found", where=src,
+                        fix="pass a directory holding config.json and model.safetensors")
+    read_hf_config(src)  # what lmforge cannot express is refused before the output is looked at
+    _check_out_dir(out, src)
+    cfg, state, added = read_hf_model(src)
     if added:
         from lmforge.progress import console
 

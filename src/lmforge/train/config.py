@@ -51,6 +51,10 @@ class TrainConfig:
     data: str | None = field(None, "prepared data directory (made by `lmforge prepare`)")
     out: str = field("runs/train", "run directory: checkpoints, metrics, plot and the effective config go here")
     preset: str = field("tiny", "model preset to start from; model.* options override its fields")
+    init_from: str | None = field(None, "start from this checkpoint's weights and architecture (fine-tuning): an "
+                                        "lmforge checkpoint or run directory, or a Hugging Face model directory; "
+                                        "the objective's head is added fresh where the checkpoint has none, and "
+                                        "one line reports what was loaded, new and dropped (--preset is ignored)")
     model: ModelConfig = field(default_factory=ModelConfig, help="model options (override the preset)")
     objective: str = field("causal_lm", "training objective: causal_lm (decoders), mlm / mlm_nsp (encoders), "
                                         "span_corruption / seq2seq (encoder-decoders), contrastive (encoders), "
@@ -127,7 +131,13 @@ class TrainConfig:
         if not isinstance(data.get("model") or {}, dict):
             return data  # from_dict reports the wrong type
         user_model = {k.replace("-", "_"): v for k, v in (data.get("model") or {}).items()}
-        base = get_preset(str(data.get("preset", "tiny"))).to_dict()
+        if data.get("init_from"):
+            from lmforge.train.init import source_config
+
+            # The checkpoint's architecture; its head and labels are the objective's to choose.
+            base = {**source_config(data["init_from"]).to_dict(), "head": "lm", "labels": []}
+        else:
+            base = get_preset(str(data.get("preset", "tiny"))).to_dict()
         # Fields the preset only derived (d_ff = 4*d_model, n_kv_head = n_head, ...: those defaulting to None) are
         # re-derived after the overrides, so `--model.d-model 64` on the tiny preset gives d_ff 256, not 512.
         optional = [f.name for f in dataclasses.fields(ModelConfig) if f.default is None]
@@ -140,7 +150,11 @@ class TrainConfig:
             from lmforge.data.loaders import TokenDataset
 
             vocab = TokenDataset.open(data["data"], "train").vocab_size
-            if "vocab_size" not in user_model:
+            if data.get("init_from"):  # the checkpoint's embedding table: the data's tokenizer must fit it
+                check_vocab_fits(vocab, int(model["vocab_size"]), model="the --init-from checkpoint's vocabulary",
+                                 where=data["data"], fix="prepare the data with the checkpoint's tokenizer "
+                                                         "(lmforge prepare --tokenizer-from CKPT)")
+            elif "vocab_size" not in user_model:
                 # span_corruption's T5 sentinels take the ids after the tokenizer's vocabulary.
                 sentinels = 0
                 if data.get("objective") == "span_corruption":

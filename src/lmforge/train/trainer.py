@@ -38,6 +38,7 @@ from lmforge.train.checkpoint import (
     step_dir_name,
 )
 from lmforge.train.config import MAX_CONSECUTIVE_SKIPS, TrainConfig
+from lmforge.train.init import init_from
 from lmforge.train.logging import NullLogger, RunLogger, peak_flops, plot_loss_curve
 from lmforge.train.objectives import Objective, get_objective, total
 from lmforge.train.optim import build_optimizer, build_scheduler, lr_factor
@@ -117,6 +118,11 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
     # save that was killed), then tells the others.
     resumed_from = _on_main(rt, lambda: _resume_point(cfg, ckpt))
     model = objective.build_model().train()
+    init_line = None
+    if cfg.init_from and resumed_from is None:  # a resumed run has its own weights
+        init_line = init_from(model, cfg.init_from, data=cfg.data).line()  # on every rank, before sharding
+    # The hook for fine-tuning methods: what trains (frozen layers, LoRA adapters) is decided here, from outside
+    # the model, on the built and initialised model and before `parallelize` wraps it.
     state = None
     if resumed_from is not None:
         state = load_train_state(resumed_from)
@@ -146,6 +152,8 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
             resume=resumed_from is not None, tensorboard=cfg.tensorboard,
             flops_per_token=cfg.model.flops_per_token(cfg.seq_len),
             peak=peak * rt.world_size if peak else None)  # the tokens counted are every rank's
+        if init_line:
+            logger.event({"event": "init_from", "checkpoint": str(cfg.init_from), "report": init_line}, init_line)
         if resumed_from is not None:
             logger.event({"event": "resume", "step": prog.step, "checkpoint": str(resumed_from),
                           "world_size": rt.world_size}, f"resumed from {resumed_from} at step {prog.step}")

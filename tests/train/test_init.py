@@ -1,0 +1,92 @@
+"""`lmforge train --init-from`: fine-tuning starts from a checkpoint's weights with a new head."""
+
+from __future__ import annotations
+
+import torch
+
+from lmforge.models import build_model, get_preset
+
+from .objectives import run_train, write_tsv
+from .objectives.test_classification import toy_examples
+
+BERT_MLM = ["--preset", "bert-tiny", "--objective", "mlm"]
+
+
+def test_bert_pretrained_with_mlm_then_fine_tuned_as_a_classifier(tmp_path, tiny_data):
+    """The issue's smoke test: MLM pretraining, then --init-from with a classification head on a labelled file."""
+    from lmforge.models.io import load_model, resolve_checkpoint
+
+    rc, _ = run_train(tiny_data, tmp_path / "mlm", *BERT_MLM, "--steps", "3")
+    assert rc == 0
+    pretrained, _ = load_model(resolve_checkpoint(tmp_path / "mlm"))
+    labels = str(write_tsv(tmp_path / "labels.tsv", toy_examples(300), header=("text", "label")))
+    rc, records = run_train(tiny_data, tmp_path / "cls", "--init-from", str(tmp_path / "mlm"), "--objective",
+                            "classification", "--objective-options.pairs", labels,
+                            "--objective-options.pairs-val-fraction", "0.2", "--steps", "80", "--optim.schedule",
+                            "constant", "--eval-batches", "0", "--log-every", "5")
+    assert rc == 0
+    # One line (printed, and in metrics.jsonl) says what came from the checkpoint, what is new and what was left out.
+    report = next(r["report"] for r in records if r.get("event") == "init_from")
+    assert report.startswith("init from") and "\n" not in report
+    assert "new: classifier (2 tensors)" in report and "dropped: mlm_head, nsp_head" in report
+    val = [r for r in records if r.get("event") == "eval"][-1]
+    assert val["val_examples"] == 43 and val["val_accuracy"] >= 0.8  # "zebra" or not: chance 0.5 (seeds 0-2: 0.98-1)
+
+    model, cfg = load_model(resolve_checkpoint(tmp_path / "cls"))
+    assert cfg.family == "bert" and cfg.head == "classify" and cfg.labels == ["no", "yes"]
+    assert cfg.d_model == pretrained.cfg.d_model == 64  # the architecture is the checkpoint's (not bert-tiny's 128)
+
+
+def test_init_from_loads_matching_tensors_and_reports_the_rest(tmp_path):
+    from lmforge.models.io import save_model
+    from lmforge.train.init import init_from
+
+    source_cfg = get_preset("tiny")
+    source_cfg.vocab_size = 64
+    source = build_model(source_cfg)
+    save_model(tmp_path / "lm", source, source_cfg)
+    target_cfg = get_preset("tiny")
+    target_cfg.vocab_size, target_cfg.labels, target_cfg.head = 64, ["a", "b", "c"], "classify"
+    target = build_model(target_cfg)
+    report = init_from(target, tmp_path / "lm")
+    assert report.new == ["score.weight"] and report.dropped == []  # lm_head is tied: stored as the embedding
+    assert torch.equal(target.embed.tok.weight, source.embed.tok.weight)
+    assert torch.equal(target.blocks[3].mlp.down.weight, source.blocks[3].mlp.down.weight)
+    assert report.loaded_params == sum(p.numel() for p in target.parameters()) - target.score.weight.numel()
+
+
+def test_a_checkpoint_of_another_shape_is_one_line(tmp_path, tiny_data, capsys):
+    from lmforge.models.io import save_model
+
+    cfg = get_preset("tiny")
+    cfg.vocab_size = 512
+    save_model(tmp_path / "lm", build_model(cfg), cfg)
+    capsys.readouterr()
+    rc, _ = run_train(tiny_data, tmp_path / "run", "--init-from", str(tmp_path / "lm"), "--model.d-model", "32")
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "do not fit this model" in err and "architecture comes from the checkpoint" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_missing_checkpoint_is_one_line(tmp_path, tiny_data, capsys):
+    rc, _ = run_train(tiny_data, tmp_path / "run", "--init-from", str(tmp_path / "nothing"))
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "checkpoint to start from not found" in err
+
+
+def test_data_from_another_tokenizer_is_refused(tmp_path, tiny_data, capsys):
+    """Fine-tuning data must be encoded by the checkpoint's tokenizer: other ids would mean other tokens."""
+    from lmforge.models.io import save_model
+
+    cfg = get_preset("tiny")
+    cfg.vocab_size = 512
+    other_tokenizer = tmp_path / "tok"
+    other_tokenizer.mkdir()
+    (other_tokenizer / "tokenizer.json").write_text((tiny_data / "tokenizer.json").read_text().replace(
+        '"Ġthe"', '"Ġteh"', 1))
+    save_model(tmp_path / "lm", build_model(cfg), cfg, tokenizer_dir=other_tokenizer)
+    capsys.readouterr()
+    rc, _ = run_train(tiny_data, tmp_path / "run", "--init-from", str(tmp_path / "lm"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "another tokenizer than the checkpoint's" in err and "--tokenizer-from" in err
