@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lmforge.checkpoints import load_model
 from lmforge.config import load_yaml, resolve
 from lmforge.data.loaders import SequentialLoader, TokenDataset
 from lmforge.errors import UserError
-from lmforge.models.io import load_model
 from lmforge.train import OptimConfig, TrainConfig, TrainResult, train
 from lmforge.train import runtime as runtime_mod
 from lmforge.train.checkpoint import load_train_state

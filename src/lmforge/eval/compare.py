@@ -134,9 +134,10 @@ def compare(cfg: CompareConfig) -> Comparison:
 
 def _given(checkpoint: str | None, flag: str, preset: str, held_out: Any) -> Path | None:
     """The checkpoint directory to load, checked against the data; None (after checking the preset) to train."""
+    from lmforge.checkpoints import resolve_checkpoint
     from lmforge.eval.perplexity import CAUSAL_FAMILIES, check_data_matches
     from lmforge.models.config import ModelConfig, get_preset
-    from lmforge.models.io import CONFIG, resolve_checkpoint
+    from lmforge.models.io import CONFIG
 
     if checkpoint is None:
         get_preset(preset)
@@ -185,10 +186,11 @@ def _neural_entry(cfg: CompareConfig, kind: str, checkpoint: Path | None, preset
 
 def _train(cfg: CompareConfig, kind: str, preset: str, run_dir: Path, seq_len: int, held_out: Any) -> Path:
     """Train (or finish, or reuse) a short run of `preset` in `run_dir`; its newest checkpoint."""
+    from lmforge.checkpoints import resolve_checkpoint
     from lmforge.config import resolve
     from lmforge.eval.perplexity import check_data_matches
     from lmforge.models.config import ModelConfig
-    from lmforge.models.io import CONFIG, resolve_checkpoint
+    from lmforge.models.io import CONFIG
     from lmforge.progress import console
     from lmforge.train import TrainConfig, train
     from lmforge.train.checkpoint import Checkpointer, CheckpointMismatch

@@ -116,9 +116,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
 
     `seq_len` defaults to the model's max_seq_len; `precision` as in training (auto: bf16 autocast on CUDA).
     """
+    from lmforge.checkpoints import load_model, resolve_checkpoint
     from lmforge.data.loaders import TokenDataset
     from lmforge.errors import UserError
-    from lmforge.models.io import load_model, resolve_checkpoint
     from lmforge.train.runtime import local_runtime
 
     if not Path(checkpoint).exists():

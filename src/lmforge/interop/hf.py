@@ -29,11 +29,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from lmforge.atomic import atomic_directory, write_json
+from lmforge.checkpoints import is_sharded_checkpoint, load_model, resolve_checkpoint
 from lmforge.data.tokenizer import decoder_start_id
 from lmforge.errors import UserError
 from lmforge.interop.families import FAMILIES, Family, Rule
 from lmforge.models.config import ModelConfig
-from lmforge.models.io import CONFIG, TOKENIZER_FILES, WEIGHTS, load_model, resolve_checkpoint, state_dict_for_save
+from lmforge.models.io import CONFIG, TOKENIZER_FILES, WEIGHTS, state_dict_for_save
 
 HF_CONFIG, HF_WEIGHTS, HF_GENERATION = "config.json", "model.safetensors", "generation_config.json"
 # Special-token roles written to the tokenizer configs (lmforge spells them `<bos>`, ...); the first three are also
@@ -355,8 +356,6 @@ def export_hf(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
         raise UserError(f"{family.architecture} cannot express this model: {'; '.join(problems)}", where=ckpt,
                         fix=f"only models that keep the {family.model_type} layout export to Hugging Face")
     _check_out_dir(out, ckpt)
-    from lmforge.parallel.checkpoint import is_sharded_checkpoint
-
     if is_sharded_checkpoint(ckpt):  # torch.distributed.checkpoint shards: gathered into one model here
         state = state_dict_for_save(load_model(ckpt)[0])
     elif (ckpt / WEIGHTS).is_file():

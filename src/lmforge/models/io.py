@@ -1,8 +1,8 @@
 """Model checkpoints on disk: `model.safetensors` + `config.json` (+ the tokenizer files), nothing else.
 
 This is the format every later stage reads (generation, serving, evaluation, export); it knows nothing of
-training state, which lives beside it in the trainer's own file. Writes are atomic (a whole directory appears, or
-the old one stays).
+training state, which lives beside it in the trainer's own file, nor of sharded checkpoints: `lmforge.checkpoints`
+loads either layout. Writes are atomic (a whole directory appears, or the old one stays).
 """
 
 from __future__ import annotations
@@ -89,44 +89,3 @@ def _tied_names(model: nn.Module) -> set[str]:
             tied.add(name)
         seen.add(id(t))
     return tied
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig]:
-    """Build the model described by `path/config.json` and load its weights; eval mode, on `device`.
-
-    `path` may also be a sharded checkpoint (`--parallel.sharded-checkpoints`, torch.distributed.checkpoint):
-    its shards are read into the one whole model, whatever number of processes wrote them.
-    """
-    from lmforge.models import build_model
-
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError("checkpoint directory not found", where=path,
-                        fix="pass a directory holding model.safetensors and config.json")
-    cfg = ModelConfig.load(path / CONFIG)
-    model = build_model(cfg)
-    if (path / SHARDS_METADATA).is_file():
-        from lmforge.parallel.checkpoint import read_model_shards  # torch.distributed.checkpoint only when needed
-
-        read_model_shards(path, model)
-    else:
-        load_state(model, path / WEIGHTS)
-    return model.to(device).eval(), cfg
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a training run directory (its best checkpoint, else its latest)."""
-    path = Path(path)
-    if (path / CONFIG).is_file():
-        return path
-    ckpts = path / "checkpoints"
-    if (ckpts / "best" / CONFIG).is_file():
-        return ckpts / "best"
-    latest = ckpts / "latest"
-    if latest.is_file():
-        candidate = ckpts / latest.read_text(encoding="utf-8").strip()
-        if (candidate / CONFIG).is_file():
-            return candidate
-    raise UserError("no model checkpoint here", where=path,
-                    fix="pass a checkpoint directory (with config.json and model.safetensors) or a training run "
-                        "directory made by `lmforge train`")
