@@ -85,8 +85,8 @@ def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     from lmforge.data.tokenizer import load_tokenizer, special_token_ids
     from lmforge.infer.generate import GenerationConfig, generate
     from lmforge.models.ngram import ngram_baseline
+    from lmforge.runtime import local_runtime
     from lmforge.train import TrainConfig, train
-    from lmforge.train.runtime import local_runtime
 
     t0 = time.perf_counter()
     out = Path(cfg.out)

@@ -27,6 +27,7 @@ from lmforge.config import field
 from lmforge.device import DEVICES
 from lmforge.errors import UserError
 from lmforge.eval.perplexity import Score
+from lmforge.runtime import PRECISIONS
 
 DEFAULT_SEQ_LEN = 128  # --compare trains and scores every neural model on windows of this many tokens
 # Peak learning rates of short runs: an LSTM tolerates (and, in a few hundred steps, needs) a higher one.
@@ -57,7 +58,7 @@ class CompareConfig:
     max_batches: int = field(0, "score at most this many batches (0 = the whole split)")
     device: str = field("auto", "device: auto picks CUDA, then Apple MPS, then the CPU", choices=DEVICES)
     precision: str = field("auto", "auto = bf16 autocast on CUDA, fp32 elsewhere",
-                           choices=("auto", "fp32", "bf16", "fp16"))
+                           choices=PRECISIONS)
     seed: int = field(0, "with --compare: seed of the training runs")
 
     def __post_init__(self) -> None:

@@ -40,7 +40,7 @@ class Score:
 
     @classmethod
     def from_sums(cls, nll_sum: float, count: int, bytes_per_token: float | None = None) -> Score:
-        from lmforge.train.objectives.causal_lm import lm_metrics
+        from lmforge.eval.metrics import lm_metrics
 
         return cls(**lm_metrics(nll_sum / max(count, 1), bytes_per_token), tokens=int(count))
 
@@ -70,8 +70,8 @@ def evaluate_lm(model: nn.Module, ds: TokenDataset, *, seq_len: int, batch_size:
 
     from lmforge.data.loaders import SequentialLoader
     from lmforge.errors import UserError
-    from lmforge.train.objectives.causal_lm import next_token_nll
-    from lmforge.train.runtime import eval_mode
+    from lmforge.eval.metrics import next_token_nll
+    from lmforge.runtime import eval_mode
 
     device = device or next(model.parameters()).device
     loader = SequentialLoader(ds, batch_size, seq_len)
@@ -119,7 +119,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
     from lmforge.checkpoints import load_model, resolve_checkpoint
     from lmforge.data.loaders import TokenDataset
     from lmforge.errors import UserError
-    from lmforge.train.runtime import local_runtime
+    from lmforge.runtime import local_runtime
 
     if not Path(checkpoint).exists():
         raise UserError("checkpoint not found", where=checkpoint,

@@ -30,6 +30,7 @@ from lmforge.checkpoints import is_sharded_checkpoint
 from lmforge.config import save_config, to_dict
 from lmforge.errors import UserError
 from lmforge.progress import console
+from lmforge.runtime import Runtime, eval_mode
 from lmforge.train.checkpoint import (
     Checkpointer,
     check_compatible,
@@ -42,8 +43,6 @@ from lmforge.train.logging import NullLogger, RunLogger, peak_flops, plot_loss_c
 from lmforge.train.objectives import Objective, get_objective, total
 from lmforge.train.optim import build_optimizer, build_scheduler, lr_factor
 from lmforge.train.runtime import (
-    Runtime,
-    eval_mode,
     parallelize,
     rng_state,
     seed_everything,
