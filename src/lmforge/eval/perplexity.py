@@ -1,4 +1,4 @@
-"""Perplexity and bits per byte of a causal language model on a split of prepared data.
+"""Perplexity and bits per byte of a causal language model (or the n-gram baseline) on a split of prepared data.
 
     from lmforge.eval.perplexity import evaluate_checkpoint
 
@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import nn
 
     from lmforge.data.loaders import TokenDataset
     from lmforge.models.config import ModelConfig
+    from lmforge.models.ngram import NGramLM
 
 # Families whose forward maps idx (B, T) -> next-token logits (B, T, V); the others have no causal perplexity.
 CAUSAL_FAMILIES = ("gpt", "llama", "lstm")
@@ -143,3 +145,25 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
     score = evaluate_lm(model, ds, seq_len=seq_len, batch_size=batch_size, max_batches=max_batches,
                         device=rt.device, autocast=rt.autocast)
     return CheckpointScore(checkpoint=path, model=cfg, split=split, seq_len=seq_len, score=score)
+
+
+def evaluate_ngram(model: NGramLM, tokens: np.ndarray, bytes_per_token: float | None = None) -> Score:
+    """Mean NLL (nats/token), perplexity and bits per byte of a token stream (every token but the first)."""
+    nll, count = model.nll_sum(tokens)
+    return Score.from_sums(nll, count, bytes_per_token)
+
+
+def ngram_baseline(data_dir: str | Path, order: int = 3, split: str = "val") -> dict[str, Any]:
+    """Fit an order-`order` Kneser-Ney n-gram model on the train split of `data_dir` and score it on `split`.
+
+    Returns {'loss': nats/token, 'ppl', 'bpb': bits per byte, 'order', 'train_tokens', 'tokens': scored tokens}.
+    """
+    from lmforge.data.loaders import TokenDataset
+    from lmforge.models.ngram import NGramLM
+
+    train = TokenDataset.open(data_dir, "train")
+    held_out = TokenDataset.open(data_dir, split)
+    model = NGramLM(order, train.vocab_size).fit(train.window(0, len(train)))
+    score = evaluate_ngram(model, held_out.window(0, len(held_out)), held_out.bytes_per_token)
+    return {"loss": score.loss, "ppl": score.ppl, "bpb": score.bpb, "order": order,
+            "train_tokens": model.train_tokens, "tokens": score.tokens}

@@ -1,7 +1,7 @@
 """n-gram vs LSTM vs Transformer on one split of prepared data: one table, one bar chart, one JSON.
 
     from lmforge.config import resolve
-    from lmforge.eval.compare import CompareConfig, compare
+    from lmforge.recipes.compare import CompareConfig, compare
 
     result = compare(resolve(CompareConfig, data="data/prepared", steps=200))
     for entry in result.entries:
@@ -157,12 +157,13 @@ def _given(checkpoint: str | None, flag: str, preset: str, held_out: Any) -> Pat
 
 def _ngram_entry(cfg: CompareConfig, held_out: Any) -> Entry:
     from lmforge.data.loaders import TokenDataset
+    from lmforge.eval.perplexity import evaluate_ngram
     from lmforge.models.ngram import NGramLM
 
     t0 = time.perf_counter()
     train = TokenDataset.open(cfg.data, "train")
     model = NGramLM(cfg.ngram_order, train.vocab_size).fit(train.window(0, len(train)))
-    score = model.evaluate(held_out.window(0, len(held_out)), held_out.bytes_per_token)
+    score = evaluate_ngram(model, held_out.window(0, len(held_out)), held_out.bytes_per_token)
     return Entry(name=f"{cfg.ngram_order}-gram KN", kind="ngram", score=score,
                  size=sum(len(o.keys) for o in model.orders), source=f"fit on {_count(model.train_tokens)} tokens",
                  checkpoint=None, seconds=time.perf_counter() - t0)
