@@ -31,6 +31,7 @@ quickstart: $(VENV)/.train
 
 test: $(VENV)/.dev
 	$(VENV)/bin/python -m ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -n 2 -q
 
 bench: $(VENV)/.dev

@@ -37,7 +37,7 @@ def write_lines(path, lines):
 
 def reference(bert_dir, text: str) -> np.ndarray:
     """Embedding of one sentence computed by hand: mean of the hidden states over <cls> text <sep>, unit norm."""
-    from lmforge.models.io import load_model
+    from lmforge.checkpoints import load_model
 
     model, _ = load_model(bert_dir)
     tok = load_tokenizer(bert_dir)

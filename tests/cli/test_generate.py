@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lmforge.checkpoints import load_model
 from lmforge.cli.generate import GenerateConfig, run_generate
 from lmforge.cli.main import main
 from lmforge.config import resolve
 from lmforge.data.tokenizer import decoder_start_id, load_tokenizer, special_token_ids
 from lmforge.models import ModelConfig, build_model
-from lmforge.models.io import load_model, save_model
+from lmforge.models.io import save_model
 
 
 def checkpoint(tmp_path, tiny_data, family: str):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from lmforge.data.loaders import SequentialLoader, TokenDataset
 from lmforge.errors import UserError
-from lmforge.eval.perplexity import Score, evaluate_checkpoint, evaluate_lm
+from lmforge.eval.perplexity import Score, evaluate_checkpoint, evaluate_lm, ngram_baseline
 from lmforge.models import build_model, get_preset
 from lmforge.models.io import save_model
 
@@ -134,3 +134,14 @@ def test_evaluate_checkpoint_of_a_trained_run_equals_the_trainers_logged_val_met
     assert got.tokens == evals[0]["val_tokens"] == 2 * 4 * 32
     for name in ("loss", "ppl", "bpb"):
         assert getattr(got, name) == pytest.approx(evals[0][f"val_{name}"], rel=0, abs=1e-5)
+
+
+def test_higher_orders_beat_the_unigram_on_real_text(tiny_data):
+    results = {n: ngram_baseline(tiny_data, order=n) for n in (1, 2, 3)}
+    assert results[3]["ppl"] < results[2]["ppl"] < 0.5 * results[1]["ppl"]
+    train, val = TokenDataset.open(tiny_data, "train"), TokenDataset.open(tiny_data, "val")
+    r = results[3]
+    assert set(r) >= {"loss", "ppl", "bpb", "order", "train_tokens"}
+    assert r["order"] == 3 and r["train_tokens"] == len(train) and r["tokens"] == len(val) - 1
+    assert r["ppl"] == pytest.approx(math.exp(r["loss"]))
+    assert r["bpb"] == pytest.approx(r["loss"] / math.log(2) / val.bytes_per_token)

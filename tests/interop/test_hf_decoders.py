@@ -16,11 +16,12 @@ transformers = pytest.importorskip("transformers")
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
 
+from lmforge.checkpoints import load_model  # noqa: E402
 from lmforge.cli.main import main  # noqa: E402
 from lmforge.errors import UserError  # noqa: E402
 from lmforge.interop import export_hf, import_hf  # noqa: E402
 from lmforge.models import DecoderLM, ModelConfig  # noqa: E402
-from lmforge.models.io import load_model, save_model  # noqa: E402
+from lmforge.models.io import save_model  # noqa: E402
 
 VOCAB, SEQ = 97, 32
 TOL = 1e-4

@@ -19,13 +19,14 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
+from lmforge.checkpoints import load_model  # noqa: E402
 from lmforge.cli.main import main  # noqa: E402
 from lmforge.data.builtin import python_docs  # noqa: E402
 from lmforge.data.tokenizer import TokenizerOptions, save_tokenizer, train_tokenizer  # noqa: E402
 from lmforge.errors import UserError  # noqa: E402
 from lmforge.interop import export_hf, import_hf  # noqa: E402
 from lmforge.models import ModelConfig, build_model, get_preset  # noqa: E402
-from lmforge.models.io import load_model, save_model  # noqa: E402
+from lmforge.models.io import save_model  # noqa: E402
 
 VOCAB, SEQ = 97, 32
 TOL = 1e-4

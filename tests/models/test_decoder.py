@@ -96,7 +96,8 @@ def test_flops_estimate_is_about_6n_per_token():
 
 
 def test_save_and_load_round_trip_and_bad_checkpoints(tmp_path):
-    from lmforge.models.io import load_model, save_model
+    from lmforge.checkpoints import load_model
+    from lmforge.models.io import save_model
 
     torch.manual_seed(0)
     cfg = tiny()

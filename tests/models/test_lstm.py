@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lmforge.checkpoints import load_model
 from lmforge.config import resolve
 from lmforge.errors import UserError
 from lmforge.models import LSTMLM, ModelConfig, build_model, get_preset
-from lmforge.models.io import load_model, save_model
+from lmforge.models.io import save_model
 from lmforge.models.lstm import LSTMClassifier
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from lmforge import parallel as lparallel
-from lmforge.models.io import load_model
+from lmforge.checkpoints import load_model
 
 WORKER = Path(__file__).parent / "workers" / "train.py"
 TOL = 1e-5

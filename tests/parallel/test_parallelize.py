@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge import parallel as lparallel
+from lmforge.checkpoints import is_sharded_checkpoint
 from lmforge.errors import UserError
 from lmforge.models import ModelConfig, build_model
 from lmforge.parallel.env import resolve_device, timeout_seconds
@@ -274,7 +275,7 @@ def test_sharded_checkpoint_round_trips_in_one_process_and_replaces_atomically(t
     lparallel.save_sharded(path, model, opt, {"step": 1}, SINGLE)
     lparallel.save_sharded(path, model, opt, {"step": 2}, SINGLE)  # overwrite in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary left behind
-    assert lparallel.is_sharded_checkpoint(path) and lparallel.read_extra(path) == {"step": 2}
+    assert is_sharded_checkpoint(path) and lparallel.read_extra(path) == {"step": 2}
 
     other = tiny()
     torch.nn.init.zeros_(other.lm_head.weight)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lmforge.checkpoints import load_model
 from lmforge.errors import UserError
 from lmforge.models import DecoderLM, ModelConfig
-from lmforge.models.io import load_model
 from lmforge.train import checkpoint as ck
 from lmforge.train.checkpoint import Checkpointer, CheckpointMismatch, check_compatible, load_train_state
 
@@ -179,11 +179,10 @@ def test_weights_that_do_not_fit_are_one_clear_line(tmp_path, model_and_cfg, dam
 
 
 def test_sharded_checkpoints_are_read_by_every_verb_like_single_file_ones(tiny_data, tmp_path, capsys):
+    from lmforge.checkpoints import is_sharded_checkpoint, resolve_checkpoint
     from lmforge.cli.main import main
     from lmforge.config import resolve
     from lmforge.interop.hf import export_hf
-    from lmforge.models.io import resolve_checkpoint
-    from lmforge.parallel import is_sharded_checkpoint
     from lmforge.train import TrainConfig, train
 
     def run(name: str, **kw):

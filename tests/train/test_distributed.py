@@ -24,9 +24,9 @@ import torch
 import torch.distributed as dist
 
 from lmforge import parallel as lparallel
+from lmforge.checkpoints import load_model
 from lmforge.config import resolve
 from lmforge.errors import UserError
-from lmforge.models.io import load_model
 from lmforge.train import TrainConfig, train
 from lmforge.train.checkpoint import Checkpointer, check_compatible, load_train_state
 

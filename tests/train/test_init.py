@@ -14,7 +14,7 @@ BERT_MLM = ["--preset", "bert-tiny", "--objective", "mlm"]
 
 def test_bert_pretrained_with_mlm_then_fine_tuned_as_a_classifier(tmp_path, tiny_data):
     """The issue's smoke test: MLM pretraining, then --init-from with a classification head on a labelled file."""
-    from lmforge.models.io import load_model, resolve_checkpoint
+    from lmforge.checkpoints import load_model, resolve_checkpoint
 
     rc, _ = run_train(tiny_data, tmp_path / "mlm", *BERT_MLM, "--steps", "3")
     assert rc == 0

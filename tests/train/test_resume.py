@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmforge.checkpoints import load_model
 from lmforge.cli.main import main
 from lmforge.config import resolve
 from lmforge.errors import UserError
-from lmforge.models.io import load_model
 from lmforge.train import TrainConfig, TrainResult, train
 from lmforge.train.checkpoint import load_train_state
 from lmforge.train.optim import lr_factor

@@ -13,17 +13,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lmforge.checkpoints import load_model
 from lmforge.config import load_yaml, resolve
 from lmforge.data.loaders import SequentialLoader, TokenDataset
 from lmforge.errors import UserError
-from lmforge.models.io import load_model
+from lmforge.runtime import Runtime
 from lmforge.train import OptimConfig, TrainConfig, TrainResult, train
 from lmforge.train import runtime as runtime_mod
 from lmforge.train.checkpoint import load_train_state
 from lmforge.train.objectives import OBJECTIVES, Output, register
 from lmforge.train.objectives.causal_lm import CausalLM
 from lmforge.train.optim import build_optimizer, lr_factor
-from lmforge.train.runtime import Runtime, parallelize, setup_runtime
+from lmforge.train.runtime import parallelize, setup_runtime
 from lmforge.train.trainer import NonFiniteLoss, _train_step
 
 # A model of a few thousand parameters: every run below takes well under a second of compute.
@@ -274,16 +275,6 @@ def test_runtime_defaults_fp32_eager_on_cpu_bf16_compiled_on_cuda(monkeypatch):
     assert fp16.precision == "fp16" and fp16.use_grad_scaler
     monkeypatch.setattr(runtime_mod.torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert setup_runtime("auto").precision == "fp16"  # pre-Ampere: fp16 with loss scaling
-
-
-def test_local_runtime_stays_one_process_under_torchrun(monkeypatch):
-    # As `torchrun -m lmforge eval ...` would start it: scoring must not wait for a rendezvous that never comes.
-    for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": "1"}.items():
-        monkeypatch.setenv(key, value)
-    rt = runtime_mod.local_runtime("cpu")
-    assert (rt.rank, rt.world_size, rt.strategy, rt.precision, rt.compile) == (0, 1, "none", "fp32", False)
-    assert not torch.distributed.is_initialized()
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # inside torch.compile

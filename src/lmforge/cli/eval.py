@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from lmforge.cli.common import add_verb
 from lmforge.config import field, resolve
 from lmforge.errors import UserError
-from lmforge.eval.compare import CompareConfig
+from lmforge.recipes.compare import CompareConfig
 
 ORDER = 35
 
@@ -44,7 +44,7 @@ def run_eval(cfg: EvalConfig) -> int:
 
     out = Console(file=sys.stdout, soft_wrap=True)
     if cfg.compare:
-        from lmforge.eval.compare import compare, comparison_table
+        from lmforge.recipes.compare import compare, comparison_table
 
         result = compare(cfg)
         out.print(comparison_table(result))

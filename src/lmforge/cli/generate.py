@@ -36,10 +36,10 @@ class GenerateConfig(GenerationConfig):
 
 
 def run_generate(cfg: GenerateConfig) -> list[str]:
+    from lmforge.checkpoints import load_model, resolve_checkpoint
     from lmforge.data.tokenizer import load_tokenizer, special_token_ids
     from lmforge.device import pick_device
     from lmforge.infer.generate import generate
-    from lmforge.models.io import load_model, resolve_checkpoint
 
     path = resolve_checkpoint(cfg.checkpoint)
     model, _ = load_model(path, pick_device(cfg.device))

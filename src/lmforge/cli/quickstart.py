@@ -1,4 +1,4 @@
-"""`lmforge quickstart`: prepare -> train -> baseline -> generate on the built-in corpus (`lmforge.quickstart`)."""
+"""`lmforge quickstart`: prepare -> train -> baseline -> generate on the built-in corpus (`recipes.quickstart`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 from lmforge.cli.common import add_verb
 from lmforge.config import resolve
-from lmforge.quickstart import QuickstartConfig
+from lmforge.recipes.quickstart import QuickstartConfig
 
 ORDER = 10
 
@@ -32,7 +32,7 @@ examples:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from lmforge.quickstart import next_steps, quickstart
+    from lmforge.recipes.quickstart import next_steps, quickstart
 
     result = quickstart(resolve(QuickstartConfig, args))
     print("\n".join(next_steps(result)))

@@ -1,4 +1,4 @@
-"""Perplexity and bits per byte of a causal language model on a split of prepared data.
+"""Perplexity and bits per byte of a causal language model (or the n-gram baseline) on a split of prepared data.
 
     from lmforge.eval.perplexity import evaluate_checkpoint
 
@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 from lmforge.models.registry import SCORE, Kind, kind_of, require
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import nn
 
     from lmforge.data.loaders import TokenDataset
     from lmforge.models.config import ModelConfig
+    from lmforge.models.ngram import NGramLM
 
 @dataclass
 class Score:
@@ -38,7 +40,7 @@ class Score:
 
     @classmethod
     def from_sums(cls, nll_sum: float, count: int, bytes_per_token: float | None = None) -> Score:
-        from lmforge.train.objectives.causal_lm import lm_metrics
+        from lmforge.eval.metrics import lm_metrics
 
         return cls(**lm_metrics(nll_sum / max(count, 1), bytes_per_token), tokens=int(count))
 
@@ -68,8 +70,8 @@ def evaluate_lm(model: nn.Module, ds: TokenDataset, *, seq_len: int, batch_size:
 
     from lmforge.data.loaders import SequentialLoader
     from lmforge.errors import UserError
-    from lmforge.train.objectives.causal_lm import next_token_nll
-    from lmforge.train.runtime import eval_mode
+    from lmforge.eval.metrics import next_token_nll
+    from lmforge.runtime import eval_mode
 
     device = device or next(model.parameters()).device
     loader = SequentialLoader(ds, batch_size, seq_len)
@@ -114,10 +116,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
 
     `seq_len` defaults to the model's max_seq_len; `precision` as in training (auto: bf16 autocast on CUDA).
     """
+    from lmforge.checkpoints import load_model, resolve_checkpoint
     from lmforge.data.loaders import TokenDataset
     from lmforge.errors import UserError
-    from lmforge.models.io import load_model, resolve_checkpoint
-    from lmforge.train.runtime import local_runtime
+    from lmforge.runtime import local_runtime
 
     if not Path(checkpoint).exists():
         raise UserError("checkpoint not found", where=checkpoint,
@@ -139,3 +141,25 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
     score = evaluate_lm(model, ds, seq_len=seq_len, batch_size=batch_size, max_batches=max_batches,
                         device=rt.device, autocast=rt.autocast)
     return CheckpointScore(checkpoint=path, model=cfg, split=split, seq_len=seq_len, score=score)
+
+
+def evaluate_ngram(model: NGramLM, tokens: np.ndarray, bytes_per_token: float | None = None) -> Score:
+    """Mean NLL (nats/token), perplexity and bits per byte of a token stream (every token but the first)."""
+    nll, count = model.nll_sum(tokens)
+    return Score.from_sums(nll, count, bytes_per_token)
+
+
+def ngram_baseline(data_dir: str | Path, order: int = 3, split: str = "val") -> dict[str, Any]:
+    """Fit an order-`order` Kneser-Ney n-gram model on the train split of `data_dir` and score it on `split`.
+
+    Returns {'loss': nats/token, 'ppl', 'bpb': bits per byte, 'order', 'train_tokens', 'tokens': scored tokens}.
+    """
+    from lmforge.data.loaders import TokenDataset
+    from lmforge.models.ngram import NGramLM
+
+    train = TokenDataset.open(data_dir, "train")
+    held_out = TokenDataset.open(data_dir, split)
+    model = NGramLM(order, train.vocab_size).fit(train.window(0, len(train)))
+    score = evaluate_ngram(model, held_out.window(0, len(held_out)), held_out.bytes_per_token)
+    return {"loss": score.loss, "ppl": score.ppl, "bpb": score.bpb, "order": order,
+            "train_tokens": model.train_tokens, "tokens": score.tokens}

@@ -118,9 +118,9 @@ def evaluate_retrieval(checkpoint: str | Path, pairs: str | Path, *, source_colu
                        target_column: str = "target", batch_size: int = 64, device: str = "auto",
                        truncate: bool = False) -> RetrievalResult:
     """Top-1 accuracy and MRR of retrieving each pair's target by its source, among all the file's targets."""
+    from lmforge.checkpoints import resolve_checkpoint
     from lmforge.data.tokenizer import load_tokenizer, special_token_ids
     from lmforge.device import pick_device
-    from lmforge.models.io import resolve_checkpoint
     from lmforge.train.objectives.seq2seq import read_pairs
 
     path = resolve_checkpoint(checkpoint)
@@ -171,9 +171,9 @@ def embed_file(checkpoint: str | Path, input: str | Path, out: str | Path, *, ba
     import numpy as np
 
     from lmforge.atomic import atomic_file
+    from lmforge.checkpoints import resolve_checkpoint
     from lmforge.data.tokenizer import load_tokenizer, special_token_ids
     from lmforge.device import pick_device
-    from lmforge.models.io import resolve_checkpoint
 
     out = Path(out)
     if out.suffix.lower() not in EMBED_FORMATS:
@@ -198,7 +198,8 @@ def embed_file(checkpoint: str | Path, input: str | Path, out: str | Path, *, ba
 
 def load_encoder(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelConfig]:
     """An encoder checkpoint (eval mode) and its config; one line when the checkpoint is of another family."""
-    from lmforge.models.io import CONFIG, load_model
+    from lmforge.checkpoints import load_model
+    from lmforge.models.io import CONFIG
 
     encoders = ", ".join(f.name for f in families_that(EMBED))
     require(ModelConfig.load(Path(path) / CONFIG), EMBED, needed_for="sentence embeddings", where=path,

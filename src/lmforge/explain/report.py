@@ -78,6 +78,7 @@ def _wanted(cfg: ExplainConfig, mcfg: ModelConfig, tokenizer: Tokenizer) -> list
 def explain(cfg: ExplainConfig) -> ExplainResult:
     """Write the outputs `cfg.what` asks for into `cfg.out`; returns their paths (attention PNGs, HTML, JSON)."""
     from lmforge.atomic import write_json, write_text
+    from lmforge.checkpoints import load_model, resolve_checkpoint
     from lmforge.data.tokenizer import load_tokenizer
     from lmforge.device import pick_device
     from lmforge.explain.attention import plot_attention, run_for_attention, select, stack_layers
@@ -90,7 +91,6 @@ def explain(cfg: ExplainConfig) -> ExplainResult:
     )
     from lmforge.explain.inputs import check_text, decoder_start_id, encode_text
     from lmforge.explain.surprise import UNITS, surprise_json, surprise_page, token_surprise
-    from lmforge.models.io import load_model, resolve_checkpoint
 
     # --- check everything a user can get wrong before writing anything ---
     if cfg.ig_steps < 1:

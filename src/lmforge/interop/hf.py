@@ -29,11 +29,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from lmforge.atomic import atomic_directory, write_json
+from lmforge.checkpoints import is_sharded_checkpoint, load_model, resolve_checkpoint
 from lmforge.data.tokenizer import decoder_start_id
 from lmforge.errors import UserError
 from lmforge.interop.families import FAMILIES, Family, Rule
 from lmforge.models.config import ModelConfig
-from lmforge.models.io import CONFIG, TOKENIZER_FILES, WEIGHTS, load_model, resolve_checkpoint, state_dict_for_save
+from lmforge.models.io import CONFIG, TOKENIZER_FILES, WEIGHTS, check_weights, state_dict_for_save, tied_names
 
 HF_CONFIG, HF_WEIGHTS, HF_GENERATION = "config.json", "model.safetensors", "generation_config.json"
 # Special-token roles written to the tokenizer configs (lmforge spells them `<bos>`, ...); the first three are also
@@ -85,20 +86,6 @@ def _meta_model(cfg: ModelConfig) -> nn.Module:
         return build_model(cfg)
 
 
-def tied_names(cfg: ModelConfig) -> dict[str, str]:
-    """lmforge tensors that are another one (a tied output projection): {copy: source}.
-
-    Checkpoints store the source only (`models.io` writes a shared tensor once), whatever the family calls it.
-    """
-    first: dict[int, str] = {}
-    tied = {}
-    for name, t in _meta_model(cfg).state_dict(keep_vars=True).items():
-        tied_to = first.setdefault(id(t), name)
-        if tied_to != name:
-            tied[name] = tied_to
-    return tied
-
-
 def _hf_name(family: Family, cfg: ModelConfig, ours: str) -> str | None:
     return next((theirs[0] for _, name, theirs, _ in _expand(family, cfg) if name == ours), None)
 
@@ -109,7 +96,7 @@ def to_hf_state(family: Family, cfg: ModelConfig, state: dict[str, Tensor]) -> d
     """lmforge tensors -> Hugging Face tensors (names, fused q|k|v split, Conv1D transposed)."""
     remaining = dict(state)
     hf_ties = family.config_to_hf(cfg).get("tie_word_embeddings", cfg.tie_embeddings)
-    for copy, source in tied_names(cfg).items():
+    for copy, source in tied_names(_meta_model(cfg)).items():
         if hf_ties:
             remaining.pop(copy, None)  # the Hugging Face model ties it again from tie_word_embeddings
         else:
@@ -131,7 +118,7 @@ def to_hf_state(family: Family, cfg: ModelConfig, state: dict[str, Tensor]) -> d
             out[name] = (part.T if rule.transpose else part).contiguous().clone()
         for name in also:
             out[name] = out[theirs[0]].clone()
-    if remaining:  # check_state passed, so the family's table is incomplete: a bug, not the user's doing
+    if remaining:  # check_weights passed, so the family's table is incomplete: a bug, not the user's doing
         raise RuntimeError(f"the {family.model_type} table maps no Hugging Face name for {sorted(remaining)}")
     return out
 
@@ -156,7 +143,7 @@ def untie_if_distinct(family: Family, cfg: ModelConfig, hf_state: dict[str, Tens
     loads it (transformers 5 saves T5 v1.1 that way)."""
     if not cfg.tie_embeddings:
         return cfg
-    for copy, source in tied_names(cfg).items():
+    for copy, source in tied_names(_meta_model(cfg)).items():
         a, b = hf_state.get(_hf_name(family, cfg, copy) or ""), hf_state.get(_hf_name(family, cfg, source) or "")
         if a is not None and b is not None and not torch.equal(a, b):
             return dataclasses.replace(cfg, tie_embeddings=False)
@@ -167,7 +154,7 @@ def from_hf_state(family: Family, cfg: ModelConfig, hf_state: dict[str, Tensor],
     """Hugging Face tensors (normalized) -> lmforge tensors (the inverse of `to_hf_state`)."""
     remaining = dict(hf_state)
     if cfg.tie_embeddings:
-        for copy in tied_names(cfg):
+        for copy in tied_names(_meta_model(cfg)):
             remaining.pop(_hf_name(family, cfg, copy) or "", None)  # a stored copy of the tied embedding
     out: dict[str, Tensor] = {}
     for rule, ours, theirs, also in _expand(family, cfg):
@@ -191,21 +178,6 @@ def from_hf_state(family: Family, cfg: ModelConfig, hf_state: dict[str, Tensor],
                         f"{', '.join(sorted(remaining)[:4])}{' ...' if len(remaining) > 4 else ''}", where=where,
                         fix=f"only {family.architecture} checkpoints are supported")
     return out
-
-
-def check_state(cfg: ModelConfig, state: dict[str, Tensor], where: Path) -> None:
-    """The tensors must be exactly those of the lmforge model `cfg` describes (names and shapes)."""
-    tied = tied_names(cfg)
-    expected = {k: v.shape for k, v in _meta_model(cfg).state_dict().items() if k not in tied}
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} (config: {tuple(expected[k])})" for k in state
-             if k in expected and state[k].shape != expected[k]]
-    if missing or unexpected or wrong:
-        detail = "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                           for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                               ("wrong shape", wrong)) if keys)
-        raise UserError(f"weights do not match the model config ({detail})", where=where)
 
 
 def _load_tensors(path: Path) -> dict[str, Tensor]:
@@ -355,15 +327,13 @@ def export_hf(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
         raise UserError(f"{family.architecture} cannot express this model: {'; '.join(problems)}", where=ckpt,
                         fix=f"only models that keep the {family.model_type} layout export to Hugging Face")
     _check_out_dir(out, ckpt)
-    from lmforge.parallel.checkpoint import is_sharded_checkpoint
-
     if is_sharded_checkpoint(ckpt):  # torch.distributed.checkpoint shards: gathered into one model here
         state = state_dict_for_save(load_model(ckpt)[0])
     elif (ckpt / WEIGHTS).is_file():
         state = _load_tensors(ckpt / WEIGHTS)
     else:
         raise UserError("model weights not found", where=ckpt / WEIGHTS, fix="re-save the checkpoint")
-    check_state(cfg, state, ckpt / WEIGHTS)
+    check_weights(_meta_model(cfg), state, ckpt / WEIGHTS)
     hf_state = to_hf_state(family, cfg, state)
     specials = special_tokens(ckpt)
     config = hf_config(family, cfg, specials, state["embed.tok.weight"].dtype)
@@ -387,7 +357,7 @@ def fill_optional(family: Family, cfg: ModelConfig, state: dict[str, Tensor]) ->
 
     Returns the heads added, e.g. ["pooler", "nsp_head"] for a BertForMaskedLM checkpoint.
     """
-    tied = tied_names(cfg)
+    tied = tied_names(_meta_model(cfg))
     expected = [k for k in _meta_model(cfg).state_dict() if k not in tied]
     absent = [k for k in expected if k not in state and k.startswith(family.optional)]
     if not absent:
@@ -438,7 +408,7 @@ def read_hf_model(hf_dir: str | Path) -> tuple[ModelConfig, dict[str, Tensor], l
     cfg = untie_if_distinct(family, cfg, hf_state)
     state = from_hf_state(family, cfg, hf_state, src)
     added = fill_optional(family, cfg, state)
-    check_state(cfg, state, src)
+    check_weights(_meta_model(cfg), state, src)
     return cfg, state, added
 
 

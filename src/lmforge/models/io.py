@@ -1,8 +1,8 @@
 """Model checkpoints on disk: `model.safetensors` + `config.json` (+ the tokenizer files), nothing else.
 
 This is the format every later stage reads (generation, serving, evaluation, export); it knows nothing of
-training state, which lives beside it in the trainer's own file. Writes are atomic (a whole directory appears, or
-the old one stays).
+training state, which lives beside it in the trainer's own file, nor of sharded checkpoints: `lmforge.checkpoints`
+loads either layout. Writes are atomic (a whole directory appears, or the old one stays).
 """
 
 from __future__ import annotations
@@ -65,68 +65,36 @@ def load_state(model: nn.Module, path: Path) -> None:
     except (SafetensorError, OSError) as e:
         raise UserError(f"model weights are unreadable or truncated ({e})", where=path,
                         fix="re-save the checkpoint, or use an earlier one") from None
+    check_weights(model, state, path,
+                  fix="the checkpoint comes from another model family or config; use its own config.json")
+    model.load_state_dict(state, strict=False)
+
+
+def check_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str | Path, fix: str | None = None) -> None:
+    """`state` must hold exactly `model`'s tensors, names and shapes; a tied copy (`tied_names`) may be left out.
+
+    `model` may live on the meta device (shapes only). One line naming the first few mismatches, else nothing.
+    """
     expected = model.state_dict()
-    tied = _tied_names(model)
+    tied = tied_names(model)
     missing = [k for k in expected if k not in state and k not in tied]
     unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    wrong = [f"{k} {tuple(state[k].shape)} (config: {tuple(expected[k].shape)})" for k in state
+             if k in expected and state[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
         detail = "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
                            for label, keys in (("missing", missing), ("unexpected", unexpected),
                                                ("wrong shape", wrong)) if keys)
-        raise UserError(f"weights do not match the model config ({detail})", where=path,
-                        fix="the checkpoint comes from another model family or config; use its own config.json")
-    model.load_state_dict(state, strict=False)
+        raise UserError(f"weights do not match the model config ({detail})", where=where, fix=fix)
 
 
-def _tied_names(model: nn.Module) -> set[str]:
+def tied_names(model: nn.Module) -> dict[str, str]:
     """Tensors that are an earlier one (a tied output projection: `lm_head.weight`, BERT's `mlm_head.out.weight`),
-    which the checkpoint holds once, under the first name."""
-    seen: set[int] = set()
-    tied = set()
+    which a checkpoint holds once, under the first name: {copy: source}. Works on a meta-device model."""
+    first: dict[int, str] = {}
+    tied = {}
     for name, t in model.state_dict(keep_vars=True).items():
-        if id(t) in seen:
-            tied.add(name)
-        seen.add(id(t))
+        source = first.setdefault(id(t), name)
+        if source != name:
+            tied[name] = source
     return tied
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig]:
-    """Build the model described by `path/config.json` and load its weights; eval mode, on `device`.
-
-    `path` may also be a sharded checkpoint (`--parallel.sharded-checkpoints`, torch.distributed.checkpoint):
-    its shards are read into the one whole model, whatever number of processes wrote them.
-    """
-    from lmforge.models import build_model
-
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError("checkpoint directory not found", where=path,
-                        fix="pass a directory holding model.safetensors and config.json")
-    cfg = ModelConfig.load(path / CONFIG)
-    model = build_model(cfg)
-    if (path / SHARDS_METADATA).is_file():
-        from lmforge.parallel.checkpoint import read_model_shards  # torch.distributed.checkpoint only when needed
-
-        read_model_shards(path, model)
-    else:
-        load_state(model, path / WEIGHTS)
-    return model.to(device).eval(), cfg
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a training run directory (its best checkpoint, else its latest)."""
-    path = Path(path)
-    if (path / CONFIG).is_file():
-        return path
-    ckpts = path / "checkpoints"
-    if (ckpts / "best" / CONFIG).is_file():
-        return ckpts / "best"
-    latest = ckpts / "latest"
-    if latest.is_file():
-        candidate = ckpts / latest.read_text(encoding="utf-8").strip()
-        if (candidate / CONFIG).is_file():
-            return candidate
-    raise UserError("no model checkpoint here", where=path,
-                    fix="pass a checkpoint directory (with config.json and model.safetensors) or a training run "
-                        "directory made by `lmforge train`")

@@ -1,6 +1,6 @@
 """n-gram language model with interpolated modified Kneser-Ney smoothing: the baseline every neural model must beat.
 
-    from lmforge.models.ngram import ngram_baseline
+    from lmforge.eval.perplexity import ngram_baseline
 
     print(ngram_baseline("data/prepared", order=3))   # {'loss': ..., 'ppl': ..., 'bpb': ..., 'order': 3, ...}
 
@@ -28,15 +28,10 @@ seconds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lmforge.errors import UserError
-
-if TYPE_CHECKING:
-    from lmforge.eval.perplexity import Score
 
 CHUNK = 1 << 20  # histories scored per vectorised pass (bounds the temporary arrays)
 
@@ -178,25 +173,3 @@ class NGramLM:
             history = np.where(src >= 0, t[np.maximum(src, 0)], -1)
             total -= float(np.log(self.prob(history, t[pos])).sum())
         return total, max(len(t) - 1, 0)
-
-    def evaluate(self, tokens: np.ndarray, bytes_per_token: float | None = None) -> Score:
-        """Mean NLL (nats/token), perplexity and bits per byte of a token stream (every token but the first)."""
-        from lmforge.eval.perplexity import Score
-
-        nll, count = self.nll_sum(tokens)
-        return Score.from_sums(nll, count, bytes_per_token)
-
-
-def ngram_baseline(data_dir: str | Path, order: int = 3, split: str = "val") -> dict[str, Any]:
-    """Fit an order-`order` Kneser-Ney n-gram model on the train split of `data_dir` and score it on `split`.
-
-    Returns {'loss': nats/token, 'ppl', 'bpb': bits per byte, 'order', 'train_tokens', 'tokens': scored tokens}.
-    """
-    from lmforge.data.loaders import TokenDataset
-
-    train = TokenDataset.open(data_dir, "train")
-    held_out = TokenDataset.open(data_dir, split)
-    model = NGramLM(order, train.vocab_size).fit(train.window(0, len(train)))
-    score = model.evaluate(held_out.window(0, len(held_out)), held_out.bytes_per_token)
-    return {"loss": score.loss, "ppl": score.ppl, "bpb": score.bpb, "order": order,
-            "train_tokens": model.train_tokens, "tokens": score.tokens}

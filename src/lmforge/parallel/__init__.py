@@ -53,7 +53,6 @@ __all__ = [
     "export_single_file",
     "full_model",
     "is_fsdp",
-    "is_sharded_checkpoint",
     "load_model_state",
     "load_optimizer_state",
     "load_sharded",
@@ -71,8 +70,8 @@ __all__ = [
     "unwrap",
 ]
 
-_CHECKPOINT = ("export_single_file", "full_model", "is_sharded_checkpoint", "load_model_state", "load_optimizer_state",
-               "load_sharded", "model_state", "optimizer_state", "read_extra", "save_sharded")
+_CHECKPOINT = ("export_single_file", "full_model", "load_model_state", "load_optimizer_state", "load_sharded",
+               "model_state", "optimizer_state", "read_extra", "save_sharded")
 
 
 def __getattr__(name: str) -> Any:

@@ -122,7 +122,7 @@ def save_sharded(path: str | Path, model: nn.Module, optimizer: torch.optim.Opti
     data position, ...) must be torch.load-able with weights_only: plain Python values and tensors. Only rank 0's
     is written, so put per-rank state (a data loader's RNG) in it gathered: `all_gather_object(state, env)`.
     `config.json` of the model is written beside the shards when the model has a `cfg`, and the tokenizer files
-    of `tokenizer_dir` with them, so that the directory loads like any checkpoint (`models.io.load_model`) and
+    of `tokenizer_dir` with them, so that the directory loads like any checkpoint (`lmforge.checkpoints.load_model`) and
     generation or export need nothing else.
     """
 
@@ -202,7 +202,7 @@ def export_single_file(sharded_path: str | Path, out_dir: str | Path, cfg: Any =
 
     Runs in one process, any time after training (no process group needed; if one exists, call on rank 0 only).
     The model config comes from the checkpoint's own config.json unless `cfg` (a ModelConfig) is given. The result
-    loads with `lmforge.models.io.load_model`.
+    loads with `lmforge.checkpoints.load_model`.
     """
     from lmforge.models import build_model
     from lmforge.models.config import ModelConfig
@@ -246,9 +246,5 @@ def read_extra(path: str | Path) -> dict[str, Any]:
     return torch.load(extra_path, weights_only=True) if extra_path.is_file() else {}
 
 
-def is_sharded_checkpoint(path: str | Path) -> bool:
-    return (Path(path) / METADATA).is_file()
-
-
-__all__ = ["export_single_file", "full_model", "is_sharded_checkpoint", "load_model_state", "load_optimizer_state",
+__all__ = ["export_single_file", "full_model", "load_model_state", "load_optimizer_state",
            "load_sharded", "model_state", "optimizer_state", "read_extra", "save_sharded"]

@@ -27,7 +27,7 @@ from lmforge.errors import UserError
 from lmforge.parallel.env import Place
 
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
-PRECISIONS = ("auto", "fp32", "bf16")
+FSDP_PRECISIONS = ("auto", "fp32", "bf16")  # FSDP compute dtype; no fp16 (its loss scaling is per process)
 
 
 @dataclass
@@ -44,7 +44,7 @@ class ParallelConfig:
     mixed_precision: str = field("auto", "fsdp: dtype of the gathered parameters used for compute; gradients are "
                                  "reduced and master weights kept in fp32 (auto: `lmforge train` follows "
                                  "--precision; lmforge.parallel.parallelize alone: bf16 on CUDA, fp32 elsewhere)",
-                                 choices=PRECISIONS)
+                                 choices=FSDP_PRECISIONS)
     sharded_checkpoints: bool = field(False, "save checkpoints as torch.distributed.checkpoint shards that every "
                                       "rank writes at once, never gathering the model in one process (for models "
                                       "too large for that); they resume on any number of processes, and "

@@ -13,7 +13,7 @@ model checkpoint every other verb reads; the training state sits beside the weig
 
 With `--parallel.sharded-checkpoints` a step directory (and best/) holds instead the shards every rank wrote
 (torch.distributed.checkpoint: .metadata + *.distcp, model and optimizer), config.json, the tokenizer files, and
-the rest of the training state in extra.pt. Every verb reads one as it is (`models.io.load_model` gathers the
+the rest of the training state in extra.pt. Every verb reads one as it is (`lmforge.checkpoints.load_model` gathers the
 shards into one model); `lmforge.parallel.export_single_file` turns one into the single-file format. `--resume`
 reads either layout, on any number of processes.
 """
@@ -31,6 +31,7 @@ from torch import nn
 
 from lmforge import parallel as lparallel
 from lmforge.atomic import atomic_directory, write_json, write_text
+from lmforge.checkpoints import is_sharded_checkpoint
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig
 from lmforge.models.io import CONFIG, WEIGHTS, load_state, write_model_files
@@ -148,14 +149,10 @@ def _check_finite(model: nn.Module) -> None:
         raise RuntimeError(f"refusing to checkpoint non-finite parameters: {', '.join(bad[:4])}")
 
 
-def is_sharded(ckpt: Path) -> bool:
-    return lparallel.is_sharded_checkpoint(ckpt)
-
-
 def load_train_state(ckpt: Path) -> dict[str, Any]:
     """Read `ckpt/train_state.pt` (extra.pt of a sharded checkpoint), with one clear line for a missing,
     truncated or foreign file."""
-    path = Path(ckpt) / (EXTRA if is_sharded(ckpt) else STATE)
+    path = Path(ckpt) / (EXTRA if is_sharded_checkpoint(ckpt) else STATE)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

@@ -15,14 +15,14 @@ from typing import Any
 
 from lmforge.config import field
 from lmforge.data.tokenizer import check_vocab_fits
+from lmforge.device import DEVICES
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig, get_preset
 from lmforge.parallel.parallelize import ParallelConfig
+from lmforge.runtime import PRECISIONS
 from lmforge.train.objectives.options import VOCAB_FIX, ObjectiveOptions
 
 SCHEDULES = ("cosine", "linear", "step", "exponential", "constant")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # With --on-nonfinite skip, this many non-finite steps in a row means the run has diverged for good: stop anyway.
 MAX_CONSECUTIVE_SKIPS = 25
 

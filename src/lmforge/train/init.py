@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig
-from lmforge.models.io import _tied_names as tied_names
+from lmforge.models.io import tied_names
 
 
 @dataclass
@@ -63,7 +63,8 @@ def source_config(path: str | Path) -> ModelConfig:
                             "directory")
     if is_hf_directory(path):
         return read_hf_config(path)
-    from lmforge.models.io import CONFIG, resolve_checkpoint
+    from lmforge.checkpoints import resolve_checkpoint
+    from lmforge.models.io import CONFIG
 
     return ModelConfig.load(resolve_checkpoint(path) / CONFIG)
 
@@ -76,7 +77,7 @@ def source_state(path: str | Path) -> tuple[Path, dict[str, Tensor], list[str]]:
     if is_hf_directory(path):
         _, state, fresh = read_hf_model(path)
         return path, state, fresh
-    from lmforge.models.io import load_model, resolve_checkpoint
+    from lmforge.checkpoints import load_model, resolve_checkpoint
 
     ckpt = resolve_checkpoint(path)
     model, _ = load_model(ckpt)  # single-file or sharded, checked against its own config

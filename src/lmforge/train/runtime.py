@@ -1,70 +1,24 @@
-"""Where and how a run executes: device, precision, compile, and the process group (`lmforge.parallel`).
+"""Where and how a training run executes: the process group (`lmforge.parallel`), seeds, and the step model.
 
-Everything the loop needs to know about devices and ranks is here. `setup_runtime` joins the process group when
-the run was started by `torchrun` (and is one process otherwise), `parallelize` applies activation checkpointing,
-compilation and DDP / FSDP2 to the model from outside, `no_sync` and `reduce_sum` are no-ops on one process. The
-loop logs and writes human-facing files only where `is_main`.
+Everything the loop needs to know about devices and ranks is here or in `lmforge.runtime` (the `Runtime` itself,
+shared with evaluation). `setup_runtime` joins the process group when the run was started by `torchrun` (and is
+one process otherwise), `parallelize` applies activation checkpointing, compilation and DDP / FSDP2 to the model
+from outside, `no_sync` and `reduce_sum` are no-ops on one process. The loop logs and writes human-facing files
+only where `is_main`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import random
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from lmforge import parallel as lparallel
-from lmforge.errors import UserError
-from lmforge.parallel.parallelize import ParallelConfig, resolve_strategy
-
-
-@dataclass
-class Runtime:
-    device: torch.device
-    autocast_dtype: torch.dtype | None  # None: plain fp32
-    use_grad_scaler: bool  # fp16 needs loss scaling; bf16 and fp32 don't
-    compile: bool
-    rank: int = 0
-    world_size: int = 1
-    strategy: str = "none"  # data parallelism: none, ddp or fsdp (`ParallelConfig.strategy`, resolved)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def precision(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-    def grad_scaler(self) -> torch.amp.GradScaler:
-        return torch.amp.GradScaler(self.device.type, enabled=self.use_grad_scaler)
-
-    def no_sync(self, model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
-        """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) on all but the last micro-batch of a step."""
-        return lparallel.no_grad_sync(model, enabled=not sync)
-
-    def reduce_sum(self, values: dict[str, float]) -> dict[str, float]:
-        """Sum additive statistics over ranks (identity on one process)."""
-        if self.world_size == 1 or not torch.distributed.is_initialized():
-            return values
-        keys = sorted(values)
-        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t)
-        return dict(zip(keys, t.tolist()))
-
-    def synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+from lmforge.parallel.parallelize import ParallelConfig
+from lmforge.runtime import Runtime, build_runtime
 
 
 def setup_runtime(device: str = "auto", precision: str = "auto", compile: bool | None = None,
@@ -72,44 +26,10 @@ def setup_runtime(device: str = "auto", precision: str = "auto", compile: bool |
     """The run's runtime; joins the process group when started by `torchrun` (leave it with `teardown`)."""
     env = lparallel.setup(device)
     try:
-        return _runtime(env, precision, compile, parallel or ParallelConfig())
+        return build_runtime(env, precision, compile, parallel or ParallelConfig())
     except BaseException:
         lparallel.teardown(env, clean=False)
         raise
-
-
-def local_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
-    """A one-process runtime for evaluation and sampling: eager, and never joins a process group, even when
-    started by `torchrun` (scoring a checkpoint is one process's job; nothing to `teardown`)."""
-    from lmforge.parallel.env import resolve_device
-
-    return _runtime(lparallel.DistEnv(rank=0, world_size=1, local_rank=0, device=resolve_device(device)), precision,
-                    False, ParallelConfig())
-
-
-def _runtime(env: lparallel.DistEnv, precision: str, compile: bool | None, parallel: ParallelConfig) -> Runtime:
-    dev = env.device
-    cuda = dev.type == "cuda"
-    if precision == "auto":
-        # bf16 needs Ampere or newer; older GPUs get fp16 with loss scaling. CPU and MPS train in fp32.
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
-    if precision == "fp16" and dev.type == "cpu":
-        raise UserError("fp16 training is not supported on the CPU", fix="use --precision bf16 or fp32")
-    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        raise UserError(f"bf16 is not supported on {torch.cuda.get_device_name(dev)}",
-                        fix="use --precision fp16 (with loss scaling) or fp32")
-    strategy = resolve_strategy(parallel, env)
-    if strategy == "fsdp" and precision == "fp16":
-        # torch.amp.GradScaler finds overflows per process; with sharded gradients the ranks could disagree.
-        raise UserError("fp16 loss scaling does not work with sharded gradients (parallel.strategy fsdp)",
-                        fix="use --precision bf16 (Ampere GPUs or newer) or fp32, or --parallel.strategy ddp")
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (the fp32 parts of autocast)
-        torch.backends.cudnn.allow_tf32 = True
-    return Runtime(device=dev, autocast_dtype=dtype, use_grad_scaler=precision == "fp16",
-                   compile=cuda if compile is None else compile, rank=env.rank, world_size=env.world_size,
-                   strategy=strategy)
 
 
 def teardown(rt: Runtime, clean: bool = True) -> None:
@@ -172,14 +92,3 @@ def parallelize(model: nn.Module, rt: Runtime, parallel: ParallelConfig | None =
     whole = rt.compile and rt.strategy == "none"
     step_model = lparallel.parallelize(model, cfg, rt, compile=rt.compile and not whole)
     return torch.compile(step_model) if whole else step_model
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)

@@ -26,13 +26,14 @@ import torch
 from torch import nn
 
 from lmforge import parallel as lparallel
+from lmforge.checkpoints import is_sharded_checkpoint
 from lmforge.config import save_config, to_dict
 from lmforge.errors import UserError
 from lmforge.progress import console
+from lmforge.runtime import Runtime, eval_mode
 from lmforge.train.checkpoint import (
     Checkpointer,
     check_compatible,
-    is_sharded,
     load_train_state,
     load_weights,
     step_dir_name,
@@ -43,8 +44,6 @@ from lmforge.train.logging import NullLogger, RunLogger, peak_flops, plot_loss_c
 from lmforge.train.objectives import Objective, get_objective, total
 from lmforge.train.optim import build_optimizer, build_scheduler, lr_factor
 from lmforge.train.runtime import (
-    Runtime,
-    eval_mode,
     parallelize,
     rng_state,
     seed_everything,
@@ -127,7 +126,7 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
     if resumed_from is not None:
         state = load_train_state(resumed_from)
         check_compatible(state, cfg.model, to_dict(cfg), resumed_from, world_size=rt.world_size)
-        if not is_sharded(resumed_from):  # (shards load into the parallelized model, in `_restore`)
+        if not is_sharded_checkpoint(resumed_from):  # (shards load into the parallelized model, in `_restore`)
             load_weights(resumed_from, model)  # the full weights, on every rank, before they are sharded
     step_model = parallelize(model, rt, cfg.parallel)
     # The optimizer after `parallelize`: FSDP replaces the parameters by their shards.
@@ -411,7 +410,7 @@ def _restore(path: Path, state: dict[str, Any], cfg: TrainConfig, model: nn.Modu
     # --optim.lr or --optim.weight-decay, ...): only the moments and step counts come from the checkpoint.
     # Unchanged options give exactly the update the interrupted run would have made next.
     hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    if is_sharded(path):
+    if is_sharded_checkpoint(path):
         lparallel.load_sharded(path, model, optimizer, rt)  # resharded for this run's world size and strategy
     else:
         lparallel.load_optimizer_state(model, optimizer, state["optimizer"])

@@ -36,8 +36,8 @@ def labelled(tmp_path, examples) -> str:
 
 
 def test_lstm_classifier_learns_a_toy_task_and_its_checkpoint_reloads(tmp_path, tiny_data, capsys):
+    from lmforge.checkpoints import load_model, resolve_checkpoint
     from lmforge.cli.main import main
-    from lmforge.models.io import load_model, resolve_checkpoint
     from lmforge.models.lstm import LSTMClassifier
 
     pairs = labelled(tmp_path, toy_examples(300))

@@ -8,7 +8,8 @@ import torch
 
 from lmforge.data.loaders import TokenDataset
 from lmforge.data.tokenizer import load_tokenizer
-from lmforge.train.objectives.masked_lm import IGNORE_INDEX, Masker, prediction_targets, word_start_table
+from lmforge.eval.metrics import IGNORE_INDEX
+from lmforge.train.objectives.masked_lm import Masker, prediction_targets, word_start_table
 from lmforge.train.objectives.options import ObjectiveOptions
 
 from . import assert_learns, last_eval, make_objective, run_train

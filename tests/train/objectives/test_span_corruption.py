@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.models.io import load_model
+from lmforge.checkpoints import load_model
 from lmforge.train.objectives.span_corruption import corrupt, noise_mask, raw_length, span_counts
 
 from . import assert_learns, last_eval, make_objective, run_train

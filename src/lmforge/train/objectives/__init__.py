@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from lmforge.errors import UserError
 
 if TYPE_CHECKING:
+    from lmforge.runtime import Runtime
     from lmforge.train.config import TrainConfig
-    from lmforge.train.runtime import Runtime
 
 
 @dataclass

@@ -29,6 +29,7 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from lmforge.errors import UserError
+from lmforge.eval.metrics import IGNORE_INDEX
 from lmforge.parallel import unwrap
 from lmforge.train.objectives import Objective, Output, register, train_only
 from lmforge.train.objectives.options import (
@@ -41,7 +42,6 @@ from lmforge.train.objectives.options import (
     warn_no_evaluation,
 )
 
-IGNORE_INDEX = -100
 EVAL_SEED = 0x5EED  # held-out masks and pairs are the same at every evaluation, whatever the run's seed
 ENCODER_FAMILIES = ("bert",)
 

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from lmforge.data.tokenizer import decoder_start_id
 from lmforge.errors import UserError
+from lmforge.eval.metrics import IGNORE_INDEX
 from lmforge.train.objectives import Objective, Output, register
 from lmforge.train.objectives.options import (
     ObjectiveOptions,
@@ -39,7 +40,6 @@ from lmforge.train.objectives.options import (
     warn_no_evaluation,
 )
 
-IGNORE_INDEX = -100
 ENCODER_DECODER_FAMILIES = ("t5",)
 PAIRS_SPLIT_SEED = 0x9A1E5  # the held-out pairs depend on the file alone, never on the run's seed
 

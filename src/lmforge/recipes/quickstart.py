@@ -80,13 +80,13 @@ def _step(i: int, text: str) -> None:
 
 
 def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
+    from lmforge.checkpoints import load_model
     from lmforge.data.prepare import PrepareConfig, prepare
     from lmforge.data.tokenizer import load_tokenizer, special_token_ids
+    from lmforge.eval.perplexity import ngram_baseline
     from lmforge.infer.generate import GenerationConfig, generate
-    from lmforge.models.io import load_model
-    from lmforge.models.ngram import ngram_baseline
+    from lmforge.runtime import local_runtime
     from lmforge.train import TrainConfig, train
-    from lmforge.train.runtime import local_runtime
 
     t0 = time.perf_counter()
     out = Path(cfg.out)

@@ -6,8 +6,8 @@ import pytest
 
 from lmforge.config import resolve
 from lmforge.errors import UserError
-from lmforge.eval.compare import CompareConfig, compare, comparison_table
-from lmforge.models.ngram import ngram_baseline
+from lmforge.eval.perplexity import ngram_baseline
+from lmforge.recipes.compare import CompareConfig, compare, comparison_table
 
 QUICK = {"steps": 3, "batch_size": 4, "seq_len": 16, "max_batches": 2, "device": "cpu"}
 

@@ -1,7 +1,7 @@
 """n-gram vs LSTM vs Transformer on one split of prepared data: one table, one bar chart, one JSON.
 
     from lmforge.config import resolve
-    from lmforge.eval.compare import CompareConfig, compare
+    from lmforge.recipes.compare import CompareConfig, compare
 
     result = compare(resolve(CompareConfig, data="data/prepared", steps=200))
     for entry in result.entries:
@@ -28,6 +28,7 @@ from lmforge.device import DEVICES
 from lmforge.errors import UserError
 from lmforge.eval.perplexity import Score
 from lmforge.models.registry import SCORE, Kind, families_that, kind_of, require
+from lmforge.runtime import PRECISIONS
 
 DEFAULT_SEQ_LEN = 128  # --compare trains and scores every neural model on windows of this many tokens
 # Peak learning rates of short runs: an LSTM tolerates (and, in a few hundred steps, needs) a higher one.
@@ -58,7 +59,7 @@ class CompareConfig:
     max_batches: int = field(0, "score at most this many batches (0 = the whole split)")
     device: str = field("auto", "device: auto picks CUDA, then Apple MPS, then the CPU", choices=DEVICES)
     precision: str = field("auto", "auto = bf16 autocast on CUDA, fp32 elsewhere",
-                           choices=("auto", "fp32", "bf16", "fp16"))
+                           choices=PRECISIONS)
     seed: int = field(0, "with --compare: seed of the training runs")
 
     def __post_init__(self) -> None:
@@ -135,9 +136,10 @@ def compare(cfg: CompareConfig) -> Comparison:
 
 def _given(checkpoint: str | None, flag: str, preset: str, held_out: Any) -> Path | None:
     """The checkpoint directory to load, checked against the data; None (after checking the preset) to train."""
+    from lmforge.checkpoints import resolve_checkpoint
     from lmforge.eval.perplexity import check_data_matches
     from lmforge.models.config import ModelConfig, get_preset
-    from lmforge.models.io import CONFIG, resolve_checkpoint
+    from lmforge.models.io import CONFIG
 
     if checkpoint is None:
         get_preset(preset)
@@ -156,12 +158,13 @@ def _given(checkpoint: str | None, flag: str, preset: str, held_out: Any) -> Pat
 
 def _ngram_entry(cfg: CompareConfig, held_out: Any) -> Entry:
     from lmforge.data.loaders import TokenDataset
+    from lmforge.eval.perplexity import evaluate_ngram
     from lmforge.models.ngram import NGramLM
 
     t0 = time.perf_counter()
     train = TokenDataset.open(cfg.data, "train")
     model = NGramLM(cfg.ngram_order, train.vocab_size).fit(train.window(0, len(train)))
-    score = model.evaluate(held_out.window(0, len(held_out)), held_out.bytes_per_token)
+    score = evaluate_ngram(model, held_out.window(0, len(held_out)), held_out.bytes_per_token)
     return Entry(name=f"{cfg.ngram_order}-gram KN", kind="ngram", score=score,
                  size=sum(len(o.keys) for o in model.orders), source=f"fit on {_count(model.train_tokens)} tokens",
                  checkpoint=None, seconds=time.perf_counter() - t0)
@@ -186,10 +189,11 @@ def _neural_entry(cfg: CompareConfig, kind: str, checkpoint: Path | None, preset
 
 def _train(cfg: CompareConfig, kind: str, preset: str, run_dir: Path, seq_len: int, held_out: Any) -> Path:
     """Train (or finish, or reuse) a short run of `preset` in `run_dir`; its newest checkpoint."""
+    from lmforge.checkpoints import resolve_checkpoint
     from lmforge.config import resolve
     from lmforge.eval.perplexity import check_data_matches
     from lmforge.models.config import ModelConfig
-    from lmforge.models.io import CONFIG, resolve_checkpoint
+    from lmforge.models.io import CONFIG
     from lmforge.progress import console
     from lmforge.train import TrainConfig, train
     from lmforge.train.checkpoint import Checkpointer, CheckpointMismatch

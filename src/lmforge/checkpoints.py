@@ -1,0 +1,70 @@
+"""Load a model checkpoint of either layout: the single-file one (`lmforge.models.io`) or DCP shards
+(`lmforge.parallel.checkpoint`, written with `--parallel.sharded-checkpoints`).
+
+    from lmforge.checkpoints import load_model, resolve_checkpoint
+
+    model, cfg = load_model(resolve_checkpoint("runs/train"), device="cuda", dtype=torch.bfloat16)
+
+The one loader every later stage uses (generation, evaluation, explanation, export). It sits above `models` and
+`parallel`, so the model code knows nothing of sharding; torch.distributed.checkpoint is imported only when a
+checkpoint really is sharded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lmforge.errors import UserError
+from lmforge.models.config import ModelConfig
+from lmforge.models.io import CONFIG, SHARDS_METADATA, WEIGHTS, load_state
+
+
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    """Whether `path` is a complete sharded checkpoint (DCP writes its `.metadata` last)."""
+    return (Path(path) / SHARDS_METADATA).is_file()
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu",
+               dtype: torch.dtype | None = None) -> tuple[nn.Module, ModelConfig]:
+    """Build the model described by `path/config.json` and load its weights; eval mode, on `device`.
+
+    `path` may also be a sharded checkpoint (`--parallel.sharded-checkpoints`, torch.distributed.checkpoint):
+    its shards are read into the one whole model, whatever number of processes wrote them. `dtype` casts the
+    floating-point weights after loading (integer buffers keep theirs); None keeps the checkpoint's dtype.
+    """
+    from lmforge.models import build_model
+
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError("checkpoint directory not found", where=path,
+                        fix="pass a directory holding model.safetensors and config.json")
+    cfg = ModelConfig.load(path / CONFIG)
+    model = build_model(cfg)
+    if is_sharded_checkpoint(path):
+        from lmforge.parallel.checkpoint import read_model_shards  # torch.distributed.checkpoint only when needed
+
+        read_model_shards(path, model)
+    else:
+        load_state(model, path / WEIGHTS)
+    return model.to(device=device, dtype=dtype).eval(), cfg
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a training run directory (its best checkpoint, else its latest)."""
+    path = Path(path)
+    if (path / CONFIG).is_file():
+        return path
+    ckpts = path / "checkpoints"
+    if (ckpts / "best" / CONFIG).is_file():
+        return ckpts / "best"
+    latest = ckpts / "latest"
+    if latest.is_file():
+        candidate = ckpts / latest.read_text(encoding="utf-8").strip()
+        if (candidate / CONFIG).is_file():
+            return candidate
+    raise UserError("no model checkpoint here", where=path,
+                    fix="pass a checkpoint directory (with config.json and model.safetensors) or a training run "
+                        "directory made by `lmforge train`")
