@@ -105,7 +105,7 @@ def test_supervised_pairs_learn_and_the_library_retrieval_agrees_with_training_e
     assert last["val_retrieval_mrr"] > 0.5  # chance is about 0.17 among the 21 held-out pairs
 
     # lmforge.eval.retrieval on exactly the held-out pairs gives the numbers the training evaluation logged.
-    from lmforge.train.objectives.seq2seq import held_out
+    from lmforge.data.examples import held_out
 
     val = held_out(len(pairs), 0.2)
     held = write_tsv(tmp_path / "held.tsv", [p for p, v in zip(pairs, val) if v])

@@ -35,10 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmforge.data.examples import pad, read_pairs
 from lmforge.errors import UserError
 from lmforge.train.objectives import Objective, Output, register
 from lmforge.train.objectives.options import objective_options, require_family, require_vocab
-from lmforge.train.objectives.seq2seq import ExampleBatches, pad, read_pairs
+from lmforge.train.objectives.seq2seq import ExampleBatches
 
 CLASSIFIER_FAMILIES = ("lstm",)
 COLUMNS_FIX = "name the columns with --objective-options.text-column / label-column"

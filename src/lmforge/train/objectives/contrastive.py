@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmforge.data.examples import EpochSampler, held_out, pad, read_pairs
 from lmforge.errors import UserError
 from lmforge.eval.retrieval import encode, frame, framing, retrieval_metrics, retrieval_sums, sentence_ids
 from lmforge.progress import console
@@ -38,7 +39,6 @@ from lmforge.train.objectives.options import (
     val_split,
     warn_no_evaluation,
 )
-from lmforge.train.objectives.seq2seq import EpochSampler, held_out, pad, read_pairs
 
 ENCODER_FAMILIES = ("bert",)
 
