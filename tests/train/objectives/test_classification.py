@@ -136,8 +136,9 @@ def test_text_longer_than_max_seq_len_is_one_line_and_truncation_fixes_it(tmp_pa
 
 
 @pytest.mark.parametrize(("flags", "examples", "message"), [
-    (["--preset", "tiny", "--objective", "classification"], None,
-     "objective 'classification' trains recurrent models (family lstm), but the model is family 'gpt' (decoder)"),
+    (["--preset", "t5-tiny", "--objective", "classification"], None,
+     "objective 'classification' trains decoder or encoder or recurrent models, but the model is a t5 "
+     "encoder-decoder (fix: pass --preset tiny (or another: llama-tiny, bert-tiny, lstm-tiny)"),
     (["--preset", "bert-tiny", "--objective", "mlm", "--model.labels", "neg", "pos"], None,
      "sequence classification is implemented for the lstm family only, but the model is family 'bert'"),
     (LSTM, "no file", "objective 'classification' trains on labelled texts, but no labels file is given"),

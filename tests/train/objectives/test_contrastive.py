@@ -67,8 +67,8 @@ def test_unsupervised_needs_dropout_and_the_family_must_be_an_encoder(tmp_path, 
     assert "(fix: pass --model.dropout 0.1" in err
     rc, _ = run_train(tiny_data, tmp_path / "run", "--preset", "t5-tiny", "--objective", "contrastive")
     err = capsys.readouterr().err
-    assert rc == 2 and "objective 'contrastive' trains encoder models (family bert), but the model is family 't5'" \
-        in err
+    assert rc == 2 and "objective 'contrastive' trains encoder models, but the model is a t5 encoder-decoder (fix: " \
+        "pass --preset bert-tiny, or an objective for encoder-decoder models (seq2seq, span_corruption))" in err
     assert not (tmp_path / "run").exists()
 
 

@@ -61,7 +61,8 @@ def test_source_longer_than_the_positions_is_one_line_and_truncation_fixes_it(tm
     ([*T5, "--objective-options.pairs", "p.tsv", "--objective-options.max-source-len", "300"],
      "objective_options.max_source_len 300 is longer than the model's max_seq_len 256"),
     (["--preset", "tiny", "--objective", "seq2seq"],
-     "objective 'seq2seq' trains encoder-decoder models (family t5), but the model is family 'gpt' (decoder)"),
+     "objective 'seq2seq' trains encoder-decoder models, but the model is a gpt decoder (fix: pass --preset t5-tiny, "
+     "or an objective for decoder models (causal_lm, classification))"),
 ])
 def test_bad_input_is_one_line(tmp_path, tiny_data, capsys, flags, message):
     rc, _ = run_train(tiny_data, tmp_path / "run", *flags)

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.errors import UserError
+from lmforge.models.registry import Kind
 from lmforge.train.objectives import Objective, Output, register
-from lmforge.train.objectives.options import require_family, require_vocab, val_split, warn_no_evaluation
+from lmforge.train.objectives.options import require_vocab, val_split, warn_no_evaluation
 
 IGNORE_INDEX = -100  # the cross-entropy default: targets with this id (padding) are not predicted
 
@@ -44,13 +45,13 @@ def lm_metrics(loss: float, bytes_per_token: float | None) -> dict[str, float | 
 class CausalLM(Objective):
     """Cross-entropy on the next token. Train: random windows; eval: one in-order pass over the val split."""
 
+    kinds = (Kind.DECODER, Kind.RECURRENT)
     shared_stream = True
 
     def __init__(self, cfg, rt) -> None:
         from lmforge.data.loaders import RandomWindowLoader, TokenDataset
 
         super().__init__(cfg, rt)
-        require_family(cfg, self.name, ("gpt", "llama", "lstm"))
         if cfg.model.labels:
             raise UserError("objective 'causal_lm' trains language models, but model.labels makes a classifier",
                             fix="leave --model.labels out, or pass --objective classification")

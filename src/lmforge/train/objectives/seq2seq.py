@@ -26,11 +26,10 @@ from torch import Tensor, nn
 from lmforge.data.examples import EpochSampler, held_out, pad, read_pairs
 from lmforge.data.tokenizer import decoder_start_id
 from lmforge.errors import UserError
+from lmforge.models.registry import Kind
 from lmforge.train.objectives import Objective, Output, register
 from lmforge.train.objectives.options import (
-    ObjectiveOptions,
-    objective_options,
-    require_family,
+    TextPairsOptions,
     require_pair_lengths,
     require_special,
     require_vocab,
@@ -38,7 +37,6 @@ from lmforge.train.objectives.options import (
 )
 
 IGNORE_INDEX = -100
-ENCODER_DECODER_FAMILIES = ("t5",)
 
 
 def fit_length(ids: list[int], limit: int, truncate: bool, *, what: str, where: str | Path, fix: str,
@@ -106,14 +104,13 @@ class EncoderDecoderObjective(Objective):
     where a label is padding.
     """
 
+    kinds = (Kind.ENCODER_DECODER,)
     needs: tuple[str, ...] = ("eos",)
 
     def __init__(self, cfg, rt) -> None:
         from lmforge.data.loaders import TokenDataset
 
         super().__init__(cfg, rt)
-        require_family(cfg, self.name, ENCODER_DECODER_FAMILIES)
-        self.opts: ObjectiveOptions = objective_options(cfg)
         self.train_ds = TokenDataset.open(cfg.data, "train")
         ids = self.train_ds.special_ids
         require_special(ids, self.needs, self.name, cfg.data, why="(to end every target)")
@@ -150,7 +147,7 @@ class EncoderDecoderObjective(Objective):
                 "target_tokens": sums["count"]}
 
 
-@register("seq2seq")
+@register("seq2seq", options=TextPairsOptions)
 class Seq2Seq(ExampleBatches, EncoderDecoderObjective):
     """Cross-entropy of each pair's target given its source (translation, summarisation, ...)."""
 
@@ -158,7 +155,7 @@ class Seq2Seq(ExampleBatches, EncoderDecoderObjective):
         from lmforge.data.tokenizer import load_tokenizer
 
         super().__init__(cfg, rt)
-        o = self.opts
+        o: TextPairsOptions = self.opts
         if not o.pairs:
             raise UserError("objective 'seq2seq' trains on text pairs, but no pairs file is given",
                             fix="pass --objective-options.pairs FILE (.tsv with a header row, or .jsonl)")
