@@ -5,6 +5,11 @@ dataclass field `model.n_layer` <-> `--model.n-layer`). Flags override the file,
 The effective config is written next to a run's outputs (`save_config`) so the run can be reproduced with
 `--config that/file.yaml`. The field's `help` metadata becomes the `--help` text.
 
+A field may be a dataclass chosen by a sibling field's value (`field(variants=("objective", table))`, as
+`TrainConfig.objective_options`, whose fields are those of the chosen objective's own options): its flags are the
+union of every variant's fields, shown in `--help` in one group per set of variants that take them, and a field of
+another variant is refused in one line that names the variants it belongs to.
+
 Written by hand rather than taken from jsonargparse to keep the core dependencies lean; it is ~150 lines.
 """
 
@@ -26,9 +31,13 @@ T = TypeVar("T")
 
 
 def field(default: Any = dataclasses.MISSING, help: str = "", *, choices: typing.Sequence[Any] | None = None,
-          default_factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with `--help` text and optional choices."""
-    meta = {"help": help, "choices": tuple(choices) if choices else None}
+          default_factory: Any = dataclasses.MISSING,
+          variants: tuple[str, typing.Callable[[], dict[str, type]]] | None = None) -> Any:
+    """A dataclass field with `--help` text and optional choices.
+
+    `variants=(selector, table)`: the field holds the dataclass `table()[value of the sibling field selector]`.
+    """
+    meta = {"help": help, "choices": tuple(choices) if choices else None, "variants": variants}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -60,29 +69,110 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, prefix: str = ""
     group = parser.add_argument_group(prefix.rstrip(".") or "options") if prefix else parser
     for f in dataclasses.fields(cls):
         tp, _ = _unwrap_optional(hints[f.name])
-        if dataclasses.is_dataclass(tp):
+        if f.metadata.get("variants"):
+            _add_variant_args(parser, f, prefix + f.name + ".")
+        elif dataclasses.is_dataclass(tp):
             add_config_args(parser, tp, prefix + f.name + ".")
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        help_text = f.metadata.get("help", "")
-        if "default" not in help_text:
-            help_text = f"{help_text} (default: {default!r})" if help_text else f"default: {default!r}"
-        kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if f.metadata.get("choices"):
-            kwargs["choices"] = f.metadata["choices"]
-        origin = typing.get_origin(tp)
-        if tp is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif origin in (list, tuple):
-            (item,) = typing.get_args(tp)[:1]
-            kwargs.update(nargs="+", type=item if item in (int, float) else str)
-        elif tp in (int, float, str):
-            kwargs["type"] = tp
-            kwargs["metavar"] = tp.__name__.upper()
         else:
-            kwargs["type"] = str
-        group.add_argument(_flag(prefix, f.name), **kwargs)
+            _add_flag(group, prefix, f, tp)
+
+
+def _add_flag(group: Any, prefix: str, f: dataclasses.Field, tp: Any) -> None:
+    default = f.default if f.default is not dataclasses.MISSING else (
+        f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+    help_text = f.metadata.get("help", "")
+    if "default" not in help_text:
+        help_text = f"{help_text} (default: {default!r})" if help_text else f"default: {default!r}"
+    kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": argparse.SUPPRESS, "help": help_text}
+    if f.metadata.get("choices"):
+        kwargs["choices"] = f.metadata["choices"]
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif origin in (list, tuple):
+        (item,) = typing.get_args(tp)[:1]
+        kwargs.update(nargs="+", type=item if item in (int, float) else str)
+    elif tp in (int, float, str):
+        kwargs["type"] = tp
+        kwargs["metavar"] = tp.__name__.upper()
+    else:
+        kwargs["type"] = str
+    group.add_argument(_flag(prefix, f.name), **kwargs)
+
+
+def _variant_fields(table: dict[str, type]) -> dict[str, tuple[list[str], type, dataclasses.Field]]:
+    """Every field name of the variants -> (the variants that have it, the first such class, its field)."""
+    out: dict[str, tuple[list[str], type, dataclasses.Field]] = {}
+    for value, cls in table.items():
+        for f in dataclasses.fields(cls):
+            out.setdefault(f.name, ([], cls, f))[0].append(value)
+    return out
+
+
+def _add_variant_args(parser: argparse.ArgumentParser, f: dataclasses.Field, prefix: str) -> None:
+    """One flag per field of any variant (a field shared by several variants once), in one group per set of
+    variants that take them: "objective_options of objective mlm, mlm_nsp"."""
+    selector, table = f.metadata["variants"]
+    variants = table()
+    by_owners: dict[tuple[str, ...], list[tuple[type, dataclasses.Field]]] = {}
+    for owners, cls, g in _variant_fields(variants).values():
+        by_owners.setdefault(tuple(owners), []).append((cls, g))
+    bare = [value for value, cls in variants.items() if not dataclasses.fields(cls)]
+    note = f.metadata.get("help", "") + (f"; {', '.join(bare)} {'takes' if len(bare) == 1 else 'take'} none"
+                                         if bare else "")
+    for n, (owners, fields) in enumerate(by_owners.items()):
+        group = parser.add_argument_group(f"{prefix.rstrip('.')} of {selector} {', '.join(owners)}",
+                                          description=note if n == 0 else None)
+        for cls, g in fields:
+            _add_flag(group, prefix, g, _unwrap_optional(_hints(cls)[g.name])[0])
+
+
+def variant(cls: type, name: str, selected: Any, value: Any, prefix: str = "") -> Any:
+    """The value of `cls`'s variant field `name` when its selector is `selected`: `value` (a mapping, or a dataclass
+    of some variant) as the selected variant's dataclass, in one line when a field belongs to another variant."""
+    f = {g.name: g for g in dataclasses.fields(cls)}[name]
+    selector, table = f.metadata["variants"]
+    variants = table()
+    where = prefix + name
+    if selected not in variants:
+        raise UserError(f"unknown {selector} '{selected}'", fix=f"choose one of {', '.join(variants)}")
+    chosen = variants[selected]
+    if type(value) is chosen:
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = to_dict(value)
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise UserError(f"option '{where}' must be a mapping of its sub-options, got {value!r}")
+    own = [g.name for g in dataclasses.fields(chosen)]
+    valid = f"options of {selector} '{selected}': {', '.join(own)}" if own else f"{selector} '{selected}' takes none"
+    everyone = _variant_fields(variants)
+    kept = {}
+    for key, v in value.items():
+        key = key.replace("-", "_")
+        if key in own:
+            kept[key] = v
+            continue
+        if key not in everyone:
+            raise UserError(f"unknown option '{where}.{key}'", fix=valid)
+        owners = everyone[key][0]
+        # A field of another variant at that variant's default changes nothing, so it is dropped without a word:
+        # a run config written when these options were one flat dataclass (a config.yaml from before objectives
+        # had their own options) holds every objective's fields, each at its default unless the user set it, and
+        # must still resume. A value other than the default was a mistake (it never did anything): refused.
+        if any(v == _default(variants[o], key) for o in owners):
+            continue
+        raise UserError(f"option '{where}.{key}' is an option of {selector} {', '.join(owners)}, not of "
+                        f"'{selected}'", fix=valid)
+    return from_dict(chosen, kept, prefix=where + ".")
+
+
+def _default(cls: type, name: str) -> Any:
+    f = {g.name: g for g in dataclasses.fields(cls)}[name]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -127,6 +217,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     hints = _hints(cls)
     names = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
+    variant_values: dict[str, Any] = {}
     for key, value in data.items():
         key = key.replace("-", "_")
         if key not in names:
@@ -136,7 +227,15 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         if f.metadata.get("choices") and value not in f.metadata["choices"]:
             raise UserError(f"option '{prefix}{key}' is {value!r}",
                             fix=f"choose one of {', '.join(map(str, f.metadata['choices']))}")
+        if f.metadata.get("variants"):
+            variant_values[key] = value  # once the selector's value is known
+            continue
         kwargs[key] = _coerce(value, hints[key], prefix + key)
+    for key, f in names.items():
+        if f.metadata.get("variants"):
+            selector = f.metadata["variants"][0]
+            selected = kwargs[selector] if selector in kwargs else _default(cls, selector)
+            kwargs[key] = variant(cls, key, selected, variant_values.get(key), prefix)
     try:
         obj = cls(**kwargs)
     except TypeError as e:

@@ -90,3 +90,27 @@ def test_skip_mode_gives_up_after_many_nonfinite_steps_in_a_row(tiny_data, tmp_p
                                   "100", "--optim.lr", "1e6", "--optim.warmup-steps", "0", "--eval-every", "0",
                                   "--on-nonfinite", "skip", *TINY])
     assert "training diverged: 25 non-finite steps in a row" in err
+
+
+def test_help_shows_each_objectives_options_under_its_name(capsys):
+    import dataclasses
+
+    from lmforge.train.objectives import options_classes
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    sections: dict[str, list[str]] = {}  # "mlm, mlm_nsp" -> the flags of that group
+    title = None
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("objective_options of objective "):
+            title = line.removeprefix("objective_options of objective ").removesuffix(":")
+            sections[title] = []
+        elif line and not line.startswith(" "):
+            title = None
+        elif title and line.lstrip().startswith("--objective-options."):
+            sections[title].append(line.split()[0].rstrip(","))
+    for objective, options in options_classes().items():
+        mine = [flag for names, flags in sections.items() if objective in names.split(", ") for flag in flags]
+        assert sorted(mine) == sorted(f"--objective-options.{f.name.replace('_', '-')}"
+                                      for f in dataclasses.fields(options)), objective
+    assert set(options_classes()) - {name for names in sections for name in names.split(", ")} == {"causal_lm"}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lmforge.cli.common import add_verb
 from lmforge.config import resolve
+from lmforge.models.registry import CLASSIFY, EMBED, GENERATE, SCORE, Kind, can, kind_of
 from lmforge.parallel import record
 from lmforge.train.config import TrainConfig
 
@@ -88,16 +89,16 @@ def _main(args: argparse.Namespace) -> int:
 
 def _next_command(cfg: TrainConfig, out: Path) -> str:
     """What to do with this kind of model next."""
-    family = cfg.model.family
-    if family in ("gpt", "llama"):
+    model, kind = cfg.model, kind_of(cfg.model)
+    if kind is Kind.DECODER and can(model, GENERATE):
         return f"lmforge generate --checkpoint {out}"
-    if family == "t5" and cfg.objective == "seq2seq":
+    if kind is Kind.ENCODER_DECODER and cfg.objective == "seq2seq":
         return f'lmforge generate --checkpoint {out} "a source text" --temperature 0'
-    if cfg.model.labels:  # a classifier: no verb serves one yet, its scores are in the metrics
+    if can(model, CLASSIFY):  # no verb serves a classifier yet, its scores are in the metrics
         return f"grep '\"eval\"' {out}/metrics.jsonl | tail -1   # held-out accuracy (val_accuracy), macro-F1 (val_f1)"
-    if family == "lstm":
+    if can(model, SCORE):
         return f"lmforge eval --checkpoint {out} --data {cfg.data}"
-    if family == "bert" and cfg.objective == "contrastive":
+    if can(model, EMBED) and cfg.objective == "contrastive":
         return f"lmforge embed --checkpoint {out} --input sentences.txt --out emb.npy"
     return f"lmforge export {out} --out {out}-hf   # a Hugging Face directory"
 

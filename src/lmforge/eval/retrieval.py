@@ -69,7 +69,7 @@ def encode(model: nn.Module, ids: Tensor, mask: Tensor) -> Tensor:
 @torch.no_grad()
 def embed(model: nn.Module, seqs: Sequence[Sequence[int]], pad_id: int, batch_size: int = 64) -> Tensor:
     """Embeddings (N, C), float32 on the CPU, of framed id lists, in batches (eval mode is the caller's)."""
-    from lmforge.train.objectives.seq2seq import pad
+    from lmforge.data.examples import pad
 
     device = next(model.parameters()).device
     # Sorted by length, so a batch pads to nearly its own length; put back in order at the end.
@@ -119,9 +119,9 @@ def evaluate_retrieval(checkpoint: str | Path, pairs: str | Path, *, source_colu
                        truncate: bool = False) -> RetrievalResult:
     """Top-1 accuracy and MRR of retrieving each pair's target by its source, among all the file's targets."""
     from lmforge.checkpoints import resolve_checkpoint
+    from lmforge.data.examples import read_pairs
     from lmforge.data.tokenizer import load_tokenizer, special_token_ids
     from lmforge.device import pick_device
-    from lmforge.train.objectives.seq2seq import read_pairs
 
     path = resolve_checkpoint(checkpoint)
     model, cfg = load_encoder(path, pick_device(device))

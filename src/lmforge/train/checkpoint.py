@@ -200,11 +200,20 @@ def check_compatible(state: dict[str, Any], model_cfg: ModelConfig, train_cfg: d
                 if before % world_size == 0:
                     fix = (f"pass --batch-size {before // world_size} to keep the global batch of {before} "
                            f"sequences, or resume on {_processes(saved_world)}")
+        elif k == "objective_options":
+            diff += _options_diff(old[k] or {}, train_cfg.get(k) or {})
         elif old.get(k) != train_cfg.get(k):
             diff.append(f"{k} {old.get(k)!r} -> {train_cfg.get(k)!r}")
     if diff:
         raise CheckpointMismatch(f"config does not match the checkpoint ({'; '.join(diff[:4])}"
                         f"{' ...' if len(diff) > 4 else ''})", where=where, fix=fix)
+
+
+def _options_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The objective's options that changed, compared on those both configs have: a checkpoint written before each
+    objective had its own options holds every objective's (the others never did anything), and an option added
+    since the checkpoint was written is not in it."""
+    return [f"objective_options.{k} {saved[k]!r} -> {v!r}" for k, v in current.items() if k in saved and saved[k] != v]
 
 
 def _processes(n: int) -> str:

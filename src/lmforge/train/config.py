@@ -13,14 +13,16 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.config import field
+from lmforge.config import field, variant
 from lmforge.data.tokenizer import check_vocab_fits
 from lmforge.device import DEVICES
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig, get_preset
+from lmforge.models.registry import Kind, kind_of
 from lmforge.parallel.parallelize import ParallelConfig
 from lmforge.runtime import PRECISIONS
-from lmforge.train.objectives.options import VOCAB_FIX, ObjectiveOptions
+from lmforge.train.objectives import Options, options_classes
+from lmforge.train.objectives.options import VOCAB_FIX
 
 SCHEDULES = ("cosine", "linear", "step", "exponential", "constant")
 # With --on-nonfinite skip, this many non-finite steps in a row means the run has diverged for good: stop anyway.
@@ -56,11 +58,11 @@ class TrainConfig:
                                         "the objective's head is added fresh where the checkpoint has none, and "
                                         "one line reports what was loaded, new and dropped (--preset is ignored)")
     model: ModelConfig = field(default_factory=ModelConfig, help="model options (override the preset)")
-    objective: str = field("causal_lm", "training objective: causal_lm (decoders), mlm / mlm_nsp (encoders), "
-                                        "span_corruption / seq2seq (encoder-decoders), contrastive (encoders), "
-                                        "classification (lstm)")
-    objective_options: ObjectiveOptions = field(default_factory=ObjectiveOptions,
-                                                help="options of the objective (each names the objectives it affects)")
+    objective: str = field("causal_lm", "training objective: causal_lm (decoders, recurrent), mlm / mlm_nsp "
+                                        "(encoders), span_corruption / seq2seq (encoder-decoders), contrastive "
+                                        "(encoders), classification (families with a classify head)")
+    objective_options: Options = field(default_factory=Options, variants=("objective", options_classes),
+                                       help="options of the chosen objective (each objective takes only its own)")
     steps: int = field(1000, "optimizer steps to train for")
     batch_size: int = field(16, "sequences per micro-batch (per process under torchrun)")
     seq_len: int | None = field(None, "tokens per training sequence (default: model.max_seq_len)")
@@ -87,6 +89,9 @@ class TrainConfig:
     tensorboard: bool = field(_tensorboard_installed(), "write TensorBoard event files to out/tensorboard")
 
     def __post_init__(self) -> None:
+        # The objective's own options dataclass (from_dict builds it; a TrainConfig made in code may pass a dict, or
+        # leave the default).
+        self.objective_options = variant(TrainConfig, "objective_options", self.objective, self.objective_options)
         if self.seq_len is None:
             self.seq_len = self.model.max_seq_len
         if self.optim.warmup_steps is None:
@@ -97,7 +102,7 @@ class TrainConfig:
         if not self.data:
             raise UserError("no prepared data given", fix="pass --data DIR, a directory made by `lmforge prepare`")
         # A recurrent model has no position table: its max_seq_len is only the default training length.
-        if self.seq_len > self.model.max_seq_len and self.model.family != "lstm":
+        if self.seq_len > self.model.max_seq_len and kind_of(self.model) is not Kind.RECURRENT:
             raise UserError(f"seq_len {self.seq_len} is longer than the model's max_seq_len "
                             f"{self.model.max_seq_len}",
                             fix="lower --seq-len or raise --model.max-seq-len")
@@ -158,8 +163,10 @@ class TrainConfig:
                 # span_corruption's T5 sentinels take the ids after the tokenizer's vocabulary.
                 sentinels = 0
                 if data.get("objective") == "span_corruption":
+                    from lmforge.train.objectives.span_corruption import SpanCorruptionOptions
+
                     options = data.get("objective_options") or {}
-                    sentinels = int(options.get("sentinels", ObjectiveOptions.sentinels))
+                    sentinels = int(options.get("sentinels", SpanCorruptionOptions.sentinels))
                 model["vocab_size"] = vocab + sentinels
             else:
                 check_vocab_fits(vocab, int(user_model["vocab_size"]), model="model.vocab_size", where=data["data"],

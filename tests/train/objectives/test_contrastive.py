@@ -67,8 +67,8 @@ def test_unsupervised_needs_dropout_and_the_family_must_be_an_encoder(tmp_path, 
     assert "(fix: pass --model.dropout 0.1" in err
     rc, _ = run_train(tiny_data, tmp_path / "run", "--preset", "t5-tiny", "--objective", "contrastive")
     err = capsys.readouterr().err
-    assert rc == 2 and "objective 'contrastive' trains encoder models (family bert), but the model is family 't5'" \
-        in err
+    assert rc == 2 and "objective 'contrastive' trains encoder models, but the model is a t5 encoder-decoder (fix: " \
+        "pass --preset bert-tiny, or an objective for encoder-decoder models (seq2seq, span_corruption))" in err
     assert not (tmp_path / "run").exists()
 
 
@@ -105,7 +105,7 @@ def test_supervised_pairs_learn_and_the_library_retrieval_agrees_with_training_e
     assert last["val_retrieval_mrr"] > 0.5  # chance is about 0.17 among the 21 held-out pairs
 
     # lmforge.eval.retrieval on exactly the held-out pairs gives the numbers the training evaluation logged.
-    from lmforge.train.objectives.seq2seq import held_out
+    from lmforge.data.examples import held_out
 
     val = held_out(len(pairs), 0.2)
     held = write_tsv(tmp_path / "held.tsv", [p for p, v in zip(pairs, val) if v])

@@ -9,8 +9,7 @@ import torch
 from lmforge.data.loaders import TokenDataset
 from lmforge.data.tokenizer import load_tokenizer
 from lmforge.eval.metrics import IGNORE_INDEX
-from lmforge.train.objectives.masked_lm import Masker, prediction_targets, word_start_table
-from lmforge.train.objectives.options import ObjectiveOptions
+from lmforge.train.objectives.masked_lm import MaskedLMOptions, Masker, prediction_targets, word_start_table
 
 from . import assert_learns, last_eval, make_objective, run_train
 
@@ -20,7 +19,7 @@ V, MASK, N_SPECIAL = 1000, 4, 7
 def test_masking_rate_and_80_10_10_split_on_a_large_batch():
     special = np.zeros(V, dtype=bool)
     special[:N_SPECIAL] = True
-    masker = Masker(special, MASK, ObjectiveOptions())
+    masker = Masker(special, MASK, MaskedLMOptions())
     rng = np.random.default_rng(0)
     ids = rng.integers(0, V, size=(64, 512))
     ids[:, ::10] = rng.integers(0, N_SPECIAL, size=ids[:, ::10].shape)  # plenty of special tokens
@@ -62,7 +61,7 @@ def test_whole_word_masking_selects_every_piece_of_a_word_together(tiny_data):
 
     special = np.zeros(ds.vocab_size, dtype=bool)
     special[list(ds.special_ids.values())] = True
-    masker = Masker(special, ds.special_ids["mask"], ObjectiveOptions(whole_word_mask=True), start)
+    masker = Masker(special, ds.special_ids["mask"], MaskedLMOptions(whole_word_mask=True), start)
     ids = np.stack([ds.window(i * 256, 256) for i in range(64)]).astype(np.int64)
     _, labels = masker(ids, np.random.default_rng(1))
     selected = labels != IGNORE_INDEX
@@ -159,8 +158,8 @@ def no_mask_data(tmp_path_factory):
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--preset", "tiny", "--objective", "mlm"],
-     "objective 'mlm' trains encoder models (family bert), but the model is family 'gpt' (decoder) "
-     "(fix: pass --preset bert-tiny"),
+     "objective 'mlm' trains encoder models, but the model is a gpt decoder (fix: pass --preset bert-tiny, or an "
+     "objective for decoder models (causal_lm, classification))"),
     (["--preset", "bert-tiny", "--objective", "mlm_nsp", "--seq-len", "300"],
      "seq_len 300 is longer than the model's max_seq_len 256"),
 ])

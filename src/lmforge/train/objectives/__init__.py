@@ -6,6 +6,15 @@ statistics the objective returns over a pass of held-out batches and lets the ob
 metrics. A new objective (masked LM, span corruption, seq2seq, contrastive, classification, ...) is one module in
 this package with a class decorated `@register("name")`; it is found by `--objective name` without touching the
 loop.
+
+An objective declares the model kinds it trains (`kinds = (Kind.ENCODER,)`, and `head` when it trains a task head
+rather than the language-model one), checked once, here, when it is built. Its options are its own dataclass,
+defined in its module and registered with it (`@register("mlm", options=MaskedLMOptions)`): a subclass of
+`Options` whose fields are `lmforge.config.field`s and whose `problems()` lists what is wrong with their values.
+They are the `objective_options` section of a training config (`--objective-options.mlm-probability 0.2`, or
+`objective_options: {mlm_probability: 0.2}` in YAML), shown in `lmforge train --help` under the objective's name;
+options several objectives share (the pairs file and its columns) are a dataclass in `options.py` that theirs
+inherit.
 """
 
 from __future__ import annotations
@@ -20,8 +29,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from torch import Tensor, nn
 
 from lmforge.errors import UserError
+from lmforge.models.registry import FAMILIES, Kind, family, kind_of, require_kind
 
 if TYPE_CHECKING:
+    from lmforge.models.config import ModelConfig
     from lmforge.runtime import Runtime
     from lmforge.train.config import TrainConfig
 
@@ -40,10 +51,28 @@ class Output:
     sums: dict[str, Tensor | float]
 
 
+@dataclass
+class Options:
+    """Base of an objective's options: none. A subclass adds fields and extends `problems`."""
+
+    def problems(self) -> list[str]:
+        """What is wrong with the values, one phrase each."""
+        return []
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise UserError("invalid objective options: " + "; ".join(problems),
+                            fix="see the objective_options sections of `lmforge train --help`")
+
+
 class Objective:
     """Base class of training objectives. Subclasses implement the four methods that raise below."""
 
     name: ClassVar[str] = ""
+    options: ClassVar[type[Options]] = Options  # set by `register`
+    kinds: ClassVar[tuple[Kind, ...]] = ()  # the model kinds this objective trains
+    head: ClassVar[str] = "lm"  # the head it trains, which the model's family must have (`Family.heads`)
     # True when the training stream is the same global batches whatever the number of processes (rank r takes
     # its rows of one batch drawn from a generator shared by all ranks): its position is then the same on every
     # rank, and a run resumes exactly on another world size. False: each rank draws its own batches.
@@ -51,6 +80,8 @@ class Objective:
 
     def __init__(self, cfg: TrainConfig, rt: Runtime) -> None:
         self.cfg, self.rt = cfg, rt
+        check_model(type(self), cfg.model)
+        self.opts: Any = cfg.objective_options  # an instance of `self.options` (TrainConfig sees to it)
         # Tokenizer files copied into every checkpoint so that it is self-contained (None: none to copy).
         self.tokenizer_dir: Path | None = None
 
@@ -111,10 +142,10 @@ def train_only(model: nn.Module, *used: nn.Module) -> nn.Module:
 OBJECTIVES: dict[str, type[Objective]] = {}
 
 
-def register(name: str):
-    """Class decorator: make an `Objective` subclass available as `--objective name`."""
+def register(name: str, options: type[Options] = Options):
+    """Class decorator: make an `Objective` subclass available as `--objective name`, with its options dataclass."""
     def deco(cls: type[Objective]) -> type[Objective]:
-        cls.name = name
+        cls.name, cls.options = name, options
         OBJECTIVES[name] = cls
         return cls
     return deco
@@ -132,6 +163,37 @@ def get_objective(name: str) -> type[Objective]:
     return OBJECTIVES[name]
 
 
+def options_classes() -> dict[str, type[Options]]:
+    """{objective: its options dataclass}, every objective (the variants of `TrainConfig.objective_options`)."""
+    _discover()
+    return {name: OBJECTIVES[name].options for name in sorted(OBJECTIVES)}
+
+
+def _kinds(kinds: Iterable[Kind]) -> str:
+    return " or ".join(k.value.replace("_", "-") for k in kinds)
+
+
+def check_model(objective: type[Objective], model: ModelConfig) -> None:
+    """One line when `model` is not of a kind `objective` trains, or its family lacks the head it trains."""
+    _discover()
+    kind = kind_of(model)
+    able = [f for f in FAMILIES.values() if f.kind in objective.kinds and objective.head in f.heads]
+    presets = [f.preset for f in able]
+    others = [name for name in sorted(OBJECTIVES) if kind in OBJECTIVES[name].kinds and
+              OBJECTIVES[name].head in family(model).heads]
+    fix = f"pass --preset {presets[0]}" + (f" (or another: {', '.join(presets[1:])})" if len(presets) > 1 else "")
+    if others:
+        fix += f", or an objective for {_kinds([kind])} models ({', '.join(others)})"
+    require_kind(model, objective.kinds, user=f"objective '{objective.name}'", fix=fix)
+    if objective.head == "lm" and model.head != "lm":  # a task head is the objective's to choose, not the model's
+        raise UserError(f"objective '{objective.name}' trains the language-model head, but the model config asks "
+                        f"for a {model.head} head", fix="leave model.head and model.labels out, or pass --objective "
+                                                        "classification (it sets them from its labelled file)")
+    if objective.head not in family(model).heads:
+        raise UserError(f"objective '{objective.name}' trains a {objective.head} head, which family "
+                        f"'{model.family}' models lack (they have: {', '.join(family(model).heads)})", fix=fix)
+
+
 def total(sums: Iterable[dict[str, Tensor | float]]) -> dict[str, float]:
     """Add up `Output.sums` dicts; tensors are summed on their device and read once at the end."""
     acc: dict[str, Tensor | float] = {}
@@ -142,4 +204,5 @@ def total(sums: Iterable[dict[str, Tensor | float]]) -> dict[str, float]:
     return {k: float(v.item()) if isinstance(v, Tensor) else float(v) for k, v in acc.items()}
 
 
-__all__ = ["OBJECTIVES", "Objective", "Output", "get_objective", "register", "total", "train_only"]
+__all__ = ["OBJECTIVES", "Objective", "Options", "Output", "check_model", "get_objective", "options_classes",
+           "register", "total", "train_only"]

@@ -13,26 +13,23 @@ from typing import Any
 
 from torch import nn
 
-from lmforge.errors import UserError
 from lmforge.eval.metrics import lm_metrics, next_token_nll
+from lmforge.models.registry import Kind
 from lmforge.train.objectives import Objective, Output, register
-from lmforge.train.objectives.options import require_family, require_vocab, val_split, warn_no_evaluation
+from lmforge.train.objectives.options import require_vocab, val_split, warn_no_evaluation
 
 
 @register("causal_lm")
 class CausalLM(Objective):
     """Cross-entropy on the next token. Train: random windows; eval: one in-order pass over the val split."""
 
+    kinds = (Kind.DECODER, Kind.RECURRENT)
     shared_stream = True
 
     def __init__(self, cfg, rt) -> None:
         from lmforge.data.loaders import RandomWindowLoader, TokenDataset
 
         super().__init__(cfg, rt)
-        require_family(cfg, self.name, ("gpt", "llama", "lstm"))
-        if cfg.model.labels:
-            raise UserError("objective 'causal_lm' trains language models, but model.labels makes a classifier",
-                            fix="leave --model.labels out, or pass --objective classification")
         self.train_ds = TokenDataset.open(cfg.data, "train")
         require_vocab(cfg, self.train_ds.vocab_size, cfg.data)
         self.val_ds = val_split(cfg)

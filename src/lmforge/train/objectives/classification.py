@@ -21,13 +21,14 @@ Length: a text longer than `model.max_seq_len` tokens (with its `<eos>`) is an e
 max_seq_len; the cap exists because a batch is padded to its longest text, and one huge text would make its batches
 slow, which should be a choice.
 
-Only the lstm family has a classifier so far (`lmforge.models.lstm.LSTMClassifier`). A family joins by building
-its classifier from `cfg.labels` in `build_model`, called as `model(ids (B, T), mask (B, T)) -> logits (B, K)`.
+The objective trains every family whose registry entry has a `classify` head (`lmforge.models.registry`); the
+model built from `cfg.labels` is called as `model(ids (B, T), mask (B, T)) -> logits (B, K)`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,12 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmforge.config import field
+from lmforge.data.examples import pad, read_pairs
 from lmforge.errors import UserError
+from lmforge.models.registry import CLASSIFY, families_that
 from lmforge.train.objectives import Objective, Output, register
-from lmforge.train.objectives.options import objective_options, require_family, require_vocab
-from lmforge.train.objectives.seq2seq import ExampleBatches, pad, read_pairs
+from lmforge.train.objectives.options import ExamplesFileOptions, require_vocab
+from lmforge.train.objectives.seq2seq import ExampleBatches
 
-CLASSIFIER_FAMILIES = ("lstm",)
 COLUMNS_FIX = "name the columns with --objective-options.text-column / label-column"
 
 
@@ -69,17 +72,26 @@ def macro_f1(sums: dict[str, float], n_classes: int) -> float:
     return sum(f1) / len(f1) if f1 else 0.0
 
 
-@register("classification")
+@dataclass
+class ClassificationOptions(ExamplesFileOptions):
+    text_column: str = field("text", "column (TSV header / JSON key) of the text")
+    label_column: str = field("label", "column of the label (text, or a JSON number or boolean)")
+
+
+@register("classification", options=ClassificationOptions)
 class Classification(ExampleBatches, Objective):
     """Cross-entropy of each text's label under the model's class logits."""
+
+    kinds = tuple(dict.fromkeys(f.kind for f in families_that(CLASSIFY)))  # any kind some family classifies with
+    head = "classify"
+    opts: ClassificationOptions
 
     def __init__(self, cfg, rt) -> None:
         from lmforge.data.loaders import TokenDataset
         from lmforge.data.tokenizer import load_tokenizer
 
         super().__init__(cfg, rt)
-        require_family(cfg, self.name, CLASSIFIER_FAMILIES)
-        o = self.opts = objective_options(cfg)
+        o = self.opts
         if not o.pairs:
             raise UserError("objective 'classification' trains on labelled texts, but no labels file is given",
                             fix="pass --objective-options.pairs FILE (.tsv with a header row, or .jsonl) with columns "
@@ -157,4 +169,4 @@ class Classification(ExampleBatches, Objective):
                 "f1": macro_f1(sums, len(self.labels)), "examples": sums["count"]}
 
 
-__all__ = ["Classification", "class_sums", "macro_f1"]
+__all__ = ["Classification", "ClassificationOptions", "class_sums", "macro_f1"]

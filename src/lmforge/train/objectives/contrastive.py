@@ -18,6 +18,7 @@ and mean reciprocal rank of each anchor's positive among every held-out positive
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,22 +26,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmforge.config import field
+from lmforge.data.examples import EpochSampler, held_out, pad, read_pairs
 from lmforge.errors import UserError
 from lmforge.eval.retrieval import encode, frame, framing, retrieval_metrics, retrieval_sums, sentence_ids
+from lmforge.models.registry import Kind
 from lmforge.progress import console
 from lmforge.train.objectives import Objective, Output, register, train_only
 from lmforge.train.objectives.masked_lm import Documents
 from lmforge.train.objectives.options import (
-    objective_options,
-    require_family,
+    TextPairsOptions,
     require_pair_lengths,
     require_vocab,
     val_split,
     warn_no_evaluation,
 )
-from lmforge.train.objectives.seq2seq import EpochSampler, held_out, pad, read_pairs
 
-ENCODER_FAMILIES = ("bert",)
+
+@dataclass
+class ContrastiveOptions(TextPairsOptions):
+    contrastive_temperature: float = field(0.05, "temperature of the InfoNCE softmax")
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if self.contrastive_temperature <= 0:
+            problems.append(f"contrastive_temperature must be positive, got {self.contrastive_temperature}")
+        return problems
 
 
 def info_nce(anchors: Tensor, positives: Tensor, temperature: float) -> Tensor:
@@ -49,16 +60,18 @@ def info_nce(anchors: Tensor, positives: Tensor, temperature: float) -> Tensor:
     return F.cross_entropy(logits, torch.arange(len(anchors), device=logits.device), reduction="sum")
 
 
-@register("contrastive")
+@register("contrastive", options=ContrastiveOptions)
 class Contrastive(Objective):
     """SimCSE (unsupervised) or in-batch-negative (supervised) sentence-embedding training of an encoder."""
+
+    kinds = (Kind.ENCODER,)
+    opts: ContrastiveOptions
 
     def __init__(self, cfg, rt) -> None:
         from lmforge.data.loaders import TokenDataset
 
         super().__init__(cfg, rt)
-        require_family(cfg, self.name, ENCODER_FAMILIES)
-        self.opts = o = objective_options(cfg)
+        o = self.opts
         self.train_ds = TokenDataset.open(cfg.data, "train")
         require_vocab(cfg, self.train_ds.vocab_size, cfg.data)
         self.tokenizer_dir = self.train_ds.tokenizer_path.parent
@@ -213,4 +226,4 @@ class Contrastive(Objective):
         return {"loss": loss, "retrieval_top1": m["top1"], "retrieval_mrr": m["mrr"], "pairs": sums["count"]}
 
 
-__all__ = ["Contrastive", "info_nce"]
+__all__ = ["Contrastive", "ContrastiveOptions", "info_nce"]

@@ -28,22 +28,37 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
+from lmforge.config import field
 from lmforge.errors import UserError
 from lmforge.eval.metrics import IGNORE_INDEX
+from lmforge.models.registry import Kind
 from lmforge.parallel import unwrap
-from lmforge.train.objectives import Objective, Output, register, train_only
-from lmforge.train.objectives.options import (
-    ObjectiveOptions,
-    objective_options,
-    require_family,
-    require_special,
-    require_vocab,
-    val_split,
-    warn_no_evaluation,
-)
+from lmforge.train.objectives import Objective, Options, Output, register, train_only
+from lmforge.train.objectives.options import require_special, require_vocab, val_split, warn_no_evaluation
 
 EVAL_SEED = 0x5EED  # held-out masks and pairs are the same at every evaluation, whatever the run's seed
-ENCODER_FAMILIES = ("bert",)
+
+
+@dataclass
+class MaskedLMOptions(Options):
+    mlm_probability: float = field(0.15, "fraction of tokens (or words) selected for prediction")
+    mask_replace: float = field(0.8, "of the selected tokens, the fraction replaced by <mask>")
+    random_replace: float = field(0.1, "of the selected tokens, the fraction replaced by a random token (the rest "
+                                       "are kept as they are)")
+    whole_word_mask: bool = field(False, "select whole words (all their tokens together), not single tokens")
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if not 0.0 < self.mlm_probability < 1.0:
+            problems.append(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if self.mask_replace < 0 or self.random_replace < 0 or self.mask_replace + self.random_replace > 1.0:
+            problems.append("mask_replace and random_replace must be non-negative and add up to at most 1")
+        return problems
+
+
+@dataclass
+class MaskedLMNextSentenceOptions(MaskedLMOptions):
+    nsp: bool = field(True, "add the next-sentence loss (off: the same <cls> A <sep> B <sep> inputs, MLM loss only)")
 
 # GPT-2's byte-to-unicode map sends the bytes 0..32 (not printable) to U+0100 + byte, so a byte-level token that
 # starts with whitespace starts with one of these (`Ġ` is the space).
@@ -72,7 +87,7 @@ class Masker:
 
     special: np.ndarray  # (V,) bool: never selected, and a word boundary on both sides
     mask_id: int
-    opts: ObjectiveOptions
+    opts: MaskedLMOptions
     word_start: np.ndarray | None = None  # (V,) bool; None: every token is its own word
 
     def __post_init__(self) -> None:
@@ -144,16 +159,16 @@ class Documents:
 class _MaskedLMBase(Objective):
     """What `mlm` and `mlm_nsp` share: the checks, the masker, the forward pass and the metrics."""
 
+    kinds = (Kind.ENCODER,)
     needs: tuple[str, ...] = ("mask",)
     uses_nsp = False  # whether the loss includes next-sentence prediction (the pooler and NSP head)
+    opts: MaskedLMOptions
 
     def __init__(self, cfg, rt) -> None:
         from lmforge.data.loaders import TokenDataset
         from lmforge.data.tokenizer import load_tokenizer
 
         super().__init__(cfg, rt)
-        require_family(cfg, self.name, ENCODER_FAMILIES)
-        self.opts = objective_options(cfg)
         self.train_ds = TokenDataset.open(cfg.data, "train")
         require_special(self.train_ds.special_ids, self.needs, self.name, cfg.data)
         require_vocab(cfg, self.train_ds.vocab_size, cfg.data)
@@ -210,7 +225,7 @@ class _MaskedLMBase(Objective):
         sums: dict[str, Tensor | float] = {
             "mlm_loss": mlm_sum.detach(), "count": count, "mlm_correct": ((logits.argmax(-1) == labels) & real).sum(),
             "tokens": mask.sum() if mask is not None else float(b["input_ids"].numel())}
-        if "nsp_labels" in b and self.opts.nsp:
+        if "nsp_labels" in b and self.uses_nsp:
             y = b["nsp_labels"]
             nsp_logits = heads.nsp_logits(h)  # (B, 2)
             nsp_sum = F.cross_entropy(nsp_logits.float(), y, reduction="sum")
@@ -233,7 +248,7 @@ class _MaskedLMBase(Objective):
         return {"loss": loss, **metrics}
 
 
-@register("mlm")
+@register("mlm", options=MaskedLMOptions)
 class MaskedLM(_MaskedLMBase):
     """Masked LM on random windows of the token stream, `<cls> window <sep>` when the tokenizer has both."""
 
@@ -274,11 +289,12 @@ class MaskedLM(_MaskedLMBase):
             yield self._mask(self._frame(ids), rng, {})
 
 
-@register("mlm_nsp")
+@register("mlm_nsp", options=MaskedLMNextSentenceOptions)
 class MaskedLMNextSentence(_MaskedLMBase):
     """BERT pretraining: masked LM on `<cls> A <sep> B <sep>` pairs plus next-sentence prediction."""
 
     needs = ("mask", "cls", "sep")
+    opts: MaskedLMNextSentenceOptions
 
     def __init__(self, cfg, rt) -> None:
         super().__init__(cfg, rt)

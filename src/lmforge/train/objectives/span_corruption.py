@@ -20,18 +20,37 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from lmforge.config import field
 from lmforge.errors import UserError
-from lmforge.train.objectives import register
+from lmforge.train.objectives import Options, register
 from lmforge.train.objectives.options import val_split, warn_no_evaluation
 from lmforge.train.objectives.seq2seq import EncoderDecoderObjective
 
 EVAL_SEED = 0x5EED
+
+
+@dataclass
+class SpanCorruptionOptions(Options):
+    span_noise_density: float = field(0.15, "fraction of the input tokens noised")
+    span_mean_length: float = field(3.0, "mean length of a noised span")
+    sentinels: int = field(100, "sentinel ids added after the tokenizer's vocabulary")
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if not 0.0 < self.span_noise_density < 1.0:
+            problems.append(f"span_noise_density must be in (0, 1), got {self.span_noise_density}")
+        if self.span_mean_length < 1.0:
+            problems.append(f"span_mean_length must be at least 1, got {self.span_mean_length}")
+        if self.sentinels < 1:
+            problems.append(f"sentinels must be positive, got {self.sentinels}")
+        return problems
 
 
 def span_counts(length: int, density: float, mean_length: float) -> tuple[int, int]:
@@ -77,14 +96,13 @@ def raw_length(seq_len: int, density: float, mean_length: float) -> int:
     return n
 
 
-@register("span_corruption")
+@register("span_corruption", options=SpanCorruptionOptions)
 class SpanCorruption(EncoderDecoderObjective):
     """T5 pretraining on random windows of the token stream."""
 
     def __init__(self, cfg, rt) -> None:
-
         super().__init__(cfg, rt)
-        o = self.opts
+        o: SpanCorruptionOptions = self.opts
         vocab = self.train_ds.vocab_size
         self.first_sentinel = vocab
         if cfg.model.vocab_size < vocab + o.sentinels:
@@ -147,4 +165,4 @@ class SpanCorruption(EncoderDecoderObjective):
             yield self.corrupt_batch(np.stack([ds.window(int(w) * self.length, self.length) for w in chunk]), rng)
 
 
-__all__ = ["SpanCorruption", "corrupt", "noise_mask", "raw_length", "span_counts"]
+__all__ = ["SpanCorruption", "SpanCorruptionOptions", "corrupt", "noise_mask", "raw_length", "span_counts"]
