@@ -162,7 +162,7 @@ def test_bad_input_is_one_line(tmp_path, tiny_data, capsys, flags, examples, mes
 def test_labels_with_the_language_model_objective_are_one_line(tmp_path, tiny_data, capsys):
     rc, _ = run_train(tiny_data, tmp_path / "run", "--preset", "lstm-tiny", "--model.labels", "a", "b")
     err = capsys.readouterr().err
-    assert rc == 2 and "'causal_lm' trains the language-model head, but the model config asks for a classify head" in err
+    assert rc == 2 and "trains the language-model head, but the model config asks for a classify head" in err
     assert err.count("\n") == 1 and not (tmp_path / "run").exists()
 
 
