@@ -137,12 +137,14 @@ def test_resolve_target_tokens_spellings_classes_and_labels(tokenizer):
         resolve_target("maybe", tokenizer, classifier)
 
 
-def test_a_sequence_classifier_attributes_its_class_and_integrated_gradients_are_complete(tokenizer):
-    from lmforge.models import ModelConfig, build_model
+@pytest.mark.parametrize("preset", ["lstm-tiny", "tiny", "llama-tiny", "bert-tiny"])
+def test_a_sequence_classifier_attributes_its_class_and_integrated_gradients_are_complete(tokenizer, preset):
+    from lmforge.models import ModelConfig, build_model, get_preset
 
     torch.manual_seed(0)
-    cfg = ModelConfig(family="lstm", vocab_size=tokenizer.get_vocab_size(), n_layer=1, d_model=32,
-                      labels=["neg", "pos"])
+    cfg = ModelConfig.from_dict({**get_preset(preset).to_dict(), "vocab_size": tokenizer.get_vocab_size(),
+                                 "n_layer": 1, "d_model": 32, "n_head": 2, "n_kv_head": None, "head_dim": None,
+                                 "d_ff": None, "labels": ["neg", "pos"]})
     model = build_model(cfg).eval()
     enc = encode_text(tokenizer, "the cat sat on the mat", cfg)
     a = attribute(model, tokenizer, enc, target="pos", steps=64)

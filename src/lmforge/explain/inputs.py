@@ -18,9 +18,7 @@ from lmforge.data.tokenizer import check_vocab_fits, special_token_ids
 from lmforge.data.tokenizer import decoder_start_id as tokenizer_decoder_start_id
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig
-from lmforge.models.registry import Kind, kind_of
-
-NEXT_TOKEN_KINDS = (Kind.DECODER, Kind.RECURRENT)  # idx (B, T) -> next-token logits (B, T, V), texts after <eos>
+from lmforge.models.registry import Kind, kind_of, text_frame
 
 
 @dataclass
@@ -97,13 +95,9 @@ def encode_text(tokenizer: Tokenizer, text: str, cfg: ModelConfig) -> Encoded:
         spans = [(0, 0)] * len(before) + spans + [(len(text), len(text))] * len(after)
         added = [True] * len(before) + added + [True] * len(after)
 
-    token_types, kind = None, kind_of(cfg)
-    if kind in NEXT_TOKEN_KINDS and "eos" in special:
-        frame([special["eos"]], [])
-    elif kind == Kind.ENCODER:
-        if "cls" in special and "sep" in special:
-            frame([special["cls"]], [special["sep"]])
-        token_types = [0] * len(ids) if cfg.type_vocab_size else None
+    frame(*text_frame(cfg, special))
+    kind = kind_of(cfg)
+    token_types = [0] * len(ids) if kind == Kind.ENCODER and cfg.type_vocab_size else None
     if len(ids) > cfg.max_seq_len and kind != Kind.RECURRENT:  # a recurrent model has no position limit
         extra = sum(added)
         raise UserError(f"the text is {len(ids) - extra} tokens" + (f" (+{extra} added)" if extra else "")

@@ -128,6 +128,21 @@ def describe(cfg: ModelConfig) -> str:
     return f"a {cfg.family} {noun}" + ("" if cfg.head == "lm" else f" with a {cfg.head} head")
 
 
+def text_frame(cfg: ModelConfig, special_ids: Mapping[str, int]) -> tuple[list[int], list[int]]:
+    """Token ids put before and after a text so that a model of `cfg` reads it as it was pretrained on text.
+
+    Next-token models (decoders, LSTMs) read it after `<eos>` (documents follow an `<eos>` in the training stream);
+    encoders as `<cls> text <sep>` when the tokenizer has both; an encoder-decoder's encoder reads the bare text.
+    The one framing of training (classification), explanation and, later, serving.
+    """
+    kind = kind_of(cfg)
+    if kind in (Kind.DECODER, Kind.RECURRENT) and "eos" in special_ids:
+        return [special_ids["eos"]], []
+    if kind == Kind.ENCODER and "cls" in special_ids and "sep" in special_ids:
+        return [special_ids["cls"]], [special_ids["sep"]]
+    return [], []
+
+
 def families_that(capability: str) -> list[Family]:
     """Families some head of which gives `capability`."""
     out = []
@@ -160,4 +175,5 @@ def require_kind(cfg: ModelConfig, kinds: Iterable[Kind], *, user: str, fix: str
 
 
 __all__ = ["CLASSIFY", "EMBED", "EXTRACT_SPAN", "FAMILIES", "FILL_MASK", "GENERATE", "HEADS", "SCORE", "Family",
-           "Kind", "can", "capabilities", "describe", "families_that", "family", "kind_of", "require", "require_kind"]
+           "Kind", "can", "capabilities", "describe", "families_that", "family", "kind_of", "require", "require_kind",
+           "text_frame"]

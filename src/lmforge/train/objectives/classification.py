@@ -4,8 +4,9 @@ The labelled file is `--objective-options.pairs`, read as seq2seq reads its pair
 with one object per line (either may be gzipped); the text is in column `text`, its label in column `label`
 (`--objective-options.text-column` / `label-column` name others; a JSONL label may be a number or a boolean). The
 prepared data directory (`--data`) supplies the tokenizer, so the classifier reads texts with the tokenizer of the
-language models trained on the same shards, and as they read a document: after `<eos>` (when the tokenizer has
-one), so a classifier started from a language model (`LSTMClassifier.from_lm`) begins from the state it knows.
+language models trained on the same shards, framed as the model's kind read text in pretraining
+(`models.registry.text_frame`: a decoder or LSTM after `<eos>`, an encoder as `<cls> text <sep>`), so a classifier
+started from a pretrained checkpoint (`lmforge train --init-from CKPT`) begins from the state it knows.
 
 The classes are the sorted distinct labels of the file. They are written into the model config (`model.labels`,
 like Hugging Face's id2label) before the model is built, so the run's config.yaml and every checkpoint's
@@ -16,13 +17,14 @@ A fixed fraction of the examples (`pairs_val_fraction`, chosen by a hash of the 
 ones) is held out. Evaluation reports the loss, the accuracy and the macro-F1 (`f1`: the unweighted mean of the
 per-class F1 over the classes present among the held-out labels or predictions, as scikit-learn's default).
 
-Length: a text longer than `model.max_seq_len` tokens (with its `<eos>`) is an error unless
+Length: a text longer than `model.max_seq_len` tokens (with its framing tokens) is an error unless
 `--objective-options.max-source-len N` truncates texts to N tokens. An LSTM has no position limit, so N may exceed
 max_seq_len; the cap exists because a batch is padded to its longest text, and one huge text would make its batches
 slow, which should be a choice.
 
-The objective trains every family whose registry entry has a `classify` head (`lmforge.models.registry`); the
-model built from `cfg.labels` is called as `model(ids (B, T), mask (B, T)) -> logits (B, K)`.
+The objective trains every family whose registry entry has a `classify` head (`lmforge.models.registry`: gpt and
+llama pool the last real token, bert its [CLS] through the pooler, lstm the mean); the model built from
+`cfg.labels` is called as `model(ids (B, T), attention_mask=mask (B, T)) -> logits (B, K)`.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from torch import Tensor, nn
 from lmforge.config import field
 from lmforge.data.examples import pad, read_pairs
 from lmforge.errors import UserError
-from lmforge.models.registry import CLASSIFY, families_that
+from lmforge.models.registry import CLASSIFY, families_that, text_frame
 from lmforge.train.objectives import Objective, Output, register
 from lmforge.train.objectives.options import ExamplesFileOptions, require_vocab
 from lmforge.train.objectives.seq2seq import ExampleBatches
@@ -108,19 +110,21 @@ class Classification(ExampleBatches, Objective):
         index = {name: i for i, name in enumerate(self.labels)}
         self.targets = np.array([index[name] for name in names], dtype=np.int64)
 
-        start = [special["eos"]] if "eos" in special else []
+        before, after = text_frame(cfg.model, special)  # <eos> text, or <cls> text <sep>: as the kind pretrained
+        spelled = {i: f"<{name}>" for name, i in special.items()}
+        framed = f" with {' '.join(spelled[i] for i in before + after)}" if before + after else ""
         limit = o.max_source_len or cfg.model.max_seq_len
         tok = load_tokenizer(train_ds.tokenizer_path)
         self.texts: list[list[int]] = []
         for i, enc in enumerate(tok.encode_batch([text for text, _ in examples], add_special_tokens=False)):
-            ids = [*start, *enc.ids]
+            ids = [*before, *enc.ids, *after]
             if len(ids) > limit:
                 if o.max_source_len is None:
-                    raise UserError(f"the text of example {i + 1} has {len(ids)} tokens{' with <eos>' if start else ''}"
-                                    f", more than model.max_seq_len {limit}", where=o.pairs,
+                    raise UserError(f"the text of example {i + 1} has {len(ids)} tokens{framed}, more than "
+                                    f"model.max_seq_len {limit}", where=o.pairs,
                                     fix="truncate texts with --objective-options.max-source-len N (an lstm reads any "
                                         "length), or raise --model.max-seq-len, or shorten the text")
-                ids = ids[:limit]
+                ids = [*before, *enc.ids[:max(limit - len(before) - len(after), 1)], *after]
             self.texts.append(ids)
 
         self.split_examples(len(examples), o.pairs_val_fraction, "examples", o.pairs)
