@@ -89,11 +89,14 @@ def _family_name_uses(tree: ast.AST) -> list[int]:
             return any(holds_family(e) for e in node.elts)
         return False
 
-    lines = []
-    for node in ast.walk(tree):
-        if (isinstance(node, ast.Compare) and any(holds_family(n) for n in (node.left, *node.comparators))) or (isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(node.value, ast.Tuple | ast.List | ast.Set) \
-                and holds_family(node.value)):
-            lines.append(node.lineno)
+    def offends(node: ast.AST) -> bool:
+        if isinstance(node, ast.Compare):
+            return any(holds_family(n) for n in (node.left, *node.comparators))
+        collection = isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(node.value, ast.Tuple | ast.List |
+                                                                                   ast.Set)
+        return collection and holds_family(node.value)
+
+    lines = [node.lineno for node in ast.walk(tree) if offends(node)]
     return sorted(lines)
 
 
