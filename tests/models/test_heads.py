@@ -27,10 +27,11 @@ def test_pooling_first_mean_and_last_real_token():
         pool(h, mask, "max")
 
 
-@pytest.mark.parametrize("preset", ["tiny", "llama-tiny", "bert-tiny"])
-def test_a_classifier_gives_one_row_of_class_logits_per_text_whatever_the_padding(preset):
+@pytest.mark.parametrize(("preset", "pooling"), [("tiny", "auto"), ("llama-tiny", "auto"), ("tiny", "mean"),
+                                                 ("bert-tiny", "auto"), ("bert-tiny", "mean"), ("lstm-tiny", "last")])
+def test_a_classifier_gives_one_row_of_class_logits_per_text_whatever_the_padding(preset, pooling):
     torch.manual_seed(0)
-    model = build_model(config(preset, "classify")).eval()
+    model = build_model(config(preset, "classify", pooling=pooling)).eval()
     short, long = torch.tensor([[5, 6, 7]]), torch.tensor([[5, 6, 7, 8, 9, 10]])
     batch = torch.tensor([[5, 6, 7, 0, 0, 0], [5, 6, 7, 8, 9, 10]])  # right-padded with id 0
     mask = (torch.arange(6) < torch.tensor([[3], [6]])).long()
@@ -61,3 +62,10 @@ def test_flops_count_only_an_lm_head_over_the_vocabulary():
     lm, classifier = config("tiny"), config("tiny", "classify")
     assert lm.flops_per_token(16) - classifier.flops_per_token(16) == pytest.approx(
         6 * lm.vocab_size * lm.d_model + 6 * (lm.num_params(False) - classifier.num_params(False)))
+
+
+def test_first_token_pooling_is_refused_for_causal_models():
+    from lmforge.errors import UserError
+
+    with pytest.raises(UserError, match="pooling 'first' reads one token in a causal model"):
+        config("tiny", "classify", pooling="first")

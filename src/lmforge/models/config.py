@@ -55,6 +55,10 @@ class ModelConfig:
     head: str = field("lm", "the task head on the backbone: lm (the family's language-model head(s): next-token "
                             "for decoders, MLM + NSP for bert), classify (one logit per label), span (start/end "
                             "logits for extractive QA)", choices=HEADS)
+    pooling: str = field("auto", "classify head: how a text's states become one vector: first ([CLS]), mean (of "
+                                 "the real tokens) or last (real token); auto: last for decoders, first for "
+                                 "encoders (through BERT's pooler, as BertForSequenceClassification), mean for lstm",
+                         choices=("auto", "first", "mean", "last"))
     labels: list[str] = field(default_factory=list,
                               help="class names, in the order of the logits: a sequence classifier over them (as "
                                    "Hugging Face's id2label; the classification objective sets them from its "
@@ -99,6 +103,8 @@ class ModelConfig:
             problems.append("a classify head needs labels (the class names)")
         if self.labels and self.head != "classify":
             problems.append(f"labels are for a classify head, not '{self.head}'")
+        if self.pooling == "first" and family(self.family).kind.value in ("decoder", "recurrent"):
+            problems.append("pooling 'first' reads one token in a causal model: use last or mean")
         if self.labels and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels) or not all(self.labels)):
             problems.append(f"labels must be two or more distinct non-empty names, got {self.labels}")
         if problems:

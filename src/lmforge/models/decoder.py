@@ -14,7 +14,7 @@ from torch import Tensor
 
 from lmforge.models.blocks import Block, KVCache, Positions, cache_mask, init_weights, make_norm
 from lmforge.models.config import ModelConfig
-from lmforge.models.heads import n_classes, pool
+from lmforge.models.heads import n_classes, pool, pooling
 
 
 class DecoderLM(nn.Module):
@@ -57,7 +57,7 @@ class DecoderLM(nn.Module):
         """
         h = self.hidden(idx, input_pos=input_pos, positions=positions, key_mask=key_mask)
         if self.cfg.head == "classify":
-            return self.score(pool(h, attention_mask, "last"))
+            return self.score(pool(h, attention_mask, pooling(self.cfg)))
         return self.lm_head(h)
 
     def hidden(self, idx: Tensor, *, input_pos: Tensor | None = None, positions: Tensor | None = None,

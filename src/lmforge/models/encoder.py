@@ -16,7 +16,7 @@ from torch import Tensor
 
 from lmforge.models.blocks import Positions, Stack, init_weights
 from lmforge.models.config import ModelConfig
-from lmforge.models.heads import MLMHead, n_classes, pool
+from lmforge.models.heads import MLMHead, n_classes, pool, pooling
 
 
 class EncoderModel(nn.Module):
@@ -47,7 +47,8 @@ class EncoderModel(nn.Module):
         logits (B, T, 2) (span); attention_mask (B, T) is True/1 on real tokens."""
         h = self.hidden(idx, attention_mask=attention_mask, token_types=token_types)
         if self.cfg.head == "classify":
-            return self.classifier(self.drop(self.pooled(h)))
+            vector = pool(h, attention_mask, pooling(self.cfg))  # [CLS] by default, as BERT
+            return self.classifier(self.drop(torch.tanh(self.pooler(vector))))
         if self.cfg.head == "span":
             return self.qa_outputs(h)
         return h

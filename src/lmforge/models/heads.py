@@ -62,9 +62,19 @@ class MLMHead(nn.Module):
         return self.out(self.norm(self.act(self.dense(h))))
 
 
+AUTO_POOLING = {"decoder": "last", "encoder": "first", "recurrent": "mean"}  # by kind
+
+
+def pooling(cfg: ModelConfig) -> str:
+    """How a classify head of `cfg` pools (`cfg.pooling`, or its kind's default)."""
+    from lmforge.models.registry import kind_of
+
+    return AUTO_POOLING[kind_of(cfg).value] if cfg.pooling == "auto" else cfg.pooling
+
+
 def n_classes(cfg: ModelConfig) -> int:
     """Logits of a classify head: one per label."""
     return len(cfg.labels)
 
 
-__all__ = ["POOLINGS", "MLMHead", "n_classes", "pool"]
+__all__ = ["AUTO_POOLING", "POOLINGS", "MLMHead", "n_classes", "pool", "pooling"]

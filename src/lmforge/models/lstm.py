@@ -9,7 +9,7 @@ The attention fields (n_head, pos, norm, ...) are ignored.
 
 `LSTMClassifier` is the same embedding + LSTM read by a pooled linear head (n_classes logits per sequence). A
 config with `labels` (the class names) describes one: `build_model` builds it with one logit per label, and that is
-how a checkpoint of it reloads (mean pooling; `pool="last"` is for models built in code).
+how a checkpoint of it reloads (mean pooling unless `pooling` says last).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from lmforge.models.config import ModelConfig
+from lmforge.models.heads import pool as pool_states
+from lmforge.models.heads import pooling
 
 State = tuple[Tensor, Tensor]  # (h, c), each (n_layer, B, d_model)
 
@@ -55,9 +57,11 @@ class LSTMClassifier(nn.Module):
     Its `tok` and `lstm` are named as in `LSTMLM`, so `from_lm` starts it from a trained language model.
     """
 
-    def __init__(self, cfg: ModelConfig, n_classes: int | None = None, pool: str = "mean") -> None:
-        """`n_classes` defaults to the number of `cfg.labels` (and, with labels, must equal it)."""
+    def __init__(self, cfg: ModelConfig, n_classes: int | None = None, pool: str | None = None) -> None:
+        """`n_classes` defaults to the number of `cfg.labels` (and, with labels, must equal it); `pool` to
+        `cfg.pooling` (auto: mean)."""
         super().__init__()
+        pool = pool or pooling(cfg)
         if pool not in ("mean", "last"):
             raise ValueError(f"pool must be 'mean' or 'last', got {pool!r}")
         if n_classes is None:
@@ -75,7 +79,7 @@ class LSTMClassifier(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     @classmethod
-    def from_lm(cls, lm: LSTMLM, labels: Sequence[str], pool: str = "mean") -> LSTMClassifier:
+    def from_lm(cls, lm: LSTMLM, labels: Sequence[str], pool: str | None = None) -> LSTMClassifier:
         """A classifier over `labels` whose embedding and LSTM are copies of a language model's (the head is new);
         its config is the language model's with the labels, so its checkpoints reload as this classifier."""
         model = cls(dataclasses.replace(lm.cfg, labels=list(labels)), pool=pool)
@@ -87,12 +91,8 @@ class LSTMClassifier(nn.Module):
         """Class logits (B, n_classes) for tokens idx (B, T); `attention_mask` (B, T) is 1 on real tokens,
         0 on right padding."""
         h, _ = self.lstm(self.drop(self.tok(idx)))  # (B, T, C)
-        mask = torch.ones_like(idx, dtype=h.dtype) if attention_mask is None else attention_mask.to(h.dtype)
-        if self.pool == "mean":
-            pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-        else:  # the state after the last real token: with right padding, the padding never reaches it
-            last = (mask.sum(1).long() - 1).clamp(min=0)
-            pooled = h[torch.arange(h.size(0), device=h.device), last]
+        # "last": the state after the last real token; with right padding, the padding never reaches it
+        pooled = pool_states(h, attention_mask, self.pool)
         return self.head(self.drop(pooled))  # (B, n_classes)
 
 
