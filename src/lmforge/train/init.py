@@ -5,8 +5,8 @@ from the checkpoint's instead of a preset) and the head its objective asks for. 
 the checkpoint has is loaded; the rest (a new task head) keeps its fresh initialisation; checkpoint tensors the
 model has no place for (pretraining heads a classifier drops) are left out. One line reports the three, e.g.
 
-    init from runs/bert/checkpoints/best: loaded 39 tensors (embed, encoder, pooler; 1.25M parameters); new:
-    classifier (2 tensors); dropped: mlm_head, nsp_head (6 tensors)
+    init from runs/bert/checkpoints/best: loaded 31 tensors (embed, encoder, pooler; 1.49M parameters); new:
+    classifier (2 tensors); dropped: mlm_head, nsp_head (7 tensors)
 
 A tensor of the same name and another shape is an error (the checkpoint is another model), never silently skipped.
 
