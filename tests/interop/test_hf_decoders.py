@@ -20,6 +20,8 @@ from lmforge.checkpoints import load_model  # noqa: E402
 from lmforge.cli.main import main  # noqa: E402
 from lmforge.errors import UserError  # noqa: E402
 from lmforge.interop import export_hf, import_hf  # noqa: E402
+from lmforge.interop.families import GPT2  # noqa: E402
+from lmforge.interop.hf import loader_hint, read_hf_model  # noqa: E402
 from lmforge.models import DecoderLM, ModelConfig  # noqa: E402
 from lmforge.models.io import save_model  # noqa: E402
 
@@ -34,6 +36,12 @@ LMFORGE_VARIANTS = {
                              bias=False, tie_embeddings=False, n_kv_head=2, rope_theta=500.0, d_ff=48),
     "llama-mha-tied-bias": dict(family="llama", norm="rmsnorm", mlp="gated", activation="silu", pos="rope",
                                 bias=True, tie_embeddings=True),
+}
+LABELS = ["negative", "neutral", "positive"]
+CLASSIFIER_VARIANTS = {
+    "gpt-classify": dict(family="gpt", head="classify", labels=LABELS),
+    "llama-classify": dict(family="llama", norm="rmsnorm", mlp="gated", activation="silu", pos="rope", bias=False,
+                           tie_embeddings=False, n_kv_head=2, d_ff=48, head="classify", labels=LABELS),
 }
 
 
@@ -62,13 +70,13 @@ def hf_logits(model, ids: torch.Tensor) -> torch.Tensor:
 def lmforge_checkpoint(tmp_path: Path, variant: str, tokenizer: Path | None = None,
                        vocab_size: int = VOCAB) -> tuple[Path, DecoderLM]:
     torch.manual_seed(0)
-    cfg = lmforge_config(**LMFORGE_VARIANTS[variant], vocab_size=vocab_size)
+    cfg = lmforge_config(**{**LMFORGE_VARIANTS, **CLASSIFIER_VARIANTS}[variant], vocab_size=vocab_size)
     model = DecoderLM(cfg).eval()
     perturb_vectors(model)
     return save_model(tmp_path / "ckpt", model, cfg, tokenizer), model
 
 
-def hf_model(kind: str, tie: bool, **kw):
+def hf_model(kind: str, tie: bool, auto_class=None, **kw):
     torch.manual_seed(0)
     if kind == "gpt2":
         config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=SEQ, n_embd=32, n_layer=2, n_head=4,
@@ -79,7 +87,7 @@ def hf_model(kind: str, tie: bool, **kw):
                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                           max_position_embeddings=SEQ, initializer_range=0.1,
                                           tie_word_embeddings=tie, rope_theta=500.0, **kw)
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    model = (auto_class or transformers.AutoModelForCausalLM).from_config(config).eval()
     perturb_vectors(model)
     return model
 
@@ -262,6 +270,109 @@ def test_import_rejects_weights_of_another_architecture(tmp_path):
     (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match=r"does not know: model\.layers\.1\."):
         import_hf(tmp_path / "hf", tmp_path / "ckpt")
+
+
+# --- task head: sequence classification ---------------------------------------------------------------------
+
+def padded_batch(vocab_size: int, pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and their attention mask: rows 1 and 2 are shorter; no real token is the pad id."""
+    ids = torch.randint(pad + 1, vocab_size, (3, 12), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = mask[2, 4:] = 0
+    return ids.masked_fill(mask == 0, pad), mask
+
+
+@pytest.mark.parametrize("variant", sorted(CLASSIFIER_VARIANTS))
+def test_exported_classifier_loads_for_sequence_classification_with_same_logits_on_a_padded_batch(tmp_path,
+                                                                                                 variant):
+    tok = make_tokenizer(tmp_path / "tok")  # <pad> = 0: transformers reads each row at its last non-pad token
+    ckpt, model = lmforge_checkpoint(tmp_path, variant, tmp_path / "tok", vocab_size=tok.get_vocab_size())
+    out = export_hf(ckpt, tmp_path / "hf")
+    hf, info = transformers.AutoModelForSequenceClassification.from_pretrained(out, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    config = json.loads((out / "config.json").read_text())
+    expected = {"gpt": "GPT2ForSequenceClassification", "llama": "LlamaForSequenceClassification"}[model.cfg.family]
+    assert type(hf).__name__ == config["architectures"][0] == expected
+    assert (config["num_labels"], config["pad_token_id"]) == (3, 0)
+    assert hf.config.id2label == dict(enumerate(LABELS)) and hf.config.label2id == {n: i for i, n in enumerate(LABELS)}
+    assert not (out / "generation_config.json").exists()  # a classifier does not generate
+    assert loader_hint(out) == "transformers.AutoModelForSequenceClassification.from_pretrained"
+    ids, mask = padded_batch(tok.get_vocab_size())
+    with torch.no_grad():
+        ours = model(ids, attention_mask=mask)
+        theirs = hf.eval()(input_ids=ids, attention_mask=mask).logits
+        assert not torch.allclose(model(ids)[1:], ours[1:])  # the padding matters: rows are read at a real token
+    assert ours.shape == theirs.shape == (3, 3)
+    assert (theirs - ours).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("variant", sorted(CLASSIFIER_VARIANTS))
+def test_classifier_export_then_import_gives_back_the_checkpoint(tmp_path, variant):
+    ckpt, model = lmforge_checkpoint(tmp_path, variant)
+    loaded, cfg = load_model(import_hf(export_hf(ckpt, tmp_path / "hf"), tmp_path / "back"))
+    assert cfg == model.cfg and cfg.labels == LABELS
+    original = model.state_dict()
+    assert loaded.state_dict().keys() == original.keys()
+    assert all(torch.equal(t, original[k]) for k, t in loaded.state_dict().items())
+
+
+HF_LABELS = {0: "spam", 1: "ham", 2: "eggs"}  # not sorted by name: labels come back in index order
+
+
+@pytest.mark.parametrize(("kind", "tie", "extra"), [
+    ("gpt2", True, {}),
+    ("llama", False, {}),
+    ("llama", False, {"attention_bias": True, "mlp_bias": True}),
+])
+def test_imported_classifier_gives_transformers_logits_and_labels(tmp_path, kind, tie, extra):
+    hf = hf_model(kind, tie, transformers.AutoModelForSequenceClassification, id2label=HF_LABELS,
+                  label2id={n: i for i, n in HF_LABELS.items()}, pad_token_id=0, **extra)
+    hf.save_pretrained(tmp_path / "hf")
+    cfg, state, fresh = read_hf_model(tmp_path / "hf")  # what `lmforge train --init-from HF_DIR` reads
+    assert (cfg.head, cfg.labels, fresh) == ("classify", ["spam", "ham", "eggs"], [])
+    assert state["score.weight"].shape == (3, 32) and "lm_head.weight" not in state
+    model, imported = load_model(import_hf(tmp_path / "hf", tmp_path / "ckpt"))
+    assert imported == cfg
+    ids, mask = padded_batch(VOCAB)
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=mask).logits
+        assert (model(ids, attention_mask=mask) - theirs).abs().max() <= TOL
+
+
+def test_causal_lm_directories_still_read_as_language_models(tmp_path):
+    hf_model("llama", False).save_pretrained(tmp_path / "hf")
+    cfg, state, _ = read_hf_model(tmp_path / "hf")
+    assert (cfg.head, cfg.labels) == ("lm", []) and "lm_head.weight" in state
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({**GPT2_CONFIG, "architectures": ["GPT2ForQuestionAnswering"]},
+     "architecture 'GPT2ForQuestionAnswering' is not supported (fix: lmforge imports gpt2 as: GPT2LMHeadModel, "
+     "GPT2Model, GPT2ForSequenceClassification)"),
+    ({**LLAMA_CONFIG, "architectures": ["LlamaForTokenClassification"]},
+     "architecture 'LlamaForTokenClassification' is not supported"),
+    ({**GPT2_CONFIG, "architectures": ["GPT2ForSequenceClassification"], "problem_type": "regression",
+      "id2label": {"0": "LABEL_0"}}, "problem_type=regression"),
+    ({**LLAMA_CONFIG, "architectures": ["LlamaForSequenceClassification"], "id2label": {"0": "yes", "1": "yes"}},
+     "id2label ['yes', 'yes'] (lmforge's labels are distinct, non-empty names)"),
+    ({**LLAMA_CONFIG, "architectures": ["LlamaForSequenceClassification"], "id2label": {"0": "a", "2": "b"}},
+     "id2label keys ['0', '2'] (needs 0 to num_labels-1)"),
+])
+def test_unsupported_task_heads_are_one_clear_error(tmp_path, config, message):
+    src = write_hf_config(tmp_path / "hf", **config)
+    with pytest.raises(UserError) as err:
+        import_hf(src, tmp_path / "ckpt")
+    assert message in err.value.line() and "\n" not in err.value.line()
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_export_of_a_head_the_family_table_lacks_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delitem(GPT2.heads, "classify")
+    ckpt, _ = lmforge_checkpoint(tmp_path, "gpt-classify")
+    with pytest.raises(UserError, match="a gpt model with a classify head has no Hugging Face class") as err:
+        export_hf(ckpt, tmp_path / "hf")
+    assert "exports the heads: lm" in err.value.line()
+    assert not (tmp_path / "hf").exists()
 
 
 # --- CLI -----------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from lmforge.data.builtin import python_docs  # noqa: E402
 from lmforge.data.tokenizer import TokenizerOptions, save_tokenizer, train_tokenizer  # noqa: E402
 from lmforge.errors import UserError  # noqa: E402
 from lmforge.interop import export_hf, import_hf  # noqa: E402
+from lmforge.interop.hf import read_hf_model  # noqa: E402
 from lmforge.models import ModelConfig, build_model, get_preset  # noqa: E402
 from lmforge.models.io import save_model  # noqa: E402
 
@@ -39,6 +40,15 @@ BERT_VARIANTS = {
     "bert-untied-no-types": dict(tie_embeddings=False, type_vocab_size=0, activation="gelu_tanh"),
     "bert-no-bias": dict(bias=False),  # exported with zero biases
 }
+LABELS = ["negative", "neutral", "positive"]
+BERT_HEAD_VARIANTS = {
+    "bert-classify": dict(head="classify", labels=LABELS),
+    "bert-classify-no-bias-no-types": dict(head="classify", labels=LABELS, bias=False, type_vocab_size=0),
+    "bert-span": dict(head="span"),
+}
+# head -> (transformers Auto class, the class it builds)
+BERT_HEAD_CLASSES = {"classify": ("AutoModelForSequenceClassification", "BertForSequenceClassification"),
+                     "span": ("AutoModelForQuestionAnswering", "BertForQuestionAnswering")}
 # Small relative-position tables so that 30-token inputs reach the log-spaced buckets and the shared last one.
 T5_VARIANTS = {
     "t5-tiny": dict(relative_buckets=8, relative_max_distance=16),  # gated-GELU, tied, scaled
@@ -64,7 +74,7 @@ def perturb_vectors(model: torch.nn.Module) -> None:
 def lmforge_checkpoint(tmp_path: Path, variant: str, tokenizer: Path | None = None, vocab_size: int = VOCAB):
     torch.manual_seed(0)
     preset = "bert-tiny" if variant.startswith("bert") else "t5-tiny"
-    overrides = {**BERT_VARIANTS, **T5_VARIANTS}[variant]
+    overrides = {**BERT_VARIANTS, **BERT_HEAD_VARIANTS, **T5_VARIANTS}[variant]
     cfg = lmforge_config(preset, **overrides, vocab_size=vocab_size)
     model = build_model(cfg).eval()
     perturb_vectors(model)
@@ -199,6 +209,83 @@ def test_bert_import_takes_masked_lm_checkpoints_and_old_tensor_names(tmp_path, 
     with torch.no_grad():
         theirs = hf(**inputs).logits
     assert_close_on_real_tokens(lmforge_bert(model.eval(), inputs)[0], theirs, inputs["attention_mask"])
+
+
+# --- BERT task heads: sequence classification and extractive QA, both ways -----------------------------------
+
+def lmforge_head(model, inputs) -> torch.Tensor:
+    """Class logits (B, K), or start/end logits (B, T, 2)."""
+    with torch.no_grad():
+        return model(inputs["input_ids"], attention_mask=inputs["attention_mask"], token_types=inputs["token_type_ids"])
+
+
+def hf_head(model, inputs) -> torch.Tensor:
+    """The same from a transformers task model (QA's start and end logits stacked as lmforge's)."""
+    with torch.no_grad():
+        out = model(**inputs)
+    return out.logits if hasattr(out, "logits") else torch.stack([out.start_logits, out.end_logits], dim=-1)
+
+
+def assert_same_head_logits(ours: torch.Tensor, theirs: torch.Tensor, inputs: dict[str, torch.Tensor]) -> None:
+    if ours.ndim == 3:  # per token
+        assert_close_on_real_tokens(ours, theirs, inputs["attention_mask"])
+    else:
+        assert ours.shape == theirs.shape
+        assert (ours - theirs).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("variant", sorted(BERT_HEAD_VARIANTS))
+def test_exported_bert_head_loads_in_its_auto_class_with_same_logits(tmp_path, variant):
+    ckpt, model = lmforge_checkpoint(tmp_path, variant)
+    out = export_hf(ckpt, tmp_path / "hf")
+    auto_class, architecture = BERT_HEAD_CLASSES[model.cfg.head]
+    hf = load_clean(getattr(transformers, auto_class), out)
+    assert type(hf).__name__ == architecture
+    inputs = bert_inputs(model.cfg.type_vocab_size)
+    assert_same_head_logits(lmforge_head(model, inputs), hf_head(hf, inputs), inputs)
+    config = json.loads((out / "config.json").read_text())
+    if model.cfg.head == "classify":
+        assert config["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"} and config["num_labels"] == 3
+        assert hf.config.label2id == {name: i for i, name in enumerate(LABELS)}
+    else:
+        assert not {"id2label", "label2id", "num_labels"} & config.keys()  # QA: start and end, nothing to name
+    assert not (out / "generation_config.json").exists()
+
+
+@pytest.mark.parametrize("variant", ["bert-classify", "bert-span"])
+def test_bert_head_export_then_import_gives_back_the_checkpoint(tmp_path, variant):
+    ckpt, model = lmforge_checkpoint(tmp_path, variant)
+    loaded, cfg = load_model(import_hf(export_hf(ckpt, tmp_path / "hf"), tmp_path / "back"))
+    assert cfg == model.cfg
+    original = model.state_dict()
+    assert loaded.state_dict().keys() == original.keys()
+    assert all(torch.equal(t, original[k]) for k, t in loaded.state_dict().items())
+
+
+@pytest.mark.parametrize(("architecture", "extra", "labels"), [
+    ("BertForSequenceClassification", {"id2label": {0: "spam", 1: "ham", 2: "eggs"}}, ["spam", "ham", "eggs"]),
+    ("BertForSequenceClassification", {}, ["LABEL_0", "LABEL_1"]),  # transformers' default two labels
+    ("BertForQuestionAnswering", {}, []),
+])
+def test_imported_bert_head_gives_transformers_logits(tmp_path, architecture, extra, labels):
+    hf = hf_bert(False, getattr(transformers, architecture), **extra)
+    hf.save_pretrained(tmp_path / "hf")
+    cfg, state, fresh = read_hf_model(tmp_path / "hf")  # what `lmforge train --init-from HF_DIR` reads
+    head = "span" if architecture.endswith("QuestionAnswering") else "classify"
+    assert (cfg.head, cfg.labels, fresh) == (head, labels, [])
+    assert ("pooler.weight" in state) == (head == "classify") and not any(k.startswith("mlm_head.") for k in state)
+    model, imported = load_model(import_hf(tmp_path / "hf", tmp_path / "ckpt"))
+    assert imported == cfg
+    inputs = bert_inputs()
+    assert_same_head_logits(lmforge_head(model.eval(), inputs), hf_head(hf, inputs), inputs)
+
+
+@pytest.mark.parametrize(("variant", "auto_class"), [("bert-classify", "AutoModelForSequenceClassification"),
+                                                     ("bert-span", "AutoModelForQuestionAnswering")])
+def test_cli_export_names_the_auto_class_of_the_head(tmp_path, capsys, variant, auto_class):
+    ckpt, _ = lmforge_checkpoint(tmp_path, variant)
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "hf")]) == 0
+    assert f"transformers.{auto_class}.from_pretrained" in capsys.readouterr().out
 
 
 # --- T5: lmforge -> Hugging Face -------------------------------------------------------------------------------
@@ -402,6 +489,28 @@ def test_unsupported_hf_options_are_one_clear_error(tmp_path, config, message):
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="lmforge cannot express") as err:
+        import_hf(tmp_path / "hf", tmp_path / "ckpt")
+    assert message in err.value.line() and "\n" not in err.value.line()
+    assert not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({**T5_CONFIG, "architectures": ["T5ForSequenceClassification"]},
+     "architecture 'T5ForSequenceClassification' is not supported (fix: lmforge imports t5 as: "
+     "T5ForConditionalGeneration)"),
+    ({**T5_CONFIG, "architectures": ["T5ForQuestionAnswering"]}, "architecture 'T5ForQuestionAnswering'"),
+    ({**BERT_CONFIG, "architectures": ["BertForTokenClassification"]},
+     "lmforge imports bert as: BertForPreTraining, BertForMaskedLM, BertModel, BertForNextSentencePrediction, "
+     "BertForSequenceClassification, BertForQuestionAnswering"),
+    ({**BERT_CONFIG, "architectures": ["BertForQuestionAnswering"], "num_labels": 3},
+     "num_labels=3 (lmforge's span head has a start and an end logit)"),
+    ({**BERT_CONFIG, "architectures": ["BertForSequenceClassification"],
+      "problem_type": "multi_label_classification"}, "problem_type=multi_label_classification"),
+])
+def test_unsupported_task_heads_are_one_clear_error(tmp_path, config, message):
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError) as err:
         import_hf(tmp_path / "hf", tmp_path / "ckpt")
     assert message in err.value.line() and "\n" not in err.value.line()
     assert not (tmp_path / "ckpt").exists()

@@ -1,10 +1,21 @@
 """Per-family tables: which Hugging Face tensor and config key each lmforge tensor and option becomes.
 
 The mechanism that reads, renames, fuses, transposes and writes lives in `hf.py` and knows no family. A family is
-one `Family` value here: a table of `Rule`s (lmforge name <- Hugging Face name(s)), the config mapping both ways,
-and the options the Hugging Face architecture cannot express. Four families: GPT-2 and Llama (decoders), BERT
-(encoder with its pretraining heads) and T5 (encoder-decoder). Adding one is adding a table, a config mapping and a
-line in `FAMILIES`.
+one `Family` value here: a table of `Rule`s for its backbone (lmforge name <- Hugging Face name(s)), the config
+mapping both ways, the options the Hugging Face architecture cannot express, and one `Head` per task head
+(`ModelConfig.head`) with a Hugging Face class: that class's name and Auto class, the rules for the head's own
+tensors, and the config keys only it has. Four families: GPT-2 and Llama (decoders), BERT (encoder) and T5
+(encoder-decoder). Adding one is adding a table, a config mapping and a line in `FAMILIES`; adding a head to a
+family is one `Head` entry.
+
+| family | lm                                          | classify                       | span                     |
+|--------|---------------------------------------------|--------------------------------|--------------------------|
+| gpt    | GPT2LMHeadModel (+ GPT2Model)               | GPT2ForSequenceClassification  | -                        |
+| llama  | LlamaForCausalLM (+ LlamaModel)             | LlamaForSequenceClassification | -                        |
+| bert   | BertForPreTraining (+ BertForMaskedLM, ...) | BertForSequenceClassification  | BertForQuestionAnswering |
+| t5     | T5ForConditionalGeneration                  | -                              | -                        |
+
+(+ ...: further classes imported as that head; export writes the first.)
 """
 
 from __future__ import annotations
@@ -41,15 +52,42 @@ class Rule:
     zeros: Callable[[ModelConfig], tuple[int, ...]] | None = None
 
 
+def _no_keys(_: Any) -> dict[str, Any]:
+    return {}
+
+
+def _no_problems(_: dict[str, Any]) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class Head:
+    """One task head (`ModelConfig.head`) as a Hugging Face class: the family's backbone rules plus these."""
+
+    architecture: str  # Hugging Face class written to `architectures` on export, what `AutoModelFor*` builds
+    auto_class: str  # the transformers Auto class that loads the exported directory, for messages and docs
+    rules: tuple[Rule, ...]  # the head's own tensors
+    # Further Hugging Face classes imported as this head (`architectures[0]` picks the head on import).
+    reads: tuple[str, ...] = ()
+    # config.json keys only this head has, and the ModelConfig fields they give back (a classifier's labels).
+    config_to_hf: Callable[[ModelConfig], dict[str, Any]] = _no_keys
+    config_from_hf: Callable[[dict[str, Any]], dict[str, Any]] = _no_keys
+    unsupported_import: Callable[[dict[str, Any]], list[str]] = _no_problems
+    # Prefixes of the head's lmforge tensors a checkpoint may lack, e.g. BertForMaskedLM has no pooler or NSP
+    # head: imported with lmforge's initialisation, and named in a note.
+    optional: tuple[str, ...] = ()
+    # Write generation_config.json (heads that generate text).
+    generates: bool = False
+
+
 @dataclass(frozen=True)
 class Family:
-    """How one Hugging Face architecture maps to and from lmforge."""
+    """How one Hugging Face model type maps to and from lmforge: its backbone, and a `Head` per task head."""
 
     lmforge_family: str  # ModelConfig.family exported with this table
     model_type: str  # Hugging Face `model_type`, which picks the table on import
-    architecture: str  # Hugging Face class in `architectures`, what `AutoModelFor*` instantiates
-    auto_class: str  # the transformers Auto class that loads the exported directory, for messages and docs
-    rules: tuple[Rule, ...]
+    backbone: tuple[Rule, ...]  # the rules every head shares (embeddings, blocks, final norm)
+    heads: dict[str, Head]  # ModelConfig.head -> its Hugging Face class; a head not here does not export
     config_to_hf: Callable[[ModelConfig], dict[str, Any]]
     config_from_hf: Callable[[dict[str, Any]], ModelConfig]
     # Options of one side the other side cannot express; each a short phrase for the one-line error.
@@ -66,11 +104,19 @@ class Family:
     zero_missing_bias: bool = False
     # Older spellings of tensor-name endings, renamed on import (BERT's TensorFlow-era `LayerNorm.gamma`).
     hf_renames: tuple[tuple[str, str], ...] = ()
-    # Prefixes of lmforge tensors (task heads) a checkpoint may lack, e.g. BertForMaskedLM has no pooler or NSP
-    # head: imported with lmforge's initialisation, and named in a note.
-    optional: tuple[str, ...] = ()
-    # Write generation_config.json (models that generate; not BERT).
-    generates: bool = True
+
+    def rules(self, head: str) -> tuple[Rule, ...]:
+        """The table for a model with task head `head`: the backbone's rules, then the head's."""
+        return self.backbone + self.heads[head].rules
+
+    def head_for_architecture(self, architecture: str) -> str | None:
+        """The head (`ModelConfig.head`) a Hugging Face class of this family carries; None for one lmforge lacks."""
+        return next((name for name, head in self.heads.items()
+                     if architecture == head.architecture or architecture in head.reads), None)
+
+    def architectures(self) -> list[str]:
+        """Every Hugging Face class this family imports, for messages."""
+        return [name for head in self.heads.values() for name in (head.architecture, *head.reads)]
 
 
 def _module(ours: str, *theirs: str, transpose: bool = False,
@@ -114,7 +160,57 @@ def _flagged(hf: dict[str, Any], *keys: str) -> list[str]:
     return [f"{key}={hf[key]}" for key in keys if hf.get(key)]
 
 
-# --- GPT-2 (GPT2LMHeadModel) ---------------------------------------------------------------------------------
+# --- task heads shared by families ---------------------------------------------------------------------------
+
+def _labels_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """A classifier's labels as transformers writes them (`num_labels` for readers that look for it)."""
+    return {"num_labels": len(cfg.labels), "id2label": {str(i): name for i, name in enumerate(cfg.labels)},
+            "label2id": {name: i for i, name in enumerate(cfg.labels)}}
+
+
+def _hf_labels(hf: dict[str, Any]) -> list[str]:
+    """Class names in index order; transformers leaves id2label out of older two-label configs (LABEL_0, ...)."""
+    id2label = hf.get("id2label")
+    if id2label:
+        return [str(id2label[key]) for key in sorted(id2label, key=int)]
+    return [f"LABEL_{i}" for i in range(hf.get("num_labels") or 2)]
+
+
+def _labels_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    return {"labels": _hf_labels(hf)}
+
+
+def _classify_unsupported_import(hf: dict[str, Any]) -> list[str]:
+    problem_type = hf.get("problem_type")
+    if problem_type in ("regression", "multi_label_classification"):
+        return [f"problem_type={problem_type} (lmforge's classify head picks one of two or more labels)"]
+    id2label = hf.get("id2label") or {}
+    if sorted(str(k) for k in id2label) != sorted(str(i) for i in range(len(id2label))):
+        return [f"id2label keys {sorted(str(k) for k in id2label)} (needs 0 to num_labels-1)"]
+    labels = _hf_labels(hf)
+    if len(labels) < 2:
+        return [f"num_labels={len(labels)} (lmforge's classify head picks one of two or more labels)"]
+    if len(set(labels)) != len(labels) or not all(labels):
+        return [f"id2label {labels} (lmforge's labels are distinct, non-empty names)"]
+    return []
+
+
+def _span_unsupported_import(hf: dict[str, Any]) -> list[str]:
+    labels = len(hf["id2label"]) if hf.get("id2label") else hf.get("num_labels") or 2
+    return [] if labels == 2 else [f"num_labels={labels} (lmforge's span head has a start and an end logit)"]
+
+
+_LM_HEAD = (Rule("lm_head.weight", ("lm_head.weight",)),)  # the next-token projection (GPT-2, Llama, T5)
+
+
+def _sequence_classifier(architecture: str) -> Head:
+    """A decoder's classifier (`score`, no bias, read at the last non-pad token by transformers)."""
+    return Head(architecture, "AutoModelForSequenceClassification", (Rule("score.weight", ("score.weight",)),),
+                config_to_hf=_labels_to_hf, config_from_hf=_labels_from_hf,
+                unsupported_import=_classify_unsupported_import)
+
+
+# --- GPT-2 (GPT2LMHeadModel, GPT2ForSequenceClassification) --------------------------------------------------------
 
 GPT2_RULES = (
     Rule("embed.tok.weight", ("transformer.wte.weight",)),
@@ -126,7 +222,6 @@ GPT2_RULES = (
     *_module("blocks.{i}.mlp.up", "transformer.h.{i}.mlp.c_fc", transpose=True),
     *_module("blocks.{i}.mlp.down", "transformer.h.{i}.mlp.c_proj", transpose=True),
     *_module("norm_f", "transformer.ln_f"),
-    Rule("lm_head.weight", ("lm_head.weight",)),
 )
 
 
@@ -184,15 +279,16 @@ def _gpt2_from_hf(hf: dict[str, Any]) -> ModelConfig:
 
 
 GPT2 = Family(
-    lmforge_family="gpt", model_type="gpt2", architecture="GPT2LMHeadModel", auto_class="AutoModelForCausalLM",
-    rules=GPT2_RULES,
+    lmforge_family="gpt", model_type="gpt2", backbone=GPT2_RULES,
+    heads={"lm": Head("GPT2LMHeadModel", "AutoModelForCausalLM", _LM_HEAD, reads=("GPT2Model",), generates=True),
+           "classify": _sequence_classifier("GPT2ForSequenceClassification")},
     config_to_hf=_gpt2_to_hf, config_from_hf=_gpt2_from_hf,
     unsupported_export=_gpt2_unsupported_export, unsupported_import=_gpt2_unsupported_import,
     hf_prefix="transformer.", hf_ignore=(".attn.bias", ".attn.masked_bias"), zero_missing_bias=True,
 )
 
 
-# --- Llama (LlamaForCausalLM) --------------------------------------------------------------------------------
+# --- Llama (LlamaForCausalLM, LlamaForSequenceClassification) ------------------------------------------------------
 
 def _qkv_rows(cfg: ModelConfig) -> list[int]:
     kv = cfg.n_kv_head * cfg.head_dim
@@ -211,7 +307,6 @@ LLAMA_RULES = (
     *_module("blocks.{i}.mlp.up", "model.layers.{i}.mlp.up_proj"),
     *_module("blocks.{i}.mlp.down", "model.layers.{i}.mlp.down_proj"),
     Rule("norm_f.weight", ("model.norm.weight",)),
-    Rule("lm_head.weight", ("lm_head.weight",)),
 )
 
 
@@ -287,15 +382,16 @@ def _llama_from_hf(hf: dict[str, Any]) -> ModelConfig:
 
 
 LLAMA = Family(
-    lmforge_family="llama", model_type="llama", architecture="LlamaForCausalLM", auto_class="AutoModelForCausalLM",
-    rules=LLAMA_RULES,
+    lmforge_family="llama", model_type="llama", backbone=LLAMA_RULES,
+    heads={"lm": Head("LlamaForCausalLM", "AutoModelForCausalLM", _LM_HEAD, reads=("LlamaModel",), generates=True),
+           "classify": _sequence_classifier("LlamaForSequenceClassification")},
     config_to_hf=_llama_to_hf, config_from_hf=_llama_from_hf,
     unsupported_export=_llama_unsupported_export, unsupported_import=_llama_unsupported_import,
     hf_prefix="model.", hf_ignore=("rotary_emb.inv_freq",),
 )
 
 
-# --- BERT (BertForPreTraining) -------------------------------------------------------------------------------
+# --- BERT (BertForPreTraining, BertForSequenceClassification, BertForQuestionAnswering) ----------------------------
 
 def _bert_layer(ours: str, theirs: str) -> tuple[Rule, ...]:
     return _module(f"encoder.blocks.{{i}}.{ours}", f"bert.encoder.layer.{{i}}.{theirs}")
@@ -315,7 +411,10 @@ BERT_RULES = (
     *_bert_layer("mlp.up", "intermediate.dense"),
     *_bert_layer("mlp.down", "output.dense"),
     *_bert_layer("norm2", "output.LayerNorm"),
-    *_module("pooler", "bert.pooler.dense"),
+)
+_BERT_POOLER = _module("pooler", "bert.pooler.dense")
+BERT_PRETRAINING_RULES = (
+    *_BERT_POOLER,
     *_module("mlm_head.dense", "cls.predictions.transform.dense"),
     *_module("mlm_head.norm", "cls.predictions.transform.LayerNorm"),
     Rule("mlm_head.out.weight", ("cls.predictions.decoder.weight",)),
@@ -384,12 +483,24 @@ def _bert_from_hf(hf: dict[str, Any]) -> ModelConfig:
 
 
 BERT = Family(
-    lmforge_family="bert", model_type="bert", architecture="BertForPreTraining", auto_class="AutoModelForPreTraining",
-    rules=BERT_RULES, config_to_hf=_bert_to_hf, config_from_hf=_bert_from_hf,
+    lmforge_family="bert", model_type="bert", backbone=BERT_RULES,
+    heads={
+        # Checkpoints of the base model or of one pretraining head import with the missing heads fresh.
+        "lm": Head("BertForPreTraining", "AutoModelForPreTraining", BERT_PRETRAINING_RULES,
+                   reads=("BertForMaskedLM", "BertModel", "BertForNextSentencePrediction"),
+                   optional=("pooler.", "mlm_head.", "nsp_head.")),
+        # [CLS] -> pooler (dense, tanh) -> dropout -> classifier
+        "classify": Head("BertForSequenceClassification", "AutoModelForSequenceClassification",
+                         (*_BERT_POOLER, *_module("classifier", "classifier")), config_to_hf=_labels_to_hf,
+                         config_from_hf=_labels_from_hf, unsupported_import=_classify_unsupported_import),
+        # start and end logits on every token; no pooler
+        "span": Head("BertForQuestionAnswering", "AutoModelForQuestionAnswering", _module("qa_outputs", "qa_outputs"),
+                     unsupported_import=_span_unsupported_import),
+    },
+    config_to_hf=_bert_to_hf, config_from_hf=_bert_from_hf,
     unsupported_export=_bert_unsupported_export, unsupported_import=_bert_unsupported_import,
     hf_prefix="bert.", hf_ignore=("embeddings.position_ids",), zero_missing_bias=True,
     hf_renames=((".LayerNorm.gamma", ".LayerNorm.weight"), (".LayerNorm.beta", ".LayerNorm.bias")),
-    optional=("pooler.", "mlm_head.", "nsp_head."), generates=False,
 )
 
 
@@ -441,7 +552,6 @@ T5_RULES = (
     _weight("decoder.blocks.{j}.norm2", "decoder.block.{j}.layer.2.layer_norm"),
     *_t5_mlp("decoder.blocks.{j}.mlp", "decoder.block.{j}.layer.2.DenseReluDense"),
     _weight("decoder.norm_f", "decoder.final_layer_norm"),
-    Rule("lm_head.weight", ("lm_head.weight",)),
 )
 
 
@@ -528,8 +638,9 @@ def _t5_from_hf(hf: dict[str, Any]) -> ModelConfig:
 
 
 T5 = Family(
-    lmforge_family="t5", model_type="t5", architecture="T5ForConditionalGeneration",
-    auto_class="AutoModelForSeq2SeqLM", rules=T5_RULES, config_to_hf=_t5_to_hf, config_from_hf=_t5_from_hf,
+    lmforge_family="t5", model_type="t5", backbone=T5_RULES,
+    heads={"lm": Head("T5ForConditionalGeneration", "AutoModelForSeq2SeqLM", _LM_HEAD, generates=True)},
+    config_to_hf=_t5_to_hf, config_from_hf=_t5_from_hf,
     unsupported_export=_t5_unsupported_export, unsupported_import=_t5_unsupported_import,
     layers=lambda cfg: {"i": cfg.n_layer, "j": cfg.n_decoder_layer},
     # transformers' own copies of the shared embedding, and a table some old checkpoints carry but never use.

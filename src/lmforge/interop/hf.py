@@ -4,11 +4,16 @@ One mechanism for every family (torchtitan's state-dict-adapter idea): it reads 
 table from `families.py` to rename, fuse or split and transpose tensors, maps the config, and writes the other
 side's files atomically. It knows no family; a family is a table.
 
-An exported directory holds `config.json`, `model.safetensors`, `generation_config.json` (models that generate)
-and the tokenizer files, so the family's `transformers` Auto class (`AutoModelForCausalLM`,
-`AutoModelForPreTraining`, `AutoModelForSeq2SeqLM`) and `AutoTokenizer` load it with no custom code, and tools
-that read Hugging Face directories (vLLM, TGI, llama.cpp's `convert_hf_to_gguf.py`) can take it. Neither
-direction needs `transformers` itself: both sides are safetensors and JSON.
+A model's task head (`ModelConfig.head`) picks the Hugging Face class on export (a `classify` GPT-2 becomes
+`GPT2ForSequenceClassification`), and `architectures[0]` of config.json picks the head on import; the table is
+then the family's backbone rules plus the head's (`Family.rules`).
+
+An exported directory holds `config.json`, `model.safetensors`, `generation_config.json` (heads that generate)
+and the tokenizer files, so the head's `transformers` Auto class (`AutoModelForCausalLM`,
+`AutoModelForPreTraining`, `AutoModelForSeq2SeqLM`, `AutoModelForSequenceClassification`,
+`AutoModelForQuestionAnswering`) and `AutoTokenizer` load it with no custom code, and tools that read Hugging Face
+directories (vLLM, TGI, llama.cpp's `convert_hf_to_gguf.py`) can take it. Neither direction needs `transformers`
+itself: both sides are safetensors and JSON.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from lmforge.atomic import atomic_directory, write_json
 from lmforge.checkpoints import is_sharded_checkpoint, load_model, resolve_checkpoint
 from lmforge.data.tokenizer import decoder_start_id
 from lmforge.errors import UserError
-from lmforge.interop.families import FAMILIES, Family, Rule
+from lmforge.interop.families import FAMILIES, Family, Head, Rule
 from lmforge.models.config import ModelConfig
 from lmforge.models.io import CONFIG, TOKENIZER_FILES, WEIGHTS, check_weights, state_dict_for_save, tied_names
 
@@ -65,11 +70,31 @@ def family_for_hf(hf_config: dict[str, Any], where: Path) -> Family:
                     fix=f"lmforge imports: {', '.join(f.model_type for f in FAMILIES)}")
 
 
+def head_for_lmforge(family: Family, cfg: ModelConfig) -> Head:
+    """The Hugging Face class of a model's task head (export)."""
+    if cfg.head not in family.heads:
+        raise UserError(f"a {cfg.family} model with a {cfg.head} head has no Hugging Face class to export to",
+                        fix=f"{family.model_type} exports the heads: {', '.join(family.heads)}")
+    return family.heads[cfg.head]
+
+
+def head_for_hf(family: Family, hf_config: dict[str, Any], where: Path) -> str:
+    """The task head (`ModelConfig.head`) of a Hugging Face directory, from `architectures[0]` (import)."""
+    architectures = hf_config.get("architectures") or []
+    if not architectures:  # a config written by hand or by a tool that leaves the class out: a language model
+        return "lm"
+    head = family.head_for_architecture(architectures[0])
+    if head is None:
+        raise UserError(f"Hugging Face architecture '{architectures[0]}' is not supported", where=where,
+                        fix=f"lmforge imports {family.model_type} as: {', '.join(family.architectures())}")
+    return head
+
+
 def _expand(family: Family, cfg: ModelConfig) -> Iterator[tuple[Rule, str, tuple[str, ...], tuple[str, ...]]]:
     """The rules that hold for `cfg`, each once per value of its placeholders: (rule, lmforge name, Hugging Face
     names, Hugging Face copies)."""
     counts = family.layers(cfg)
-    for rule in family.rules:
+    for rule in family.rules(cfg.head):
         if rule.when is not None and not rule.when(cfg):
             continue
         keys = sorted({key for _, key, _, _ in string.Formatter().parse(rule.ours) if key})
@@ -176,7 +201,7 @@ def from_hf_state(family: Family, cfg: ModelConfig, hf_state: dict[str, Tensor],
     if remaining:
         raise UserError(f"weights lmforge's {family.model_type} import does not know: "
                         f"{', '.join(sorted(remaining)[:4])}{' ...' if len(remaining) > 4 else ''}", where=where,
-                        fix=f"only {family.architecture} checkpoints are supported")
+                        fix=f"only {family.heads[cfg.head].architecture} checkpoints are supported")
     return out
 
 
@@ -299,10 +324,11 @@ def token_ids(config: dict[str, Any], specials: dict[str, tuple[str, int]]) -> d
 
 def hf_config(family: Family, cfg: ModelConfig, specials: dict[str, tuple[str, int]], dtype: torch.dtype
               ) -> dict[str, Any]:
-    config = family.config_to_hf(cfg)
+    head = head_for_lmforge(family, cfg)
+    config = {**family.config_to_hf(cfg), **head.config_to_hf(cfg)}
     dtype_name = str(dtype).removeprefix("torch.")
     return {
-        "architectures": [family.architecture],
+        "architectures": [head.architecture],
         "model_type": family.model_type,
         **config,
         # Written even when None: the Hugging Face config classes default to their own ids (GPT-2: 50256),
@@ -322,9 +348,10 @@ def export_hf(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     ckpt, out = resolve_checkpoint(checkpoint_dir), Path(out_dir)
     cfg = ModelConfig.load(ckpt / CONFIG)
     family = family_for_lmforge(cfg)
+    head = head_for_lmforge(family, cfg)
     problems = family.unsupported_export(cfg)
     if problems:
-        raise UserError(f"{family.architecture} cannot express this model: {'; '.join(problems)}", where=ckpt,
+        raise UserError(f"{head.architecture} cannot express this model: {'; '.join(problems)}", where=ckpt,
                         fix=f"only models that keep the {family.model_type} layout export to Hugging Face")
     _check_out_dir(out, ckpt)
     if is_sharded_checkpoint(ckpt):  # torch.distributed.checkpoint shards: gathered into one model here
@@ -340,7 +367,7 @@ def export_hf(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     with atomic_directory(out) as tmp:
         save_file(hf_state, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})  # transformers wants "pt"
         write_json(tmp / HF_CONFIG, config)
-        if family.generates:
+        if head.generates:
             write_json(tmp / HF_GENERATION, {k: v for k, v in token_ids(config, specials).items() if v is not None})
         _write_hf_tokenizer(ckpt, tmp, specials, cfg)
     return out
@@ -348,25 +375,28 @@ def export_hf(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
 
 def loader_hint(hf_dir: str | Path) -> str:
     """How to load an exported directory, for messages: `transformers.AutoModelFor...from_pretrained`."""
-    family = family_for_hf(_read_json(Path(hf_dir) / HF_CONFIG), Path(hf_dir) / HF_CONFIG)
-    return f"transformers.{family.auto_class}.from_pretrained"
+    where = Path(hf_dir) / HF_CONFIG
+    config = _read_json(where)
+    family = family_for_hf(config, where)
+    return f"transformers.{family.heads[head_for_hf(family, config, where)].auto_class}.from_pretrained"
 
 
 def fill_optional(family: Family, cfg: ModelConfig, state: dict[str, Tensor]) -> list[str]:
-    """Add the optional heads (`Family.optional`) the checkpoint lacks, initialised as lmforge initialises them.
+    """Add the optional heads (`Head.optional`) the checkpoint lacks, initialised as lmforge initialises them.
 
     Returns the heads added, e.g. ["pooler", "nsp_head"] for a BertForMaskedLM checkpoint.
     """
     tied = tied_names(_meta_model(cfg))
     expected = [k for k in _meta_model(cfg).state_dict() if k not in tied]
-    absent = [k for k in expected if k not in state and k.startswith(family.optional)]
+    optional = family.heads[cfg.head].optional
+    absent = [k for k in expected if k not in state and k.startswith(optional)]
     if not absent:
         return []
     from lmforge.models import build_model
 
     fresh = build_model(cfg).state_dict()
     state.update({k: fresh[k] for k in absent})
-    return [prefix.rstrip(".") for prefix in family.optional if any(k.startswith(prefix) for k in absent)]
+    return [prefix.rstrip(".") for prefix in optional if any(k.startswith(prefix) for k in absent)]
 
 
 def is_hf_directory(path: str | Path) -> bool:
@@ -381,23 +411,28 @@ def is_hf_directory(path: str | Path) -> bool:
 
 
 def read_hf_config(hf_dir: str | Path) -> ModelConfig:
-    """The lmforge config of a Hugging Face model directory (one line for what lmforge cannot express)."""
+    """The lmforge config of a Hugging Face model directory, with the task head its class carries (one line for
+    what lmforge cannot express)."""
     src = Path(hf_dir)
     config = _read_json(src / HF_CONFIG)
     family = family_for_hf(config, src / HF_CONFIG)
-    problems = family.unsupported_import(config)
+    name = head_for_hf(family, config, src / HF_CONFIG)
+    head = family.heads[name]
+    problems = family.unsupported_import(config) + head.unsupported_import(config)
     if problems:
         raise UserError(f"lmforge cannot express this {family.model_type} model: {'; '.join(problems)}",
                         where=src / HF_CONFIG, fix="only the standard architecture imports")
     try:
-        return family.config_from_hf(config)
+        cfg = family.config_from_hf(config)
     except KeyError as e:
         raise UserError(f"config.json lacks {e}", where=src / HF_CONFIG) from None
+    return dataclasses.replace(cfg, head=name, **head.config_from_hf(config))
 
 
 def read_hf_model(hf_dir: str | Path) -> tuple[ModelConfig, dict[str, Tensor], list[str]]:
-    """A Hugging Face model directory in lmforge's terms: (config, tensors by lmforge name, optional heads the
-    directory lacked and that were initialised fresh). The weights are checked against the config."""
+    """A Hugging Face model directory in lmforge's terms: (config, with the head and labels of its class; tensors
+    by lmforge name; optional heads the directory lacked and that were initialised fresh). The weights are
+    checked against the config."""
     src = Path(hf_dir)
     if not src.is_dir():
         raise UserError("Hugging Face model directory not found", where=src,
