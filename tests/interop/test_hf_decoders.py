@@ -393,3 +393,17 @@ def test_cli_bad_directory_is_status_2_and_one_line(tmp_path, capsys, verb):
     assert main([verb, str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"lmforge {verb}: error:")
+
+
+def test_a_classifier_pooled_another_way_than_transformers_is_refused(tmp_path):
+    from lmforge.errors import UserError
+    from lmforge.interop.hf import export_hf
+    from lmforge.models import ModelConfig, build_model
+    from lmforge.models.io import save_model
+
+    cfg = ModelConfig(vocab_size=64, n_layer=1, n_head=2, d_model=16, max_seq_len=16, labels=["a", "b"],
+                      pooling="mean")
+    save_model(tmp_path / "ckpt", build_model(cfg), cfg)
+    with pytest.raises(UserError, match="pooling=mean"):
+        export_hf(tmp_path / "ckpt", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

@@ -90,3 +90,17 @@ def test_data_from_another_tokenizer_is_refused(tmp_path, tiny_data, capsys):
     rc, _ = run_train(tiny_data, tmp_path / "run", "--init-from", str(tmp_path / "lm"))
     err = capsys.readouterr().err
     assert rc == 2 and "another tokenizer than the checkpoint's" in err and "--tokenizer-from" in err
+
+
+def test_a_head_for_other_labels_starts_fresh_but_the_backbone_loads(tmp_path):
+    """A classifier fine-tuned onto another label set: its head has another shape, and is new."""
+    from lmforge.models.io import save_model
+    from lmforge.train.init import init_from
+
+    cfg = get_preset("bert-tiny")
+    cfg.vocab_size, cfg.head, cfg.labels = 64, "classify", ["neg", "pos"]
+    save_model(tmp_path / "two", build_model(cfg), cfg)
+    cfg.labels = ["a", "b", "c"]
+    target = build_model(cfg)
+    report = init_from(target, tmp_path / "two")
+    assert report.new == ["classifier.weight", "classifier.bias"] and "pooler.weight" in report.loaded

@@ -14,12 +14,16 @@ DESCRIPTION = """\
 Write an lmforge checkpoint as a Hugging Face model directory: config.json, model.safetensors,
 generation_config.json (generative models) and the tokenizer files. transformers loads it without custom code,
 and so can tools that take Hugging Face directories (serve it with vLLM or TGI, convert it for llama.cpp with
-convert_hf_to_gguf.py). Each family becomes the standard class:
+convert_hf_to_gguf.py). Each family and head (model.head) becomes the standard class:
 
-  gpt    GPT2LMHeadModel             AutoModelForCausalLM
-  llama  LlamaForCausalLM            AutoModelForCausalLM
-  bert   BertForPreTraining          AutoModelForPreTraining (MLM + NSP heads), AutoModelForMaskedLM
-  t5     T5ForConditionalGeneration  AutoModelForSeq2SeqLM
+  gpt    lm        GPT2LMHeadModel                  AutoModelForCausalLM
+  gpt    classify  GPT2ForSequenceClassification    AutoModelForSequenceClassification
+  llama  lm        LlamaForCausalLM                 AutoModelForCausalLM
+  llama  classify  LlamaForSequenceClassification   AutoModelForSequenceClassification
+  bert   lm        BertForPreTraining               AutoModelForPreTraining (MLM + NSP), AutoModelForMaskedLM
+  bert   classify  BertForSequenceClassification    AutoModelForSequenceClassification
+  bert   span      BertForQuestionAnswering         AutoModelForQuestionAnswering
+  t5     lm        T5ForConditionalGeneration       AutoModelForSeq2SeqLM
 
 examples:
   lmforge export runs/train --out exported/            # a run directory: its best checkpoint, else its latest

@@ -39,6 +39,7 @@ from lmforge.data.tokenizer import decoder_start_id
 from lmforge.errors import UserError
 from lmforge.interop.families import FAMILIES, Family, Head, Rule
 from lmforge.models.config import ModelConfig
+from lmforge.models.heads import pooling
 from lmforge.models.io import CONFIG, TOKENIZER_FILES, WEIGHTS, check_weights, state_dict_for_save, tied_names
 
 HF_CONFIG, HF_WEIGHTS, HF_GENERATION = "config.json", "model.safetensors", "generation_config.json"
@@ -350,6 +351,8 @@ def export_hf(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     family = family_for_lmforge(cfg)
     head = head_for_lmforge(family, cfg)
     problems = family.unsupported_export(cfg)
+    if cfg.head == "classify" and pooling(cfg) != pooling(dataclasses.replace(cfg, pooling="auto")):
+        problems.append(f"pooling={cfg.pooling} ({head.architecture} pools its fixed way: leave pooling auto)")
     if problems:
         raise UserError(f"{head.architecture} cannot express this model: {'; '.join(problems)}", where=ckpt,
                         fix=f"only models that keep the {family.model_type} layout export to Hugging Face")

@@ -24,6 +24,8 @@ from lmforge.models.blocks import ACTIVATIONS, make_norm
 from lmforge.models.config import ModelConfig
 
 POOLINGS = ("first", "mean", "last")
+# Top-level modules that are heads (everything else is backbone), as the table above names them.
+HEAD_MODULES = frozenset({"lm_head", "mlm_head", "pooler", "nsp_head", "score", "classifier", "qa_outputs", "head"})
 
 
 def pool(hidden: Tensor, attention_mask: Tensor | None, how: str) -> Tensor:
@@ -77,4 +79,4 @@ def n_classes(cfg: ModelConfig) -> int:
     return len(cfg.labels)
 
 
-__all__ = ["AUTO_POOLING", "POOLINGS", "MLMHead", "n_classes", "pool", "pooling"]
+__all__ = ["AUTO_POOLING", "HEAD_MODULES", "POOLINGS", "MLMHead", "n_classes", "pool", "pooling"]

@@ -8,7 +8,9 @@ model has no place for (pretraining heads a classifier drops) are left out. One 
     init from runs/bert/checkpoints/best: loaded 31 tensors (embed, encoder, pooler; 1.49M parameters); new:
     classifier (2 tensors); dropped: mlm_head, nsp_head (7 tensors)
 
-A tensor of the same name and another shape is an error (the checkpoint is another model), never silently skipped.
+A backbone tensor of the same name and another shape is an error (the checkpoint is another model), never silently
+skipped; a head tensor of another shape (a classifier fine-tuned onto another set of labels) starts fresh and is
+reported as such.
 
 The checkpoint may be an lmforge checkpoint or run directory (single-file or sharded) or a Hugging Face model
 directory (read through `lmforge.interop`, no conversion step).
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig
+from lmforge.models.heads import HEAD_MODULES
 from lmforge.models.io import tied_names
 
 
@@ -99,8 +102,9 @@ def init_from(model: nn.Module, path: str | Path, *, data: str | Path | None = N
     report = InitReport(source=ckpt)
     target = model.state_dict()
     tied = tied_names(model)
-    wrong = [f"{k} {tuple(state[k].shape)} (model: {tuple(target[k].shape)})" for k in target
-             if k in state and state[k].shape != target[k].shape]
+    reshaped = [k for k in target if k in state and state[k].shape != target[k].shape]
+    wrong = [f"{k} {tuple(state[k].shape)} (model: {tuple(target[k].shape)})" for k in reshaped
+             if k.split(".")[0] not in HEAD_MODULES]
     if wrong:
         raise UserError(f"the checkpoint's weights do not fit this model ({'; '.join(wrong[:3])}"
                         f"{' ...' if len(wrong) > 3 else ''})", where=ckpt,
@@ -110,7 +114,7 @@ def init_from(model: nn.Module, path: str | Path, *, data: str | Path | None = N
     for name, t in target.items():
         if name in tied:
             continue  # loaded through the tensor it is tied to
-        if name in state and not any(name.startswith(f"{head}.") for head in fresh):
+        if name in state and name not in reshaped and not any(name.startswith(f"{head}.") for head in fresh):
             take[name] = state[name]
             report.loaded.append(name)
             report.loaded_params += t.numel()
