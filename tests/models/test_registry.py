@@ -114,3 +114,11 @@ def test_no_code_outside_models_and_interop_compares_family_names():
 def test_the_family_name_check_finds_what_it_looks_for():
     bad = 'if cfg.family == "bert":\n    pass\nENCODERS = ("bert",)\nok = kind in (Kind.ENCODER,)\n'
     assert _family_name_uses(ast.parse(bad)) == [1, 3]
+
+
+def test_configs_written_before_heads_existed_load_as_what_they_were():
+    old = get_preset("lstm-tiny").to_dict()
+    for key in ("head", "pooling"):
+        old.pop(key)
+    assert ModelConfig.from_dict(old).head == "lm"
+    assert ModelConfig.from_dict({**old, "labels": ["neg", "pos"]}).head == "classify"  # labels named a classifier
