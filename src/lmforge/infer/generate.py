@@ -191,11 +191,11 @@ def generate(model: nn.Module, tokenizer: Tokenizer, prompts: list[str], cfg: Ge
              special_ids: dict[str, int] | None = None, on_text: TextCallback | None = None) -> list[str]:
     """Text for each prompt: a decoder's continuation, or an encoder-decoder's output for it as source (a
     translation, a summary, a filled-in span). `on_text(row, piece)` streams text as it is produced."""
-    from lmforge.data.tokenizer import decoder_start_id
+    from lmforge.data.tokenizer import decoder_start_id, encode_ids
 
     special_ids = special_ids or {}
     eos_id, pad_id = special_ids.get("eos"), special_ids.get("pad", 0)
-    encoded = [tokenizer.encode(p, add_special_tokens=False).ids for p in prompts]
+    encoded = [encode_ids(tokenizer, p) for p in prompts]
     start = None
     if kind_of(model.cfg) == Kind.ENCODER_DECODER:
         if any(not ids for ids in encoded):
