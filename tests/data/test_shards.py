@@ -187,18 +187,3 @@ def test_long_runs_are_encoded_in_pieces_by_every_encoder_alike(tmp_path, tokeni
     tok.encode_special_tokens = True
     ds = TokenDataset.open(out, "train")
     assert [ds.document(i).tolist()[:-1] for i in range(ds.num_documents)] == [encode_ids(tok, d) for d in docs]
-
-
-def test_encoding_a_long_line_without_whitespace_is_linear(bpe_tokenizer):
-    import time
-
-    enc = DocumentEncoder(bpe_tokenizer, np.uint16)
-    rng = np.random.default_rng(0)
-    line = "".join(rng.choice(list("abcdefghij"), size=400_000))
-    t = time.perf_counter()
-    small = enc.encode([line[:40_000]])
-    t_small = time.perf_counter() - t
-    t = time.perf_counter()
-    enc.encode([line])
-    t_big = time.perf_counter() - t
-    assert small and t_big < 30 * max(t_small, 1e-3)  # 10x the text; quadratic would be ~100x
