@@ -8,6 +8,7 @@ version or none, never a half-written one that looks complete.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -68,12 +69,31 @@ def write_text(path: str | Path, text: str) -> None:
         f.write(text)
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary siblings `atomic_directory` left for `path` when its process was killed.
+
+    Their names hold the pid that made them (`.NAME.pid1234.XXXXXXXX.tmp`); one whose process still runs (another
+    writer at work) or whose name holds no pid is left alone.
+    """
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.pid*.tmp"):
+        pid = tmp.name[len(path.name) + 5:].partition(".")[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or not tmp.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:  # it exists, owned by someone else
+            pass
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Build a directory in a temporary sibling; on success swap it in for `path` (replacing any old one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _remove_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         for child in tmp.rglob("*"):

@@ -57,3 +57,43 @@ def test_an_empty_source_for_an_encoder_decoder_is_one_line(tmp_path, tiny_data,
     ckpt = checkpoint(tmp_path, tiny_data, "t5")
     assert main(["generate", "--checkpoint", str(ckpt), ""]) == 2
     assert "an encoder-decoder needs a source text" in capsys.readouterr().err
+
+
+def test_an_encoder_decoder_prints_only_its_output_a_decoder_its_prompt_and_continuation(tmp_path, tiny_data,
+                                                                                          capsys):
+    args = ["--temperature", "0", "--max-new-tokens", "6", "--device", "cpu"]
+    source = "Ein Mann fährt Fahrrad."
+    for family in ("t5", "gpt"):
+        ckpt = checkpoint(tmp_path, tiny_data, family)
+        want = generate(ckpt, source, 6)
+        capsys.readouterr()
+        assert main(["generate", "--checkpoint", str(ckpt), source, *args]) == 0
+        printed = capsys.readouterr().out
+        assert printed == (want if family == "t5" else source + want) + "\n"
+
+
+def test_invalid_utf8_in_a_prompt_is_replaced_with_a_notice_or_refused_in_one_line(tmp_path, tiny_data, capsys):
+    ckpt = checkpoint(tmp_path, tiny_data, "gpt")
+    prompt = "caf\udce9 au lait"  # b"caf\xe9 au lait" (Latin-1) as Python decodes it from argv
+    args = ["generate", "--checkpoint", str(ckpt), prompt, "--max-new-tokens", "3", "--device", "cpu"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("caf\ufffd au lait")
+    assert "invalid UTF-8 in 1 prompt(s) replaced" in captured.err and captured.err.count("\n") == 1
+    assert main([*args, "--encoding-errors", "fail"]) == 2
+    err = capsys.readouterr().err
+    assert "the prompt holds invalid UTF-8" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_generation_past_the_trained_length_warns_once(tmp_path, tiny_data, capsys):
+    torch.manual_seed(0)
+    vocab = load_tokenizer(tiny_data).get_vocab_size()
+    cfg = ModelConfig(family="gpt", vocab_size=vocab, max_seq_len=32, n_layer=1, n_head=2, d_model=32,
+                      trained_seq_len=4)
+    ckpt = save_model(tmp_path / "gpt", build_model(cfg).eval(), cfg, tiny_data)
+    args = ["generate", "--checkpoint", str(ckpt), "--temperature", "0", "--device", "cpu"]
+    assert main([*args, "one two three four five", "--max-new-tokens", "8"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "went past the 4 tokens this model was trained at" in err
+    assert main([*args, "one", "--max-new-tokens", "1"]) == 0
+    assert capsys.readouterr().err == ""

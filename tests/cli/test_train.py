@@ -114,3 +114,24 @@ def test_help_shows_each_objectives_options_under_its_name(capsys):
         assert sorted(mine) == sorted(f"--objective-options.{f.name.replace('_', '-')}"
                                       for f in dataclasses.fields(options)), objective
     assert set(options_classes()) - {name for names in sections for name in names.split(", ")} == {"causal_lm"}
+
+
+def test_the_trained_context_is_the_checkpoints_and_eval_scores_it(tiny_data, tmp_path, capsys):
+    import json
+
+    import torch
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_data), "--out", str(out), "--steps", "2", *TINY]) == 0
+    best = out / "checkpoints" / "best"
+    config = json.loads((best / "config.json").read_text())
+    assert config["trained_seq_len"] == 32 and config["max_seq_len"] == 256
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--data", str(tiny_data), "--max-batches", "1"]) == 0
+    assert "windows of 32)" in capsys.readouterr().out  # not the preset's 256 positions, never trained
+    # A checkpoint from before trained_seq_len was recorded still resumes (and records it from then on).
+    step = out / "checkpoints" / "step_000002"
+    state = torch.load(step / "train_state.pt", weights_only=True)
+    del state["model_config"]["trained_seq_len"]
+    torch.save(state, step / "train_state.pt")
+    assert main(["train", "--out", str(out), "--resume", "--steps", "3"]) == 0

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from lmforge.data import shards
 from lmforge.data.loaders import TokenDataset
 from lmforge.data.shards import DocumentEncoder, TextSpool, assign_splits, encode_spool, read_manifest
-from lmforge.data.tokenizer import TokenizerOptions, load_tokenizer, save_tokenizer, train_tokenizer
+from lmforge.data.tokenizer import TokenizerOptions, encode_ids, load_tokenizer, save_tokenizer, train_tokenizer
 from lmforge.errors import UserError
 
 WORDS = ["the", "model", "predicts", "next", "token", "café", "naïve", "über", "日本", "語", "x1", "2024", "it's",
@@ -169,3 +169,21 @@ def test_truncated_shard_is_detected(tmp_path):
     shard.write_bytes(shard.read_bytes()[:-2])
     with pytest.raises(UserError, match="does not match the manifest"):
         TokenDataset.open(tmp_path / "out")
+
+
+def _long_run_docs() -> list[str]:
+    rng = np.random.default_rng(5)
+    run = "".join(rng.choice(list("abcdeé日"), size=3500))  # one "word" of 3,500 characters: cut into 4 pieces
+    return [f"before {run} after", "x" * 2001, _docs(1)[0] + " " + "7" * 1000 + " short", run]
+
+
+def test_long_runs_are_encoded_in_pieces_by_every_encoder_alike(tmp_path, tokenizer_path):
+    # The shard encoder (any of its modes) and `encode_ids` (generate, explain) give the same ids for text with
+    # runs longer than LONG_RUN_CHARS, which neither hands to the tokenizer whole.
+    docs = _long_run_docs()
+    out = tmp_path / "out"
+    encode_spool(_spool(tmp_path, docs), out, tokenizer_path, val_fraction=0.0)
+    tok = load_tokenizer(tokenizer_path)
+    tok.encode_special_tokens = True
+    ds = TokenDataset.open(out, "train")
+    assert [ds.document(i).tolist()[:-1] for i in range(ds.num_documents)] == [encode_ids(tok, d) for d in docs]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,13 +11,16 @@ from tokenizers import Tokenizer, models
 
 from lmforge.data.tokenizer import (
     KINDS,
+    LONG_RUN_CHARS,
     SPECIAL_TOKENS,
     TokenizerOptions,
     check_vocab_fits,
     decoder_start_id,
+    encode_ids,
     load_tokenizer,
     save_tokenizer,
     special_token_ids,
+    split_long_runs,
     tokenizer_hash,
     tokenizer_kind,
     train_tokenizer,
@@ -159,3 +164,38 @@ def test_vocab_check_refuses_a_tokenizer_bigger_than_the_model():
     check_vocab_fits(10, 10, fix="x")
     with pytest.raises(UserError, match="the tokenizer has 11 tokens but model.vocab_size is 10"):
         check_vocab_fits(11, 10, model="model.vocab_size", fix="raise it")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["a", "é", ".", "7", " ", "\n", "\u00a0", "x" * 999, "y" * 1001]), max_size=12))
+def test_long_runs_are_cut_every_long_run_chars_and_nothing_else_moves(parts):
+    text = "".join(parts)
+    pieces = split_long_runs(text)
+    assert "".join(pieces) == text
+    longest = max((len(w) for w in text.split()), default=0)
+    if longest <= LONG_RUN_CHARS:
+        assert pieces == [text]  # ordinary text is encoded exactly as Tokenizer.encode would
+    for left, right in itertools.pairwise(pieces):  # each cut: inside a run, LONG_RUN_CHARS after its start or a cut
+        run = left.split()[-1] if left.split() else ""
+        assert not left[-1].isspace() and not right[0].isspace() and len(run) % LONG_RUN_CHARS == 0
+
+
+def test_encode_ids_is_tokenizers_encode_for_ordinary_text(trained):
+    tok = load_tokenizer(trained["bpe"])
+    for text in [*SAMPLES, "word " * 2000]:
+        assert encode_ids(tok, text) == tok.encode(text, add_special_tokens=False).ids
+    long = "ab" * 1500
+    assert tok.decode(encode_ids(tok, long)) == long  # cut, but still lossless
+
+
+def test_training_sees_long_runs_cut_as_encoding_does(monkeypatch):
+    # BPE training over one n-character "word" costs about n x merges: 11 s for a 200 KB line, uncut.
+    import lmforge.data.tokenizer as tokenizer
+
+    fed: list[str] = []
+    cut = tokenizer.split_long_runs
+    monkeypatch.setattr(tokenizer, "split_long_runs", lambda text: fed.extend(cut(text)) or cut(text))
+    line = "".join(chr(97 + (i * 7919) % 26) for i in range(20_000))  # 20 KB of letters, one "word"
+    tok = train_tokenizer([*TEXTS, line], TokenizerOptions(kind="bpe", vocab_size=400, min_frequency=1))
+    assert max(len(w) for piece in fed for w in piece.split()) == LONG_RUN_CHARS
+    assert tok.decode(encode_ids(tok, line)) == line

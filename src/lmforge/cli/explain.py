@@ -39,10 +39,27 @@ def _main(args: argparse.Namespace) -> int:
 
     positional = vars(args).pop("text_arg", None)
     cfg = resolve(ExplainConfig, args, **({"text": positional} if positional is not None else {}))
+    _replace_invalid_utf8(cfg)
     result = explain(cfg)
     for path in result.files:
         print(path)
     return 0
+
+
+def _replace_invalid_utf8(cfg: ExplainConfig) -> None:
+    """Invalid UTF-8 in the text or target (bytes in the command line) replaced with U+FFFD, as corpora are by
+    default (`lmforge.data.corpus.text_under_policy`), with a one-line notice: explain shows what it read."""
+    import sys
+
+    from lmforge.data.corpus import text_under_policy
+
+    for name in ("text", "target"):
+        value = getattr(cfg, name)
+        if isinstance(value, str):
+            text = text_under_policy(value, "replace", what=f"the {name}")
+            if text != value:
+                setattr(cfg, name, text)
+                print(f"notice: invalid UTF-8 in the {name} replaced with U+FFFD", file=sys.stderr)
 
 
 def register(sub) -> None:

@@ -33,6 +33,9 @@ class GenerateConfig(GenerationConfig):
     prompts: list[str] = field(default_factory=lambda: [""], help="prompts (positional); empty = start a new document")
     device: str = field("auto", "device to run on", choices=DEVICES)
     stream: bool = field(True, "print tokens as they are generated (single prompt)")
+    encoding_errors: str = field("replace", "what to do with invalid UTF-8 in a prompt (bytes in the command line "
+                                            "or a config file): replace them with U+FFFD and say so, or fail",
+                                 choices=("replace", "fail"))
 
 
 def run_generate(cfg: GenerateConfig) -> list[str]:
@@ -40,28 +43,55 @@ def run_generate(cfg: GenerateConfig) -> list[str]:
     from lmforge.data.tokenizer import load_tokenizer, special_token_ids
     from lmforge.device import pick_device
     from lmforge.infer.generate import generate
+    from lmforge.models.registry import Kind, kind_of
 
+    prompts = _prompts(cfg)  # before loading anything: a refusal is immediate
     path = resolve_checkpoint(cfg.checkpoint)
-    model, _ = load_model(path, pick_device(cfg.device))
+    model, model_cfg = load_model(path, pick_device(cfg.device))
     tokenizer = load_tokenizer(path)
-    stream = cfg.stream and len(cfg.prompts) == 1 and sys.stdout.isatty()
+    stream = cfg.stream and len(prompts) == 1 and sys.stdout.isatty()
+    # A decoder continues its prompt, so the prompt is part of the text; an encoder-decoder's output is new text
+    # (a translation, a summary), printed alone.
+    echo = kind_of(model_cfg) != Kind.ENCODER_DECODER
 
     def on_text(_row: int, piece: str) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    if stream:
-        sys.stdout.write(cfg.prompts[0])
-    texts = generate(model, tokenizer, cfg.prompts, cfg, special_ids=special_token_ids(tokenizer),
-                     on_text=on_text if stream else None)
+    if stream and echo:
+        sys.stdout.write(prompts[0])
+    texts = generate(model, tokenizer, prompts, cfg, special_ids=special_token_ids(tokenizer),
+                     on_text=on_text if stream else None, on_notice=_notice)
     if stream:
         sys.stdout.write("\n")
     else:
-        for i, (prompt, text) in enumerate(zip(cfg.prompts, texts)):
+        for i, (prompt, text) in enumerate(zip(prompts, texts)):
             if len(texts) > 1:
                 sys.stdout.write(f"--- sample {i + 1}\n")
-            sys.stdout.write(prompt + text + "\n")
+            sys.stdout.write((prompt if echo else "") + text + "\n")
     return texts
+
+
+def _notice(line: str) -> None:
+    sys.stdout.flush()
+    print(line, file=sys.stderr)
+
+
+def _prompts(cfg: GenerateConfig) -> list[str]:
+    """The prompts under the encoding_errors policy of corpora (`lmforge.data.corpus.text_under_policy`)."""
+    from lmforge.data.corpus import text_under_policy
+
+    prompts, replaced = [], 0
+    for i, p in enumerate(cfg.prompts):
+        what = "the prompt" if len(cfg.prompts) == 1 else f"prompt {i + 1}"
+        text = text_under_policy(p, cfg.encoding_errors, what=what, option="--encoding-errors")
+        assert text is not None  # (no skip policy for prompts)
+        replaced += text != p
+        prompts.append(text)
+    if replaced:
+        _notice(f"notice: invalid UTF-8 in {replaced} prompt(s) replaced with U+FFFD (--encoding-errors fail "
+                f"to refuse instead)")
+    return prompts
 
 
 def _main(args: argparse.Namespace) -> int:

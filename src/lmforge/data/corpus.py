@@ -75,6 +75,26 @@ class ReadOptions:
                             fix=f"choose one of {', '.join(ENCODING_ERRORS)}")
 
 
+def text_under_policy(text: str, policy: str, *, what: str, option: str = "encoding_errors") -> str | None:
+    """A text given directly (a prompt, a text to explain) under the `encoding_errors` policy of corpora.
+
+    Invalid UTF-8 reaches Python as lone surrogates: bytes that are not UTF-8 in `argv` or a file read with
+    `surrogateescape`, or a `\\ud800` escape in JSON/YAML. Such a text cannot be encoded; `replace` gives it back
+    with U+FFFD for each of them, `skip` gives None, `fail` raises a one-line UserError naming `what`.
+    """
+    bad = _SURROGATE.findall(text)
+    if not bad:
+        return text
+    if policy == "replace":
+        return _SURROGATE.sub("\ufffd", text)
+    if policy == "skip":
+        return None
+    first = _SURROGATE.search(text)
+    assert first is not None
+    raise UserError(f"{what} holds invalid UTF-8 ({len(bad)} undecodable byte(s), the first at character "
+                    f"{first.start()})", fix=f"give UTF-8 text, or set {option} to replace")
+
+
 @dataclass(slots=True)
 class Document:
     text: str

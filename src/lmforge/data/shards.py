@@ -19,7 +19,8 @@ same corpus and seed gives the same split; a document is never in two splits.
 Encoding is the slow step, so it runs in one process per core. Within a process, byte-level BPE is sped up
 by caching: the GPT-2 split of text into words is done with Python's `re` (exactly equivalent on ASCII), and
 each distinct word is encoded once by `tokenizers` and then looked up (see `DocumentEncoder`). Output is
-identical to `Tokenizer.encode` and does not depend on the number of workers.
+identical to `lmforge.data.tokenizer.encode_ids` (`Tokenizer.encode`, runs of more than LONG_RUN_CHARS characters
+without whitespace cut first, so that encoding stays linear) and does not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from lmforge.atomic import atomic_file, write_json
-from lmforge.data.tokenizer import load_tokenizer, special_token_ids, tokenizer_hash
+from lmforge.data.tokenizer import load_tokenizer, special_token_ids, split_long_runs, tokenizer_hash
 from lmforge.errors import UserError
 from lmforge.progress import progress_bar
 
@@ -56,6 +57,7 @@ SPOOL_OFFSETS = "spool-offsets.npy"
 CHUNK_BYTES = 1 << 20  # text per task: small enough to balance cores, large enough to amortize the hand-off
 MIN_PARALLEL_BYTES = 8 << 20  # below this, starting worker processes (~0.5 s each) costs more than it saves
 CACHE_WORDS = 1 << 19  # distinct words kept per process (~60 MB); the cache is emptied when full
+CACHE_CHARS = 64  # longer words are encoded each time they occur, not kept
 
 
 # ---------------------------------------------------------------------------------------------------- spool
@@ -167,9 +169,10 @@ def _encoder_mode(spec: dict[str, Any]) -> str:
 class DocumentEncoder:
     """Token ids of whole documents as raw bytes of `dtype`.
 
-    Exactly `tok.encode(text, add_special_tokens=False).ids`, with one deliberate difference from that call's
-    default: a special token's spelling inside a document ("<eos>" in a web page) is encoded as text, so a
-    document can never inject a document boundary.
+    Exactly `encode_ids(tok, text)` (`tok.encode(text, add_special_tokens=False).ids` on the pieces of
+    `split_long_runs`), with one deliberate difference from that call's default: a special token's spelling
+    inside a document ("<eos>" in a web page) is encoded as text, so a document can never inject a document
+    boundary.
     """
 
     def __init__(self, tok: Tokenizer, dtype: np.dtype | str) -> None:
@@ -193,13 +196,19 @@ class DocumentEncoder:
                 for e in self._batch(texts, add_special_tokens=False)]
 
     def encode(self, texts: list[str]) -> list[bytes]:
-        if self.mode == "batch":
-            return self._ids(texts)
-        if self.mode == "char":
+        if self.mode == "char":  # one id per character: cutting long runs would change nothing
             top = len(self._lut) - 1
             return [self._lut[np.minimum(np.frombuffer(t.encode("utf-32-le"), np.uint32), top)].tobytes()
                     for t in texts]
-        words = [self._words_of(t) for t in texts]
+        pieces = [split_long_runs(t) for t in texts]
+        if self.mode == "batch":
+            flat = self._ids([p for ps in pieces for p in ps])
+            out, i = [], 0
+            for ps in pieces:
+                out.append(b"".join(flat[i:i + len(ps)]))
+                i += len(ps)
+            return out
+        words = [[w for p in ps for w in self._words_of(p)] for ps in pieces]
         cache = self._words
         missing = [w for w in {w for ws in words for w in ws} if w not in cache]
         if missing:
@@ -208,7 +217,11 @@ class DocumentEncoder:
                 missing = list({w for ws in words for w in ws})
             cache.update(zip(missing, self._ids(missing)))
         get = cache.__getitem__
-        return [b"".join(map(get, ws)) for ws in words]
+        out = [b"".join(map(get, ws)) for ws in words]
+        for w in missing:
+            if len(w) > CACHE_CHARS:  # the pieces of a long run: seldom seen twice, too big to keep
+                del cache[w]
+        return out
 
     @staticmethod
     def _words_of(text: str) -> list[str]:

@@ -114,7 +114,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
                         precision: str = "auto") -> CheckpointScore:
     """Load a checkpoint (or a run directory's best) and score it on `split` of prepared data `data`.
 
-    `seq_len` defaults to the model's max_seq_len; `precision` as in training (auto: bf16 autocast on CUDA).
+    `seq_len` defaults to the length the model was trained at (its config's trained_seq_len; windows past it
+    would score positions it never learned), else its max_seq_len; `precision` as in training (auto: bf16
+    autocast on CUDA).
     """
     from lmforge.checkpoints import load_model, resolve_checkpoint
     from lmforge.data.loaders import TokenDataset
@@ -134,7 +136,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
                                               "(val_accuracy, val_f1)")
     require(cfg, SCORE, needed_for="perplexity", where=path)
     check_data_matches(path, cfg, ds)
-    seq_len = seq_len or cfg.max_seq_len
+    seq_len = seq_len or cfg.trained_seq_len or cfg.max_seq_len
     if seq_len > cfg.max_seq_len and kind_of(cfg) != Kind.RECURRENT:  # an LSTM has no position table
         raise UserError(f"seq_len {seq_len} is longer than the model's max_seq_len {cfg.max_seq_len}",
                         fix="lower --seq-len")

@@ -188,14 +188,16 @@ class _Streamer:
 
 
 def generate(model: nn.Module, tokenizer: Tokenizer, prompts: list[str], cfg: GenerationConfig, *,
-             special_ids: dict[str, int] | None = None, on_text: TextCallback | None = None) -> list[str]:
+             special_ids: dict[str, int] | None = None, on_text: TextCallback | None = None,
+             on_notice: Callable[[str], None] | None = None) -> list[str]:
     """Text for each prompt: a decoder's continuation, or an encoder-decoder's output for it as source (a
-    translation, a summary, a filled-in span). `on_text(row, piece)` streams text as it is produced."""
-    from lmforge.data.tokenizer import decoder_start_id
+    translation, a summary, a filled-in span). `on_text(row, piece)` streams text as it is produced;
+    `on_notice(line)` hears, once, that a sequence went past the length the model was trained at."""
+    from lmforge.data.tokenizer import decoder_start_id, encode_ids
 
     special_ids = special_ids or {}
     eos_id, pad_id = special_ids.get("eos"), special_ids.get("pad", 0)
-    encoded = [tokenizer.encode(p, add_special_tokens=False).ids for p in prompts]
+    encoded = [encode_ids(tokenizer, p) for p in prompts]
     start = None
     if kind_of(model.cfg) == Kind.ENCODER_DECODER:
         if any(not ids for ids in encoded):
@@ -218,4 +220,23 @@ def generate(model: nn.Module, tokenizer: Tokenizer, prompts: list[str], cfg: Ge
     for i, row in enumerate(ids):
         streamer.ids[i] = list(row)
     streamer.push([None] * len(prompts), final=True)
+    if on_notice is not None and start is None:
+        notice = past_trained_context(model.cfg, [len(p) + len(row) for p, row in zip(encoded, ids)])
+        if notice:
+            on_notice(notice)
     return [streamer.result(i) for i in range(len(prompts))]
+
+
+def past_trained_context(cfg, lengths: list[int]) -> str | None:
+    """One line when a decoder's sequence (prompt + output, in tokens) went past the length it was trained at.
+
+    A warning, not a stop: the positions up to max_seq_len exist and were asked for, and where text stops making
+    sense varies; cutting there would silently drop output. The line says where and how to stay within.
+    """
+    trained = cfg.trained_seq_len
+    longest = max(lengths, default=0)
+    if not trained or longest <= trained:
+        return None
+    return (f"warning: generation went past the {trained} tokens this model was trained at (to {longest} of its "
+            f"{cfg.max_seq_len} positions); text after that is unreliable (fix: fewer --max-new-tokens, or train "
+            f"with a longer --seq-len)")

@@ -59,6 +59,9 @@ class ModelConfig:
                                  "the real tokens) or last (real token); auto: last for decoders, first for "
                                  "encoders (through BERT's pooler, as BertForSequenceClassification), mean for lstm",
                          choices=("auto", "first", "mean", "last"))
+    trained_seq_len: int | None = field(None, "sequence length the model was trained at (set by `lmforge train`): "
+                                              "`eval` scores windows of it by default and `generate` warns past "
+                                              "it; None: not recorded (the model is taken at max_seq_len)")
     labels: list[str] = field(default_factory=list,
                               help="class names, in the order of the logits: a sequence classifier over them (as "
                                    "Hugging Face's id2label; the classification objective sets them from its "

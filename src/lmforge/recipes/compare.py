@@ -53,8 +53,9 @@ class CompareConfig:
                                    f"Transformer)")
     transformer_preset: str = field("tiny", "with --compare: model preset of the Transformer trained here")
     lstm_preset: str = field("lstm-tiny", "with --compare: model preset of the LSTM trained here")
-    seq_len: int | None = field(None, f"tokens per window (default: the model's max_seq_len; with --compare "
-                                      f"{DEFAULT_SEQ_LEN}, for training and scoring every model)")
+    seq_len: int | None = field(None, f"tokens per window (default: the model's max_seq_len, at most the length "
+                                      f"it was trained at; with --compare {DEFAULT_SEQ_LEN}, for training and "
+                                      f"scoring every model)")
     batch_size: int = field(16, "sequences per batch (scoring, and training with --compare)")
     max_batches: int = field(0, "score at most this many batches (0 = the whole split)")
     device: str = field("auto", "device: auto picks CUDA, then Apple MPS, then the CPU", choices=DEVICES)
@@ -118,10 +119,12 @@ def compare(cfg: CompareConfig) -> Comparison:
     for path in filter(None, given.values()):
         # A Transformer cannot read past its position table: every model is scored on windows it can read.
         model_cfg = ModelConfig.load(path / CONFIG)
-        if kind_of(model_cfg) != Kind.RECURRENT and model_cfg.max_seq_len < seq_len:
-            console.print(f"[yellow]{path} reads at most {model_cfg.max_seq_len} tokens: every model is scored on "
-                          f"windows of {model_cfg.max_seq_len}[/yellow]")
-            seq_len = model_cfg.max_seq_len
+        # By default, no window longer than a model was trained at (its later positions never learned).
+        limit = (cfg.seq_len is None and model_cfg.trained_seq_len) or model_cfg.max_seq_len
+        if kind_of(model_cfg) != Kind.RECURRENT and limit < seq_len:
+            console.print(f"[yellow]{path} {'was trained at' if limit != model_cfg.max_seq_len else 'reads at most'} "
+                          f"{limit} tokens: every model is scored on windows of {limit}[/yellow]")
+            seq_len = limit
     out = Path(cfg.out)
     entries = [_ngram_entry(cfg, held_out)]
     for kind, preset in (("lstm", cfg.lstm_preset), ("transformer", cfg.transformer_preset)):

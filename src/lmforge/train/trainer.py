@@ -110,6 +110,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
     out = Path(cfg.out)
+    # The context the model learns is the checkpoint's to carry (eval scores it, generate warns past it).
+    cfg.model.trained_seq_len = cfg.seq_len
     seed_everything(cfg.seed)
     objective = get_objective(cfg.objective)(cfg, rt)
     ckpt = Checkpointer(out / "checkpoints", cfg.keep_last, objective.tokenizer_dir)
@@ -125,7 +127,9 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
     state = None
     if resumed_from is not None:
         state = load_train_state(resumed_from)
-        check_compatible(state, cfg.model, to_dict(cfg), resumed_from, world_size=rt.world_size)
+        # seq_len itself must match; a checkpoint from before trained_seq_len was recorded has none.
+        recorded = dataclasses.replace(cfg.model, trained_seq_len=state["model_config"].get("trained_seq_len"))
+        check_compatible(state, recorded, to_dict(cfg), resumed_from, world_size=rt.world_size)
         if not is_sharded_checkpoint(resumed_from):  # (shards load into the parallelized model, in `_restore`)
             load_weights(resumed_from, model)  # the full weights, on every rank, before they are sharded
     step_model = parallelize(model, rt, cfg.parallel)
