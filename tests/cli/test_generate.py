@@ -57,3 +57,11 @@ def test_an_empty_source_for_an_encoder_decoder_is_one_line(tmp_path, tiny_data,
     ckpt = checkpoint(tmp_path, tiny_data, "t5")
     assert main(["generate", "--checkpoint", str(ckpt), ""]) == 2
     assert "an encoder-decoder needs a source text" in capsys.readouterr().err
+
+
+def test_max_new_tokens_beyond_the_context_is_cut_with_one_warning(tmp_path, tiny_data, capsys):
+    ckpt = checkpoint(tmp_path, tiny_data, "gpt")
+    generate(ckpt, "The", 400)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "warning: --max-new-tokens 400 is cut to " in err
+    assert "the model's context is 32 tokens" in err

@@ -44,6 +44,7 @@ def run_generate(cfg: GenerateConfig) -> list[str]:
     path = resolve_checkpoint(cfg.checkpoint)
     model, _ = load_model(path, pick_device(cfg.device))
     tokenizer = load_tokenizer(path)
+    _warn_if_cut(model.cfg, tokenizer, cfg)
     stream = cfg.stream and len(cfg.prompts) == 1 and sys.stdout.isatty()
 
     def on_text(_row: int, piece: str) -> None:
@@ -62,6 +63,23 @@ def run_generate(cfg: GenerateConfig) -> list[str]:
                 sys.stdout.write(f"--- sample {i + 1}\n")
             sys.stdout.write(prompt + text + "\n")
     return texts
+
+
+def _warn_if_cut(mcfg, tokenizer, cfg: GenerateConfig) -> None:
+    """One line when the model's context leaves fewer than --max-new-tokens after the longest prompt."""
+    from lmforge.models.registry import GENERATE, Kind, can, kind_of
+
+    if not can(mcfg, GENERATE):
+        return  # generate() says why in one line
+    if kind_of(mcfg) == Kind.ENCODER_DECODER:
+        used, what = 1, "the decoder's start token"
+    else:
+        used = max(len(tokenizer.encode(p, add_special_tokens=False).ids) or 1 for p in cfg.prompts)
+        what = f"the {used}-token prompt"
+    room = mcfg.max_seq_len - used
+    if 0 < room < cfg.max_new_tokens:
+        sys.stderr.write(f"lmforge generate: warning: --max-new-tokens {cfg.max_new_tokens} is cut to {room}: the "
+                         f"model's context is {mcfg.max_seq_len} tokens and {what} takes {used}\n")
 
 
 def _main(args: argparse.Namespace) -> int:
