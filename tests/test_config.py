@@ -57,7 +57,7 @@ def test_effective_config_round_trips(tmp_path):
         ("nope: 1\n", "unknown option 'nope'"),
         ("model:\n  width: 3\n", "unknown option 'model.width'"),
         ("lr: fast\n", "option 'lr' must be float"),
-        ("model:\n  norm: batchnorm\n", "choose one of layernorm, rmsnorm"),
+        ("model:\n  norm: batchnorm\n", "must be one of layernorm, rmsnorm"),
         ("lr: [1\n", "not valid YAML"),
     ],
 )

@@ -5,6 +5,11 @@ dataclass field `model.n_layer` <-> `--model.n-layer`). Flags override the file,
 The effective config is written next to a run's outputs (`save_config`) so the run can be reproduced with
 `--config that/file.yaml`. The field's `help` metadata becomes the `--help` text.
 
+A field declares its constraints beside its default (`field(1e-3, "lr", gt=0)`; see `field`): every config class
+derives from `Config`, whose `__post_init__` runs `check` before the class's own, so a config built from YAML, from
+flags or in Python is refused in one line naming the option, its value and what it may be (a float field is always
+refused NaN and infinities). Cross-field rules stay in each class's own `__post_init__`/`validate`.
+
 A field may be a dataclass chosen by a sibling field's value (`field(variants=("objective", table))`, as
 `TrainConfig.objective_options`, whose fields are those of the chosen objective's own options): its flags are the
 union of every variant's fields, shown in `--help` in one group per set of variants that take them, and a field of
@@ -17,6 +22,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import functools
+import math
 import types
 import typing
 from pathlib import Path
@@ -31,16 +39,126 @@ T = TypeVar("T")
 
 
 def field(default: Any = dataclasses.MISSING, help: str = "", *, choices: typing.Sequence[Any] | None = None,
+          min: float | None = None, max: float | None = None, gt: float | None = None, lt: float | None = None,
+          finite: bool = True, non_empty: bool = False, repeat: bool = False,
           default_factory: Any = dataclasses.MISSING,
           variants: tuple[str, typing.Callable[[], dict[str, type]]] | None = None) -> Any:
-    """A dataclass field with `--help` text and optional choices.
+    """A dataclass field with `--help` text and the constraints `check` enforces on its value.
 
+    `choices`: the allowed values. `min` / `max`: inclusive bounds, `gt` / `lt`: exclusive ones (a list or tuple
+    field bounds each item). `finite`: a float value may not be NaN or infinite (on unless `finite=False`).
+    `non_empty`: a string or list may not be empty. None is never checked (an optional field left unset).
+    `repeat`: a list field's flag takes one value and is repeated (`--stop a --stop b`), so it never swallows a
+    positional argument after it (a list flag otherwise takes every value that follows).
     `variants=(selector, table)`: the field holds the dataclass `table()[value of the sibling field selector]`.
     """
-    meta = {"help": help, "choices": tuple(choices) if choices else None, "variants": variants}
+    bounds = {k: v for k, v in (("min", min), ("max", max), ("gt", gt), ("lt", lt)) if v is not None}
+    meta = {"help": help, "choices": tuple(choices) if choices else None, "variants": variants, "bounds": bounds,
+            "finite": finite, "non_empty": non_empty, "repeat": repeat}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def suggest(word: Any, candidates: typing.Iterable[Any]) -> str:
+    """' (did you mean X?)' for the closest of `candidates` to `word`, or ''."""
+    names = [str(c) for c in candidates]
+    close = difflib.get_close_matches(str(word), names, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def rule_text(bounds: dict[str, float]) -> str:
+    """The range `bounds` allows, as a reader writes it: '>= 1', '> 0', 'in (0, 1]'."""
+    low = ("[", bounds["min"]) if "min" in bounds else ("(", bounds["gt"]) if "gt" in bounds else None
+    high = ("]", bounds["max"]) if "max" in bounds else (")", bounds["lt"]) if "lt" in bounds else None
+    if low and high:
+        return f"in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
+    if low:
+        return f"{'>=' if low[0] == '[' else '>'} {low[1]:g}"
+    if high:
+        return f"{'<=' if high[0] == ']' else '<'} {high[1]:g}"
+    return ""
+
+
+class OptionError(UserError):
+    """An option's value breaks its field's declared constraint. `option` is the dotted name (`optim.lr`);
+    `spelled` how the message names it (`--optim.lr` when it came from a flag, see `resolve`)."""
+
+    def __init__(self, option: str, value: Any, must: str, where: str | Path | None = None) -> None:
+        self.option, self.value, self.must = option, value, must
+        self.spelled = f"option '{option}'"
+        super().__init__(self._what(), where=where)
+
+    def _what(self) -> str:
+        return f"{self.spelled} is {self.value!r}, but must be {self.must}"
+
+    def renamed(self, option: str | None = None, spelled: str | None = None,
+                where: str | Path | None = None) -> OptionError:
+        if option is not None:
+            self.option = option
+            self.spelled = f"option '{option}'"
+        if spelled is not None:
+            self.spelled = spelled
+        if where is not None:
+            self.where = str(where)
+        self.what = self._what()
+        self.args = (self.line(),)
+        return self
+
+
+def _violation(f: dataclasses.Field, value: Any) -> str | None:
+    """What `value` must be to satisfy `f`'s declared constraints, or None when it does."""
+    meta = f.metadata
+    if meta.get("non_empty") and isinstance(value, str | list | tuple) and not (
+            value.strip() if isinstance(value, str) else value):
+        return "non-empty"
+    if meta.get("choices") and not isinstance(value, list | tuple) and value not in meta["choices"]:
+        return f"one of {', '.join(map(str, meta['choices']))}{suggest(value, meta['choices'])}"
+    items = value if isinstance(value, list | tuple) else [value]
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        if isinstance(v, float) and meta.get("finite", True) and not math.isfinite(v):
+            return "a finite number"
+        b = meta.get("bounds") or {}
+        if b and not (v >= b.get("min", -math.inf) and v <= b.get("max", math.inf)
+                      and v > b.get("gt", -math.inf) and v < b.get("lt", math.inf)):
+            return rule_text(b)
+    return None
+
+
+def check(obj: Any) -> None:
+    """Refuse the first field of config `obj` whose value breaks its declared constraints (`field`)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if value is None or dataclasses.is_dataclass(value):
+            continue
+        must = _violation(f, value)
+        if must is not None:
+            raise OptionError(f.name, value, must)
+
+
+class Config:
+    """Base of every config dataclass: `check`s the declared constraints before the class's own `__post_init__`.
+
+    A subclass's `__post_init__` is wrapped when the class is made, so it need not call `super()`."""
+
+    def __post_init__(self) -> None:
+        check(self)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is None or getattr(own, "_checks", False):
+            return
+
+        @functools.wraps(own)
+        def post_init(self: Any) -> None:
+            check(self)
+            own(self)
+
+        post_init._checks = True  # type: ignore[attr-defined]
+        cls.__post_init__ = post_init  # type: ignore[method-assign]
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -81,8 +199,12 @@ def _add_flag(group: Any, prefix: str, f: dataclasses.Field, tp: Any) -> None:
     default = f.default if f.default is not dataclasses.MISSING else (
         f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
     help_text = f.metadata.get("help", "")
+    rule = rule_text(f.metadata.get("bounds") or {})
     if "default" not in help_text:
-        help_text = f"{help_text} (default: {default!r})" if help_text else f"default: {default!r}"
+        shown = f"default: {default!r}" + (f"; {rule}" if rule else "")
+        help_text = f"{help_text} ({shown})" if help_text else shown
+    elif rule:
+        help_text = f"{help_text} ({rule})"
     kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": argparse.SUPPRESS, "help": help_text}
     if f.metadata.get("choices"):
         kwargs["choices"] = f.metadata["choices"]
@@ -91,7 +213,8 @@ def _add_flag(group: Any, prefix: str, f: dataclasses.Field, tp: Any) -> None:
         kwargs["action"] = argparse.BooleanOptionalAction
     elif origin in (list, tuple):
         (item,) = typing.get_args(tp)[:1]
-        kwargs.update(nargs="+", type=item if item in (int, float) else str)
+        kwargs.update(type=item if item in (int, float) else str)
+        kwargs.update(action="append") if f.metadata.get("repeat") else kwargs.update(nargs="+")
     elif tp in (int, float, str):
         kwargs["type"] = tp
         kwargs["metavar"] = tp.__name__.upper()
@@ -221,12 +344,9 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     for key, value in data.items():
         key = key.replace("-", "_")
         if key not in names:
-            raise UserError(f"unknown option '{prefix}{key}'",
+            raise UserError(f"unknown option '{prefix}{key}'{suggest(key, names)}",
                             fix=f"valid options here: {', '.join(sorted(names))}")
         f = names[key]
-        if f.metadata.get("choices") and value not in f.metadata["choices"]:
-            raise UserError(f"option '{prefix}{key}' is {value!r}",
-                            fix=f"choose one of {', '.join(map(str, f.metadata['choices']))}")
         if f.metadata.get("variants"):
             variant_values[key] = value  # once the selector's value is known
             continue
@@ -238,8 +358,12 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             kwargs[key] = variant(cls, key, selected, variant_values.get(key), prefix)
     try:
         obj = cls(**kwargs)
+        if not isinstance(obj, Config):  # a plain dataclass of `field`s: checked here, as a Config checks itself
+            check(obj)
     except TypeError as e:
         raise UserError(f"incomplete config for {cls.__name__}: {e}") from None
+    except OptionError as e:  # named relative to cls: name it from the top
+        raise e.renamed(option=prefix + e.option) from None
     return obj
 
 
@@ -296,8 +420,55 @@ def resolve(cls: type[T], args: argparse.Namespace | None = None, config: str | 
         _set_dotted(data, dotted, value)
     # A config class may fill defaults that depend on other options (e.g. a model preset under model overrides).
     if hasattr(cls, "config_defaults"):
+        try:  # a bad value is reported before the defaults are filled (that may read the data, or a checkpoint)
+            precheck(cls, data)
+        except OptionError as e:
+            raise _spelled(e, given, args, cfg_path) from None
         data = cls.config_defaults(data)
-    return from_dict(cls, data)
+    try:
+        return from_dict(cls, data)
+    except OptionError as e:
+        raise _spelled(e, given, args, cfg_path) from None
+
+
+def _spelled(e: OptionError, given: dict[str, Any], args: argparse.Namespace | None,
+             cfg_path: str | Path | None) -> OptionError:
+    """`e` naming the option as the user gave it: a flag (`--optim.lr`), or a key of the config file."""
+    if e.option in given and args is not None and e.option in vars(args):
+        return e.renamed(spelled=_flag("", e.option))
+    if cfg_path is not None:
+        return e.renamed(where=cfg_path)
+    return e
+
+
+def precheck(cls: type, data: dict[str, Any], prefix: str = "") -> None:
+    """`check` the values `data` gives (a nested mapping, as `from_dict` takes) before `cls` is built from it.
+    Unknown keys and values of the wrong type are left to `from_dict`."""
+    if not isinstance(data, dict):
+        return
+    hints = _hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        key = key.replace("-", "_")
+        f = names.get(key)
+        if f is None or value is None:
+            continue
+        tp = _unwrap_optional(hints[key])[0]
+        if f.metadata.get("variants"):
+            selector, table = f.metadata["variants"]
+            chosen = table().get(data.get(selector, _default(cls, selector)))
+            if chosen is not None:
+                precheck(chosen, value, prefix + key + ".")
+        elif dataclasses.is_dataclass(tp):
+            precheck(tp, value, prefix + key + ".")
+        else:
+            try:
+                coerced = _coerce(value, hints[key], prefix + key)
+            except UserError:
+                continue
+            must = _violation(f, coerced)
+            if must is not None:
+                raise OptionError(prefix + key, coerced, must)
 
 
 def save_config(obj: Any, path: str | Path) -> Path:

@@ -20,7 +20,8 @@ from rich.progress import (
 from rich.text import Text
 
 # One console for everything lmforge prints to a person; stderr so that stdout stays clean for pipes.
-console = Console(stderr=True)
+# Piped (not a terminal): lines are never wrapped at the default 80 columns, so a log keeps one line per message.
+console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 
 def quiet() -> bool:

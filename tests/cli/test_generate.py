@@ -97,3 +97,11 @@ def test_generation_past_the_trained_length_warns_once(tmp_path, tiny_data, caps
     assert err.count("\n") == 1 and "went past the 4 tokens this model was trained at" in err
     assert main([*args, "one", "--max-new-tokens", "1"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_max_new_tokens_beyond_the_context_is_cut_with_one_warning(tmp_path, tiny_data, capsys):
+    ckpt = checkpoint(tmp_path, tiny_data, "gpt")
+    generate(ckpt, "The", 400)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "warning: --max-new-tokens 400 is cut to " in err
+    assert "the model's context is 32 tokens" in err

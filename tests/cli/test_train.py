@@ -52,7 +52,7 @@ def one_line_error(capsys, argv: list[str]) -> str:
     (["--data", "{tmp}/nope"], "no such data directory"),
     (["--data", "{data}", "--seq-len", "512"], "seq_len 512 is longer than the model's max_seq_len 256"),
     (["--data", "{data}", "--precision", "fp16"], "fp16 training is not supported on the CPU"),
-    (["--data", "{data}", "--steps", "0"], "steps must be positive"),
+    (["--data", "{data}", "--steps", "0"], "--steps is 0, but must be >= 1"),
     (["--data", "{data}", "--objective", "nope"], "unknown objective 'nope'"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tiny_data, tmp_path, capsys, args, message):

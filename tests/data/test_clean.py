@@ -247,7 +247,7 @@ def test_bad_options_are_user_errors():
         CleanOptions(normalize="nfd")
     with pytest.raises(UserError, match="max_chars"):
         CleanOptions(min_chars=10, max_chars=5)
-    with pytest.raises(UserError, match="0 or more"):
+    with pytest.raises(UserError, match="must be >= 0"):
         CleanOptions(min_chars=-1)
     with pytest.raises(UserError, match="near_dedup_threshold"):
         CleanOptions(near_dedup_threshold=1.5)

@@ -121,10 +121,10 @@ def test_vocabulary_smaller_than_alphabet_plus_specials_is_a_user_error(opts, me
 
 
 @pytest.mark.parametrize(("opts", "message"), [
-    (dict(kind="sentencepiece"), "tokenizer kind is 'sentencepiece'"),
+    (dict(kind="sentencepiece"), "option 'kind' is 'sentencepiece', but must be one of bpe"),
     (dict(special_tokens=["eos", "foo"]), "unknown special token name"),
     (dict(kind="wordpiece", special_tokens=["eos"]), "needs the unk special token"),
-    (dict(vocab_size=0), "vocab_size is 0"),
+    (dict(vocab_size=0), "option 'vocab_size' is 0, but must be >= 1"),
 ])
 def test_bad_options_are_user_errors(opts, message):
     with pytest.raises(UserError, match=message):

@@ -89,5 +89,5 @@ def test_bad_inputs_fail_before_anything_is_trained_or_written(tiny_data, tmp_pa
     assert not out.exists()
     with pytest.raises(UserError, match="no prepared data"):
         resolve(CompareConfig, out=str(out))
-    with pytest.raises(UserError, match="steps must be positive"):
+    with pytest.raises(UserError, match="option .steps. is 0, but must be >= 1"):
         resolve(CompareConfig, data=str(tiny_data), steps=0)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.cli.common import add_verb
-from lmforge.config import field, resolve
+from lmforge.config import Config, field, resolve
 from lmforge.device import DEVICES
 from lmforge.errors import UserError
 
@@ -30,11 +30,11 @@ examples:
 
 
 @dataclass
-class EmbedConfig:
+class EmbedConfig(Config):
     checkpoint: str = field("runs/train", "encoder checkpoint directory, or a run directory (uses its best)")
     input: str | None = field(None, "text file (optionally .gz): one sentence per line")
     out: str | None = field(None, "output file: .npy (float32 array) or .jsonl (text + embedding per line)")
-    batch_size: int = field(64, "sentences per forward pass")
+    batch_size: int = field(64, "sentences per forward pass", min=1)
     truncate: bool = field(False, "cut sentences longer than the model's positions (default: that is an error)")
     device: str = field("auto", "device to run on", choices=DEVICES)
 
@@ -45,8 +45,6 @@ class EmbedConfig:
             raise UserError("no output file given", fix="pass --out FILE.npy or --out FILE.jsonl")
         if Path(self.out).suffix.lower() not in (".npy", ".jsonl"):  # as lmforge.eval.retrieval.embed_file writes
             raise UserError(f"cannot tell the output format of {self.out}", fix="end --out with .npy or .jsonl")
-        if self.batch_size <= 0:
-            raise UserError("batch_size must be positive")
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass
 
 from lmforge.cli.common import add_verb
-from lmforge.config import field
+from lmforge.config import Config, field
 
 ORDER = 70
 
@@ -35,7 +35,7 @@ the reason, and nothing is written. See docs/interop.md.
 
 
 @dataclass
-class ExportOptions:
+class ExportOptions(Config):
     out: str | None = field(None, "output directory (an earlier model directory there is replaced, "
                                   "anything else is refused)")
     format: str = field("hf", "output format", choices=("hf",))

@@ -49,6 +49,7 @@ def run_generate(cfg: GenerateConfig) -> list[str]:
     path = resolve_checkpoint(cfg.checkpoint)
     model, model_cfg = load_model(path, pick_device(cfg.device))
     tokenizer = load_tokenizer(path)
+    _warn_if_cut(model_cfg, tokenizer, cfg, prompts)
     stream = cfg.stream and len(prompts) == 1 and sys.stdout.isatty()
     # A decoder continues its prompt, so the prompt is part of the text; an encoder-decoder's output is new text
     # (a translation, a summary), printed alone.
@@ -92,6 +93,24 @@ def _prompts(cfg: GenerateConfig) -> list[str]:
         _notice(f"notice: invalid UTF-8 in {replaced} prompt(s) replaced with U+FFFD (--encoding-errors fail "
                 f"to refuse instead)")
     return prompts
+
+
+def _warn_if_cut(mcfg, tokenizer, cfg: GenerateConfig, prompts: list[str]) -> None:
+    """One line when the model's context leaves fewer than --max-new-tokens after the longest prompt."""
+    from lmforge.data.tokenizer import encode_ids
+    from lmforge.models.registry import GENERATE, Kind, can, kind_of
+
+    if not can(mcfg, GENERATE):
+        return  # generate() says why in one line
+    if kind_of(mcfg) == Kind.ENCODER_DECODER:
+        used, what = 1, "the decoder's start token"
+    else:
+        used = max(len(encode_ids(tokenizer, p)) or 1 for p in prompts)
+        what = f"the {used}-token prompt"
+    room = mcfg.max_seq_len - used
+    if 0 < room < cfg.max_new_tokens:
+        sys.stderr.write(f"lmforge generate: warning: --max-new-tokens {cfg.max_new_tokens} is cut to {room}: the "
+                         f"model's context is {mcfg.max_seq_len} tokens and {what} takes {used}\n")
 
 
 def _main(args: argparse.Namespace) -> int:

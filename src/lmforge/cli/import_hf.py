@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass
 
 from lmforge.cli.common import add_verb
-from lmforge.config import field
+from lmforge.config import Config, field
 
 ORDER = 71
 
@@ -24,7 +24,7 @@ examples:
 
 
 @dataclass
-class ImportOptions:
+class ImportOptions(Config):
     out: str | None = field(None, "output checkpoint directory (an earlier model directory there is replaced, "
                                   "anything else is refused)")
 

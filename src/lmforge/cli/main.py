@@ -15,6 +15,7 @@ import sys
 
 import lmforge
 import lmforge.cli
+from lmforge.cli.common import Parser
 from lmforge.errors import UserError
 
 DESCRIPTION = """\
@@ -27,10 +28,9 @@ Every verb takes `--config FILE.yaml` and/or flags (flags win); `lmforge VERB --
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lmforge", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="lmforge", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"lmforge {lmforge.__version__}")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")  # each verb's parser is a Parser too
     modules = []
     for info in pkgutil.iter_modules(lmforge.cli.__path__):
         if info.name == "main":
@@ -45,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # a misspelled flag: one line from the verb's own parser, with the closest of its flags
+        verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+        verb_parser = verbs.get(getattr(args, "verb", None) or "")
+        (verb_parser if isinstance(verb_parser, Parser) else parser).unknown(extras)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

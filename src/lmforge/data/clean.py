@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lmforge.config import field
+from lmforge.config import Config, field
 from lmforge.data.corpus import Document
 from lmforge.errors import UserError
 
@@ -31,7 +31,7 @@ _WORDS = re.compile(r"\w+")
 
 
 @dataclass
-class CleanOptions:
+class CleanOptions(Config):
     """Which cleaning steps run, in the order listed."""
 
     normalize: str = field("nfc", "Unicode normalization form (nfkc also folds compatibility characters such "
@@ -41,26 +41,21 @@ class CleanOptions:
     fix_whitespace: bool = field(True, "collapse runs of blanks inside lines to one space, strip line ends, "
                                        "keep at most one blank line in a row, strip the document; leading "
                                        "indentation is kept")
-    min_chars: int = field(1, "drop documents shorter than this many characters after the steps above")
-    max_chars: int = field(0, "drop (never truncate) documents longer than this many characters; 0 = no limit")
+    min_chars: int = field(1, "drop documents shorter than this many characters after the steps above",
+                         min=0)
+    max_chars: int = field(0, "drop (never truncate) documents longer than this many characters; 0 = no limit", min=0)
     dedup: bool = field(True, "drop exact duplicates of an earlier document (after cleaning)")
     near_dedup: bool = field(False, "drop near-duplicates of an earlier document with MinHash LSH (needs "
                                     "pip install 'lmforge[data]'); approximate, and memory grows with the corpus")
     near_dedup_threshold: float = field(0.8, "Jaccard similarity of word 5-gram sets above which a document "
-                                             "counts as a near-duplicate")
+                                             "counts as a near-duplicate", gt=0, lt=1)
     pii: bool = field(True, "replace e-mail addresses, phone numbers, IP addresses and card numbers (Luhn-"
                             "checked) with <EMAIL>, <PHONE>, <IP>, <CARD>")
 
     def __post_init__(self) -> None:
-        if self.normalize not in NORMALIZE_FORMS:
-            raise UserError(f"normalize is {self.normalize!r}", fix=f"choose one of {', '.join(NORMALIZE_FORMS)}")
-        if self.min_chars < 0 or self.max_chars < 0:
-            raise UserError("min_chars and max_chars must be 0 or more")
         if self.max_chars and self.max_chars < self.min_chars:
             raise UserError(f"max_chars ({self.max_chars}) is below min_chars ({self.min_chars})",
                             fix="raise max_chars, or set it to 0 for no limit")
-        if not 0.0 < self.near_dedup_threshold < 1.0:
-            raise UserError(f"near_dedup_threshold is {self.near_dedup_threshold}", fix="give a number in (0, 1)")
 
 
 @dataclass

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from lmforge.config import field
+from lmforge.config import Config, field
 from lmforge.data import builtin
 from lmforge.errors import UserError
 
@@ -49,7 +49,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
-class ReadOptions:
+class ReadOptions(Config):
     """How source files become documents."""
 
     jsonl_field: str = field(
@@ -66,13 +66,6 @@ class ReadOptions:
         "replace", "what to do with invalid UTF-8: replace the bad bytes with U+FFFD, skip the document, or "
                    "fail naming the file and byte offset",
         choices=ENCODING_ERRORS)
-
-    def __post_init__(self) -> None:
-        if self.doc_split not in DOC_SPLITS:
-            raise UserError(f"doc_split is {self.doc_split!r}", fix=f"choose one of {', '.join(DOC_SPLITS)}")
-        if self.encoding_errors not in ENCODING_ERRORS:
-            raise UserError(f"encoding_errors is {self.encoding_errors!r}",
-                            fix=f"choose one of {', '.join(ENCODING_ERRORS)}")
 
 
 def text_under_policy(text: str, policy: str, *, what: str, option: str = "encoding_errors") -> str | None:

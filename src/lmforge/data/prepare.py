@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from lmforge.atomic import atomic_directory
-from lmforge.config import field, save_config, to_dict
+from lmforge.config import Config, field, save_config, to_dict
 from lmforge.data.clean import CleanOptions, CleanStats, clean_documents
 from lmforge.data.corpus import ReadOptions, ReadStats, iter_documents, resolve_sources, source_fingerprint
 from lmforge.data.report import build_report, summary_lines, write_report
@@ -43,7 +43,7 @@ SPOOL_DIR = ".spool"
 
 
 @dataclass
-class PrepareConfig:
+class PrepareConfig(Config):
     inputs: list[str] = field(default_factory=lambda: ["builtin:python-docs"],
                               help="corpus files, directories (recursive) or globs: .txt .md .jsonl .csv .tsv "
                                    ".parquet, optionally .gz; or builtin:python-docs (the default)")
@@ -53,24 +53,18 @@ class PrepareConfig:
     tokenizer: TokenizerOptions = field(default_factory=TokenizerOptions, help="tokenizer to train")
     tokenizer_from: str | None = field(None, "reuse this tokenizer.json (or a directory holding one) instead of "
                                              "training one, e.g. to encode new data for an existing model")
-    val_fraction: float = field(0.05, "fraction of documents held out for validation (by document, seeded)")
-    test_fraction: float = field(0.0, "fraction of documents held out for a test split")
+    val_fraction: float = field(0.05, "fraction of documents held out for validation (by document, seeded)",
+                                min=0, lt=1)
+    test_fraction: float = field(0.0, "fraction of documents held out for a test split", min=0, lt=1)
     seed: int = field(0, "seed of the train/val/test split")
-    workers: int = field(0, "encoding processes (0 = every core)")
-    shard_tokens: int = field(100_000_000, "tokens per shard file")
+    workers: int = field(0, "encoding processes (0 = every core)", min=0)
+    shard_tokens: int = field(100_000_000, "tokens per shard file", min=1)
     overwrite: bool = field(False, "replace an existing prepared directory at out")
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("val_fraction", "test_fraction"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.val_fraction + self.test_fraction >= 1.0:
             problems.append("val_fraction + test_fraction must leave documents for training")
-        if self.shard_tokens < 1:
-            problems.append("shard_tokens must be positive")
-        if self.workers < 0:
-            problems.append("workers may not be negative (0 = every core)")
         if problems:
             raise UserError("invalid prepare config: " + "; ".join(problems), fix="see `lmforge prepare --help`")
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from lmforge.atomic import write_json, write_text
-from lmforge.config import field
+from lmforge.config import Config, field
 from lmforge.errors import UserError
 from lmforge.progress import progress_bar
 
@@ -63,25 +63,19 @@ _LONG_RUN = re.compile(rf"(?<!\S)\S{{{LONG_RUN_CHARS + 1},}}")
 
 
 @dataclass
-class TokenizerOptions:
+class TokenizerOptions(Config):
     """Which tokenizer to train."""
 
     kind: str = field("bpe", "bpe (byte-level, GPT-2 style; never produces <unk>), wordpiece (BERT style), "
                              "unigram (SentencePiece style) or char (one token per character)", choices=KINDS)
     vocab_size: int = field(8192, "largest vocabulary, special tokens included (char: an upper bound; the "
-                                  "vocabulary is the characters seen)")
-    min_frequency: int = field(2, "bpe/wordpiece: a pair must occur this often to be merged")
+                                  "vocabulary is the characters seen)", min=1)
+    min_frequency: int = field(2, "bpe/wordpiece: a pair must occur this often to be merged", min=1)
     special_tokens: list[str] = field(default_factory=lambda: list(SPECIAL_TOKENS),
                                       help=f"special tokens, in id order, from {', '.join(SPECIAL_TOKENS)} "
                                            f"(written <pad>, <unk>, ...)")
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise UserError(f"tokenizer kind is {self.kind!r}", fix=f"choose one of {', '.join(KINDS)}")
-        if self.vocab_size < 1:
-            raise UserError(f"vocab_size is {self.vocab_size}", fix="give a positive number (8192 is typical)")
-        if self.min_frequency < 1:
-            raise UserError(f"min_frequency is {self.min_frequency}", fix="give 1 or more")
         unknown = [n for n in self.special_tokens if n not in SPECIAL_TOKENS]
         if unknown:
             raise UserError(f"unknown special token name(s) {', '.join(map(repr, unknown))}",

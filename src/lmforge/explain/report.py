@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from lmforge.config import field
+from lmforge.config import Config, field
 from lmforge.device import DEVICES
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig
@@ -21,7 +21,7 @@ OUTPUTS = ("attention", "surprise", "attribution")
 
 
 @dataclass
-class ExplainConfig:
+class ExplainConfig(Config):
     checkpoint: str = field("runs/quickstart/train", "checkpoint directory, or a run directory (uses its best)")
     text: str = field("", "the text to explain (usually given as the positional argument)")
     out: str = field("runs/explain", "directory the files are written to (created if needed)")
@@ -35,11 +35,12 @@ class ExplainConfig:
     target: str | None = field(None, "attribution: the prediction to explain. Decoders: the next token, as text "
                                      "(' mat', mind the leading space) or its vocabulary spelling; bert: the "
                                      "next-sentence class, 0/next or 1/random (default: the model's top choice)")
-    ig_steps: int = field(32, "integrated gradients: interpolation steps (more = smaller completeness error)")
+    ig_steps: int = field(32, "integrated gradients: interpolation steps (more = smaller completeness error)",
+                        min=1)
     baseline: str = field("zero", "integrated gradients: baseline embeddings at the text's tokens, zero or pad "
                                        "(the pad token's)", choices=("zero", "pad"))
     units: str = field("bits", "surprise units: bits or nats", choices=("bits", "nats"))
-    top_k: int = field(5, "surprise: top predictions shown when hovering a token")
+    top_k: int = field(5, "surprise: top predictions shown when hovering a token", min=1)
     device: str = field("auto", "device to run on", choices=DEVICES)
 
 

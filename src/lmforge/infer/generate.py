@@ -24,8 +24,9 @@ from lmforge.models.registry import GENERATE, Kind, families_that, kind_of, requ
 
 @dataclass
 class GenerationConfig(SamplingConfig):
-    max_new_tokens: int = field(100, "tokens to generate after each prompt")
-    stop: list[str] = field(default_factory=list, help="stop a sequence when it produces any of these strings")
+    max_new_tokens: int = field(100, "tokens to generate after each prompt", min=1)
+    stop: list[str] = field(default_factory=list, repeat=True,
+                            help="stop a sequence when it produces this string (repeat the flag for several)")
     seed: int | None = field(None, "random seed for sampling (default: nondeterministic)")
 
 

@@ -11,16 +11,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lmforge.config import field
+from lmforge.config import Config, field
 
 
 @dataclass
-class SamplingConfig:
-    temperature: float = field(0.8, "softmax temperature; 0 means greedy (argmax)")
-    top_k: int = field(0, "keep only the k most likely tokens (0 = off)")
-    top_p: float = field(1.0, "nucleus sampling: keep the smallest set of tokens with this much probability (1 = off)")
-    min_p: float = field(0.0, "drop tokens less likely than min_p times the most likely one (0 = off)")
-    repetition_penalty: float = field(1.0, "penalise tokens already seen: positive logits / p, negative * p (1 = off)")
+class SamplingConfig(Config):
+    temperature: float = field(0.8, "softmax temperature; 0 means greedy (argmax)", min=0)
+    top_k: int = field(0, "keep only the k most likely tokens (0 = off)", min=0)
+    top_p: float = field(1.0, "nucleus sampling: keep the smallest set of tokens with this much probability (1 = off)",
+                         gt=0, max=1)
+    min_p: float = field(0.0, "drop tokens less likely than min_p times the most likely one (0 = off)",
+                         min=0, max=1)
+    repetition_penalty: float = field(1.0, "penalise tokens already seen: positive logits / p, negative * p (1 = off)",
+                                      gt=0)
 
 
 def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:

@@ -13,25 +13,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.config import field
+from lmforge.config import Config, field
 from lmforge.errors import UserError
 from lmforge.models.registry import FAMILIES, HEADS
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Config):
     family: str = field("gpt", "model family: gpt / llama (decoders), bert (encoder), t5 (encoder-decoder), "
                                 "lstm (recurrent baseline)", choices=tuple(FAMILIES))
-    vocab_size: int = field(8192, "vocabulary size (set from the tokenizer when training)")
-    max_seq_len: int = field(256, "longest sequence the model accepts (learned positions, cache size)")
-    n_layer: int = field(4, "number of Transformer blocks")
-    n_head: int = field(4, "attention heads")
-    n_kv_head: int | None = field(None, "key/value heads for grouped-query attention (default: n_head)")
-    head_dim: int | None = field(None, "width of each attention head (default: d_model / n_head)")
-    d_model: int = field(256, "residual stream width")
-    d_ff: int | None = field(None, "MLP hidden width (default: 4*d_model, or 8/3*d_model rounded for gated MLPs)")
+    vocab_size: int = field(8192, "vocabulary size (set from the tokenizer when training)", min=1)
+    max_seq_len: int = field(256, "longest sequence the model accepts (learned positions, cache size)",
+                             min=1)
+    n_layer: int = field(4, "number of Transformer blocks", min=1)
+    n_head: int = field(4, "attention heads", min=1)
+    n_kv_head: int | None = field(None, "key/value heads for grouped-query attention (default: n_head)",
+                                   min=1)
+    head_dim: int | None = field(None, "width of each attention head (default: d_model / n_head)", min=1)
+    d_model: int = field(256, "residual stream width", min=1)
+    d_ff: int | None = field(None, "MLP hidden width (default: 4*d_model, or 8/3*d_model rounded for gated MLPs)",
+                              min=1)
     norm: str = field("layernorm", "normalisation layer", choices=("layernorm", "rmsnorm"))
-    norm_eps: float = field(1e-5, "epsilon of the normalisation layers")
+    norm_eps: float = field(1e-5, "epsilon of the normalisation layers", gt=0)
     norm_position: str = field("pre", "normalise before (pre) or after (post, original BERT) each sublayer",
                                choices=("pre", "post"))
     mlp: str = field("standard", "MLP kind: standard (up, act, down) or gated (SwiGLU/GeGLU)",
@@ -39,19 +42,22 @@ class ModelConfig:
     activation: str = field("gelu_tanh", "MLP activation", choices=("gelu", "gelu_tanh", "silu", "relu"))
     pos: str = field("learned", "position information (relative: T5 bucketed attention biases)",
                      choices=("learned", "sinusoidal", "rope", "relative", "none"))
-    rope_theta: float = field(10000.0, "RoPE base")
-    relative_buckets: int = field(32, "relative positions: number of buckets")
-    relative_max_distance: int = field(128, "relative positions: distance beyond which all share a bucket")
-    attn_scale: float | None = field(None, "attention score scale (default 1/sqrt(head_dim); T5 uses 1)")
-    type_vocab_size: int = field(0, "segment (token type) embeddings, as BERT's sentence A/B (0 = none)")
+    rope_theta: float = field(10000.0, "RoPE base", gt=0)
+    relative_buckets: int = field(32, "relative positions: number of buckets", min=1)
+    relative_max_distance: int = field(128, "relative positions: distance beyond which all share a bucket",
+                                       min=1)
+    attn_scale: float | None = field(None, "attention score scale (default 1/sqrt(head_dim); T5 uses 1)", gt=0)
+    type_vocab_size: int = field(0, "segment (token type) embeddings, as BERT's sentence A/B (0 = none)",
+                                 min=0)
     embed_norm: bool = field(False, "normalise the summed embeddings (BERT)")
-    n_decoder_layer: int | None = field(None, "encoder-decoder: decoder blocks (default: n_layer)")
+    n_decoder_layer: int | None = field(None, "encoder-decoder: decoder blocks (default: n_layer)", min=0)
     scale_decoder_output: bool = field(False, "multiply the last hidden state by d_model**-0.5 before a tied output "
                                               "projection (T5)")
     bias: bool = field(True, "biases in linear and norm layers")
     tie_embeddings: bool = field(True, "share the input embedding and output projection weights")
-    dropout: float = field(0.0, "dropout on embeddings, attention and residual branches")
-    init_std: float = field(0.02, "standard deviation of the weight initialisation")
+    dropout: float = field(0.0, "dropout on embeddings, attention and residual branches",
+                            min=0, lt=1)
+    init_std: float = field(0.02, "standard deviation of the weight initialisation", min=0)
     head: str = field("lm", "the task head on the backbone: lm (the family's language-model head(s): next-token "
                             "for decoders, MLM + NSP for bert), classify (one logit per label), span (start/end "
                             "logits for extractive QA)", choices=HEADS)
@@ -92,11 +98,6 @@ class ModelConfig:
             problems.append(f"n_head {self.n_head} is not divisible by n_kv_head {self.n_kv_head}")
         if self.pos == "rope" and self.head_dim % 2:
             problems.append(f"RoPE needs an even head dimension, got {self.head_dim}")
-        for name in ("vocab_size", "max_seq_len", "n_layer", "n_head", "d_model"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be positive")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         from lmforge.models.registry import family
 
         if self.head not in family(self.family).heads:
@@ -271,5 +272,8 @@ def lstm_small() -> ModelConfig:
 
 def get_preset(name: str) -> ModelConfig:
     if name not in PRESETS:
-        raise UserError(f"unknown model preset '{name}'", fix=f"choose one of {', '.join(sorted(PRESETS))}")
+        from lmforge.config import suggest
+
+        raise UserError(f"unknown model preset '{name}'{suggest(name, PRESETS)}",
+                        fix=f"choose one of {', '.join(sorted(PRESETS))}")
     return PRESETS[name]()

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lmforge.config import field
+from lmforge.config import Config, field
 from lmforge.errors import UserError
 from lmforge.parallel.env import Place
 
@@ -31,7 +31,7 @@ FSDP_PRECISIONS = ("auto", "fp32", "bf16")  # FSDP compute dtype; no fp16 (its l
 
 
 @dataclass
-class ParallelConfig:
+class ParallelConfig(Config):
     strategy: str = field("auto", "data parallelism: auto (ddp under torchrun with 2+ processes, else none), none, "
                           "ddp (replicate the model), fsdp (shard parameters, gradients and optimizer state)",
                           choices=STRATEGIES)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.config import field
+from lmforge.config import Config, field
 from lmforge.device import DEVICES
 from lmforge.errors import UserError
 from lmforge.eval.perplexity import Score
@@ -37,27 +37,27 @@ LABELS = {Kind.DECODER: "Transformer", Kind.RECURRENT: "LSTM"}  # the table's ro
 
 
 @dataclass
-class CompareConfig:
+class CompareConfig(Config):
     data: str | None = field(None, "prepared data directory (made by `lmforge prepare`)")
     split: str = field("val", "split to score on (made by prepare: train, val, test)")
     checkpoint: str | None = field(None, "checkpoint directory, or a run directory (its best checkpoint), to score; "
                                          "with --compare the Transformer (default: train one)")
     lstm_checkpoint: str | None = field(None, "with --compare: the LSTM's checkpoint or run directory (default: "
                                               "train one)")
-    ngram_order: int = field(3, "with --compare: order of the Kneser-Ney n-gram baseline (1 = unigram)")
+    ngram_order: int = field(3, "with --compare: order of the Kneser-Ney n-gram baseline (1 = unigram)", min=1)
     out: str = field("runs/compare", "with --compare: models trained here go to OUT/lstm and OUT/transformer, "
                                      "the results to OUT/compare.json and OUT/compare.png")
-    steps: int = field(200, "with --compare: optimizer steps for each model trained here")
+    steps: int = field(200, "with --compare: optimizer steps for each model trained here", min=1)
     lr: float | None = field(None, f"with --compare: peak learning rate of the models trained here (default: "
                                    f"{DEFAULT_LR['lstm']:g} for the LSTM, {DEFAULT_LR['transformer']:g} for the "
-                                   f"Transformer)")
+                                   f"Transformer)", min=0)
     transformer_preset: str = field("tiny", "with --compare: model preset of the Transformer trained here")
     lstm_preset: str = field("lstm-tiny", "with --compare: model preset of the LSTM trained here")
     seq_len: int | None = field(None, f"tokens per window (default: the model's max_seq_len, at most the length "
                                       f"it was trained at; with --compare {DEFAULT_SEQ_LEN}, for training and "
-                                      f"scoring every model)")
-    batch_size: int = field(16, "sequences per batch (scoring, and training with --compare)")
-    max_batches: int = field(0, "score at most this many batches (0 = the whole split)")
+                                      f"scoring every model)", min=1)
+    batch_size: int = field(16, "sequences per batch (scoring, and training with --compare)", min=1)
+    max_batches: int = field(0, "score at most this many batches (0 = the whole split)", min=0)
     device: str = field("auto", "device: auto picks CUDA, then Apple MPS, then the CPU", choices=DEVICES)
     precision: str = field("auto", "auto = bf16 autocast on CUDA, fp32 elsewhere",
                            choices=PRECISIONS)
@@ -66,14 +66,6 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if not self.data:
             raise UserError("no prepared data given", fix="pass --data DIR, a directory made by `lmforge prepare`")
-        problems = [f"{name} must be positive" for name in ("ngram_order", "steps", "batch_size")
-                    if getattr(self, name) <= 0]
-        if self.seq_len is not None and self.seq_len <= 0:
-            problems.append("seq_len must be positive")
-        if self.max_batches < 0:
-            problems.append("max_batches may not be negative")
-        if problems:
-            raise UserError("invalid eval config: " + "; ".join(problems), fix="see `lmforge eval --help`")
 
 
 @dataclass

@@ -24,38 +24,33 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from lmforge.config import field, resolve
+from lmforge.config import Config, field, resolve
 from lmforge.device import DEVICES
 from lmforge.errors import UserError
 from lmforge.progress import console
 
 
 @dataclass
-class QuickstartConfig:
+class QuickstartConfig(Config):
     corpus: list[str] = field(default_factory=lambda: ["builtin:python-docs"],
                               help="text to learn from (files, directories, globs; default: the built-in corpus)")
     out: str = field("runs/quickstart", "where data/, train/ and summary.json go (replaced on every run)")
-    vocab_size: int = field(4096, "byte-level BPE vocabulary size")
+    vocab_size: int = field(4096, "byte-level BPE vocabulary size", min=1)
     preset: str = field("tiny", "model preset (tiny: 4 layers, 128 wide)")
     minutes: float = field(3.5, "training time budget: the number of steps is set from the speed measured on "
-                                "this machine in a few warm-up steps")
-    steps: int = field(0, "training steps (0 = as many as fit in --minutes)")
-    max_steps: int = field(3000, "upper bound on the steps chosen from --minutes")
-    batch_size: int = field(16, "sequences per step")
-    seq_len: int = field(128, "tokens per sequence")
-    lr: float = field(2e-3, "peak learning rate")
+                                "this machine in a few warm-up steps", gt=0)
+    steps: int = field(0, "training steps (0 = as many as fit in --minutes)", min=0)
+    max_steps: int = field(3000, "upper bound on the steps chosen from --minutes", min=1)
+    batch_size: int = field(16, "sequences per step", min=1)
+    seq_len: int = field(128, "tokens per sequence", min=1)
+    lr: float = field(2e-3, "peak learning rate", min=0)
     baseline_orders: list[int] = field(default_factory=lambda: [1, 2],
                                        help="n-gram baselines fitted on the same tokens (1 = unigram, 2 = bigram "
-                                            "Kneser-Ney); the Transformer must clearly beat the first")
-    samples: int = field(3, "continuations to sample at the end")
-    max_new_tokens: int = field(60, "tokens per sample")
+                                            "Kneser-Ney); the Transformer must clearly beat the first", min=1)
+    samples: int = field(3, "continuations to sample at the end", min=0)
+    max_new_tokens: int = field(60, "tokens per sample", min=1)
     device: str = field("auto", "device to train on", choices=DEVICES)
     seed: int = field(0, "seed for data split, initialisation and sampling")
-
-    def __post_init__(self) -> None:
-        if self.steps < 0 or self.minutes <= 0 or self.samples < 0 or self.max_new_tokens < 1:
-            raise UserError("minutes and max_new_tokens must be positive, steps and samples not negative",
-                            fix="see `lmforge quickstart --help`")
 
 
 PROMPTS = ["The list", "A module is", "If the file", "Return the", "This function"]

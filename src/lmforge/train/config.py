@@ -13,11 +13,11 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.config import field, variant
+from lmforge.config import Config, field, variant
 from lmforge.data.tokenizer import check_vocab_fits
 from lmforge.device import DEVICES
 from lmforge.errors import UserError
-from lmforge.models.config import ModelConfig, get_preset
+from lmforge.models.config import PRESETS, ModelConfig, get_preset
 from lmforge.models.registry import Kind, kind_of
 from lmforge.parallel.parallelize import ParallelConfig
 from lmforge.runtime import PRECISIONS
@@ -30,18 +30,21 @@ MAX_CONSECUTIVE_SKIPS = 25
 
 
 @dataclass
-class OptimConfig:
-    lr: float = field(1e-3, "peak learning rate (reached at the end of warmup)")
-    weight_decay: float = field(0.1, "AdamW weight decay, applied to matrices and embeddings only")
-    betas: tuple[float, float] = field((0.9, 0.95), "AdamW betas")
-    eps: float = field(1e-8, "AdamW epsilon")
-    grad_clip: float = field(1.0, "clip the global gradient norm to this (0 = no clipping)")
+class OptimConfig(Config):
+    lr: float = field(1e-3, "peak learning rate (reached at the end of warmup)", min=0)
+    weight_decay: float = field(0.1, "AdamW weight decay, applied to matrices and embeddings only",
+                                min=0)
+    betas: tuple[float, float] = field((0.9, 0.95), "AdamW betas", min=0, lt=1)
+    eps: float = field(1e-8, "AdamW epsilon", gt=0)
+    grad_clip: float = field(1.0, "clip the global gradient norm to this (0 = no clipping)", min=0)
     schedule: str = field("cosine", "learning-rate schedule after warmup", choices=SCHEDULES)
-    warmup_steps: int | None = field(None, "linear warmup steps (default: steps/20, at most 1000)")
+    warmup_steps: int | None = field(None, "linear warmup steps (default: steps/20, at most 1000)",
+                                     min=0)
     min_lr_ratio: float = field(0.1, "lowest learning rate as a fraction of lr (end of cosine/linear; floor of "
-                                     "step/exponential)")
-    step_size: int = field(1000, "step/exponential schedules: steps per decay by gamma")
-    gamma: float = field(0.5, "step/exponential schedules: decay factor per step_size steps")
+                                     "step/exponential)", min=0, max=1)
+    step_size: int = field(1000, "step/exponential schedules: steps per decay by gamma", min=1)
+    gamma: float = field(0.5, "step/exponential schedules: decay factor per step_size steps",
+                         gt=0, max=1)
 
 
 def _tensorboard_installed() -> bool:
@@ -49,10 +52,11 @@ def _tensorboard_installed() -> bool:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     data: str | None = field(None, "prepared data directory (made by `lmforge prepare`)")
     out: str = field("runs/train", "run directory: checkpoints, metrics, plot and the effective config go here")
-    preset: str = field("tiny", "model preset to start from; model.* options override its fields")
+    preset: str = field("tiny", f"model preset to start from, one of {', '.join(PRESETS)}; model.* options "
+                                "override its fields")
     init_from: str | None = field(None, "start from this checkpoint's weights and architecture (fine-tuning): an "
                                         "lmforge checkpoint or run directory, or a Hugging Face model directory; "
                                         "the objective's head is added fresh where the checkpoint has none, and "
@@ -63,16 +67,20 @@ class TrainConfig:
                                         "(encoders), classification (families with a classify head)")
     objective_options: Options = field(default_factory=Options, variants=("objective", options_classes),
                                        help="options of the chosen objective (each objective takes only its own)")
-    steps: int = field(1000, "optimizer steps to train for")
-    batch_size: int = field(16, "sequences per micro-batch (per process under torchrun)")
-    seq_len: int | None = field(None, "tokens per training sequence (default: model.max_seq_len)")
-    grad_accum: int = field(1, "micro-batches accumulated per optimizer step")
+    steps: int = field(1000, "optimizer steps to train for", min=1)
+    batch_size: int = field(16, "sequences per micro-batch (per process under torchrun)", min=1)
+    seq_len: int | None = field(None, "tokens per training sequence (default: model.max_seq_len)",
+                                    min=1)
+    grad_accum: int = field(1, "micro-batches accumulated per optimizer step", min=1)
     optim: OptimConfig = field(default_factory=OptimConfig, help="optimizer and schedule")
-    eval_every: int = field(250, "evaluate on the val split every N steps (0 = only at the end)")
-    eval_batches: int = field(100, "batches per evaluation (0 = the whole val split)")
-    early_stop_patience: int = field(0, "stop after this many evaluations without a better val loss (0 = off)")
-    checkpoint_every: int = field(500, "save a checkpoint every N steps (and always at the end)")
-    keep_last: int = field(3, "keep the newest N step checkpoints (0 = keep all); best/ is kept apart")
+    eval_every: int = field(250, "evaluate on the val split every N steps (0 = only at the end)",
+                            min=0)
+    eval_batches: int = field(100, "batches per evaluation (0 = the whole val split)", min=0)
+    early_stop_patience: int = field(0, "stop after this many evaluations without a better val loss (0 = off)",
+                                    min=0)
+    checkpoint_every: int = field(500, "save a checkpoint every N steps (and always at the end)",
+                                  min=1)
+    keep_last: int = field(3, "keep the newest N step checkpoints (0 = keep all); best/ is kept apart", min=0)
     device: str = field("auto", "device: auto picks CUDA, then Apple MPS, then the CPU", choices=DEVICES)
     precision: str = field("auto", "auto = bf16 autocast on CUDA (fp16 + loss scaling where bf16 is missing), "
                                    "fp32 elsewhere", choices=PRECISIONS)
@@ -85,7 +93,7 @@ class TrainConfig:
     resume: bool = field(False, "continue from the newest complete checkpoint in out (fresh start if none)")
     on_nonfinite: str = field("stop", "on a NaN/inf loss: stop (exit 2), or skip the step's update (counted as a "
                                       f"step; {MAX_CONSECUTIVE_SKIPS} in a row still stop)", choices=("stop", "skip"))
-    log_every: int = field(10, "log training metrics every N steps")
+    log_every: int = field(10, "log training metrics every N steps", min=1)
     tensorboard: bool = field(_tensorboard_installed(), "write TensorBoard event files to out/tensorboard")
 
     def __post_init__(self) -> None:
@@ -106,22 +114,9 @@ class TrainConfig:
             raise UserError(f"seq_len {self.seq_len} is longer than the model's max_seq_len "
                             f"{self.model.max_seq_len}",
                             fix="lower --seq-len or raise --model.max-seq-len")
-        problems = [f"{name} must be positive" for name in ("steps", "batch_size", "seq_len", "grad_accum",
-                                                           "log_every") if getattr(self, name) <= 0]
-        problems += [f"{name} may not be negative" for name in ("eval_every", "eval_batches",
-                                                               "early_stop_patience", "keep_last")
-                     if getattr(self, name) < 0]
-        if self.checkpoint_every <= 0:
-            problems.append("checkpoint_every must be positive")
-        o = self.optim
-        if len(o.betas) != 2:
-            problems.append(f"optim.betas needs two values, got {list(o.betas)}")
-        if o.lr < 0 or o.weight_decay < 0 or o.grad_clip < 0 or o.warmup_steps < 0:
-            problems.append("optim.lr, weight_decay, grad_clip and warmup_steps may not be negative")
-        if not 0.0 <= o.min_lr_ratio <= 1.0:
-            problems.append(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
-        if o.step_size <= 0 or not 0.0 < o.gamma <= 1.0:
-            problems.append("optim.step_size must be positive and optim.gamma in (0, 1]")
+        problems = []
+        if len(self.optim.betas) != 2:
+            problems.append(f"optim.betas needs two values, got {list(self.optim.betas)}")
         if problems:
             raise UserError("invalid training config: " + "; ".join(problems),
                             fix="see `lmforge train --help`")

@@ -163,6 +163,18 @@ class ProgressLine:
             self.progress.stop()
 
 
+COUNTS = ("examples", "tokens", "count", "pairs", "documents", "sequences", "steps", "step")
+
+
+def format_metric(name: str, value: Any) -> str:
+    """A metric as printed: a count (`val_examples`, an int) as an integer, anything else to 4 decimals."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int) or (name.rsplit("_", 1)[-1] in COUNTS and float(value).is_integer()):
+        return str(int(value))
+    return f"{value:.4f}"
+
+
 def format_train(r: dict[str, Any]) -> str:
     parts = [f"loss {r['loss']:.4f}", f"lr {r['lr']:.2e}", f"{r['tokens_per_s']:,.0f} tok/s"]
     if r.get("mfu") is not None:
@@ -250,7 +262,8 @@ class RunLogger:
     def eval(self, record: dict[str, Any]) -> None:
         record = {"event": "eval", **record}
         self._write(record)
-        shown = " | ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val_") and k != "val_tokens")
+        shown = " | ".join(f"{k} {format_metric(k, v)}" for k, v in record.items()
+                           if k.startswith("val_") and k != "val_tokens")
         self.progress.message(f"eval at step {record['step']}: {shown}")
 
     def event(self, record: dict[str, Any], message: str | None = None) -> None:

@@ -36,7 +36,7 @@ def test_the_objective_chooses_its_options_dataclass(tiny_data):
     assert options("seq2seq", objective_options__source_column="en") == TextPairsOptions(source_column="en")
     # A TrainConfig made in code gets its objective's options too.
     assert type(TrainConfig(data=str(tiny_data), objective="mlm").objective_options) is MaskedLMOptions
-    with pytest.raises(UserError, match=r"invalid objective options: mlm_probability must be in \(0, 1\), got 1.5"):
+    with pytest.raises(UserError, match=r"option .objective_options.mlm_probability. is 1.5, but must be in \(0, 1\)"):
         options("mlm", objective_options__mlm_probability=1.5)
 
 

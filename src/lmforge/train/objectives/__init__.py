@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor, nn
 
+from lmforge.config import Config
 from lmforge.errors import UserError
 from lmforge.models.registry import FAMILIES, Kind, family, kind_of, require_kind
 
@@ -52,7 +53,7 @@ class Output:
 
 
 @dataclass
-class Options:
+class Options(Config):
     """Base of an objective's options: none. A subclass adds fields and extends `problems`."""
 
     def problems(self) -> list[str]:

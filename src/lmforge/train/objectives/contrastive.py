@@ -45,13 +45,7 @@ from lmforge.train.objectives.options import (
 
 @dataclass
 class ContrastiveOptions(TextPairsOptions):
-    contrastive_temperature: float = field(0.05, "temperature of the InfoNCE softmax")
-
-    def problems(self) -> list[str]:
-        problems = super().problems()
-        if self.contrastive_temperature <= 0:
-            problems.append(f"contrastive_temperature must be positive, got {self.contrastive_temperature}")
-        return problems
+    contrastive_temperature: float = field(0.05, "temperature of the InfoNCE softmax", gt=0)
 
 
 def info_nce(anchors: Tensor, positives: Tensor, temperature: float) -> Tensor:

@@ -41,18 +41,17 @@ EVAL_SEED = 0x5EED  # held-out masks and pairs are the same at every evaluation,
 
 @dataclass
 class MaskedLMOptions(Options):
-    mlm_probability: float = field(0.15, "fraction of tokens (or words) selected for prediction")
-    mask_replace: float = field(0.8, "of the selected tokens, the fraction replaced by <mask>")
+    mlm_probability: float = field(0.15, "fraction of tokens (or words) selected for prediction",
+                                    gt=0, lt=1)
+    mask_replace: float = field(0.8, "of the selected tokens, the fraction replaced by <mask>", min=0, max=1)
     random_replace: float = field(0.1, "of the selected tokens, the fraction replaced by a random token (the rest "
-                                       "are kept as they are)")
+                                       "are kept as they are)", min=0, max=1)
     whole_word_mask: bool = field(False, "select whole words (all their tokens together), not single tokens")
 
     def problems(self) -> list[str]:
         problems = super().problems()
-        if not 0.0 < self.mlm_probability < 1.0:
-            problems.append(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
-        if self.mask_replace < 0 or self.random_replace < 0 or self.mask_replace + self.random_replace > 1.0:
-            problems.append("mask_replace and random_replace must be non-negative and add up to at most 1")
+        if self.mask_replace + self.random_replace > 1.0:
+            problems.append("mask_replace and random_replace must add up to at most 1")
         return problems
 
 

@@ -35,18 +35,12 @@ class ExamplesFileOptions(Options):
                                     "for classification (contrastive without it: unsupervised SimCSE on the "
                                     "prepared data)")
     pairs_val_fraction: float = field(0.1, "fraction of the examples held out for evaluation (chosen by a hash of "
-                                           "the example's index, so always the same ones)")
+                                           "the example's index, so always the same ones)",
+                                      min=0, lt=1)
     max_source_len: int | None = field(None, "truncate sources (classification: texts) to this many tokens "
                                              "(default: no truncation; a source longer than the model's positions, "
-                                             "or a text longer than an lstm's max_seq_len, is an error)")
-
-    def problems(self) -> list[str]:
-        problems = super().problems()
-        if not 0.0 <= self.pairs_val_fraction < 1.0:
-            problems.append(f"pairs_val_fraction must be in [0, 1), got {self.pairs_val_fraction}")
-        if self.max_source_len is not None and self.max_source_len < 2:
-            problems.append("max_source_len must be at least 2")
-        return problems
+                                             "or a text longer than an lstm's max_seq_len, is an error)",
+                                        min=2)
 
 
 @dataclass
@@ -55,13 +49,8 @@ class TextPairsOptions(ExamplesFileOptions):
 
     source_column: str = field("source", "column (TSV header / JSON key) of the source or anchor text")
     target_column: str = field("target", "column of the target or positive text")
-    max_target_len: int | None = field(None, "truncate targets to this many tokens (default: no truncation)")
-
-    def problems(self) -> list[str]:
-        problems = super().problems()
-        if self.max_target_len is not None and self.max_target_len < 2:
-            problems.append("max_target_len must be at least 2")
-        return problems
+    max_target_len: int | None = field(None, "truncate targets to this many tokens (default: no truncation)",
+                                        min=2)
 
 
 def require_special(special_ids: dict[str, int], names: Iterable[str], objective: str,

@@ -38,19 +38,9 @@ EVAL_SEED = 0x5EED
 
 @dataclass
 class SpanCorruptionOptions(Options):
-    span_noise_density: float = field(0.15, "fraction of the input tokens noised")
-    span_mean_length: float = field(3.0, "mean length of a noised span")
-    sentinels: int = field(100, "sentinel ids added after the tokenizer's vocabulary")
-
-    def problems(self) -> list[str]:
-        problems = super().problems()
-        if not 0.0 < self.span_noise_density < 1.0:
-            problems.append(f"span_noise_density must be in (0, 1), got {self.span_noise_density}")
-        if self.span_mean_length < 1.0:
-            problems.append(f"span_mean_length must be at least 1, got {self.span_mean_length}")
-        if self.sentinels < 1:
-            problems.append(f"sentinels must be positive, got {self.sentinels}")
-        return problems
+    span_noise_density: float = field(0.15, "fraction of the input tokens noised", gt=0, lt=1)
+    span_mean_length: float = field(3.0, "mean length of a noised span", min=1)
+    sentinels: int = field(100, "sentinel ids added after the tokenizer's vocabulary", min=1)
 
 
 def span_counts(length: int, density: float, mean_length: float) -> tuple[int, int]:
