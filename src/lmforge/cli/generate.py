@@ -35,14 +35,14 @@ class GenerateConfig(GenerationConfig):
     stream: bool = field(True, "print tokens as they are generated (single prompt)")
 
 
-def run_generate(cfg: GenerateConfig) -> list[str]:
+def run_generate(cfg: GenerateConfig, verify: bool = True) -> list[str]:
     from lmforge.checkpoints import load_model, resolve_checkpoint
     from lmforge.data.tokenizer import load_tokenizer, special_token_ids
     from lmforge.device import pick_device
     from lmforge.infer.generate import generate
 
     path = resolve_checkpoint(cfg.checkpoint)
-    model, _ = load_model(path, pick_device(cfg.device))
+    model, _ = load_model(path, pick_device(cfg.device), verify=verify)
     tokenizer = load_tokenizer(path)
     stream = cfg.stream and len(cfg.prompts) == 1 and sys.stdout.isatty()
 
@@ -66,8 +66,9 @@ def run_generate(cfg: GenerateConfig) -> list[str]:
 
 def _main(args: argparse.Namespace) -> int:
     positional = vars(args).pop("prompt_args", None)
+    verify = not vars(args).pop("no_verify", False)
     cfg = resolve(GenerateConfig, args, **({"prompts": positional} if positional else {}))
-    run_generate(cfg)
+    run_generate(cfg, verify=verify)
     return 0
 
 
@@ -75,3 +76,5 @@ def register(sub) -> None:
     parser = add_verb(sub, "generate", GenerateConfig, _main, help="sample text from a trained model",
                       description=DESCRIPTION)
     parser.add_argument("prompt_args", nargs="*", metavar="PROMPT", help="one or more prompts")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="load the checkpoint without checking it against its checksums (huge models)")
