@@ -32,3 +32,25 @@ def test_a_single_file_checkpoint_is_not_sharded_and_resolves_to_itself(tmp_path
     assert resolve_checkpoint(tmp_path / "ckpt") == tmp_path / "ckpt"
     with pytest.raises(UserError, match="no model checkpoint here"):
         resolve_checkpoint(tmp_path)
+
+
+def test_a_flipped_byte_in_the_weights_is_one_line_unless_verify_is_off(tmp_path):
+    from lmforge.checkpoints import CHECKSUMS, CorruptCheckpoint, load_model, write_checksums
+    from lmforge.models import build_model
+    from lmforge.models.config import ModelConfig
+    from lmforge.models.io import WEIGHTS, save_model
+
+    cfg = ModelConfig(vocab_size=64, n_layer=1, d_model=16, n_head=2, max_seq_len=32)
+    path = save_model(tmp_path / "m", build_model(cfg), cfg)
+    load_model(path)  # no checksums (as before they existed): loads, nothing to check
+    write_checksums(path, [WEIGHTS])
+    load_model(path)
+    data = bytearray((path / WEIGHTS).read_bytes())
+    data[-3] ^= 0x01
+    (path / WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpoint) as e:
+        load_model(path)
+    assert "\n" not in e.value.line() and WEIGHTS in e.value.line() and "sha256" in e.value.line()
+    load_model(path, verify=False)
+    (path / CHECKSUMS).unlink()
+    load_model(path)

@@ -8,6 +8,7 @@ version or none, never a half-written one that looks complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -16,6 +17,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from lmforge.errors import UserError
+
+# What a full disk, an exhausted quota or a file-size limit raise.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _umask() -> int:
@@ -114,3 +120,59 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def is_disk_full(e: BaseException, directory: str | Path | None = None, need: int | None = None) -> bool:
+    """Whether `e` says the disk (or quota) is full. Some writers hide the errno: torch.save raises a RuntimeError
+    (`inline_container.cc ... unexpected pos`), safetensors its own error; for those, the free space of
+    `directory` against the `need`ed bytes decides."""
+    if isinstance(e, OSError) and e.errno in DISK_FULL:
+        return True
+    text = str(e).lower()
+    if "no space left" in text or "quota exceeded" in text:
+        return True
+    if not (type(e) is RuntimeError or type(e).__name__ == "SafetensorError") or directory is None or not need:
+        return False
+    free = _free_bytes(Path(directory))
+    return free is not None and free < need
+
+
+def disk_full_error(path: str | Path, what: str, need: int | None = None) -> UserError:
+    """One line for a write that ran out of space: what, where, about how much it needs, what is free."""
+    free = _free_bytes(Path(path))
+    sizes = ", ".join(s for s in (f"needs about {format_bytes(need)}" if need else "",
+                                  f"{format_bytes(free)} free" if free is not None else "") if s)
+    return UserError(f"no space left on the device while writing {what}" + (f" ({sizes})" if sizes else ""),
+                     where=path, fix="free some space (or raise the quota), or write to another disk; nothing "
+                                     "half-written was left behind")
+
+
+@contextlib.contextmanager
+def disk_full_as_user_error(path: str | Path, what: str, need: int | None = None) -> Iterator[None]:
+    """Turn a disk-full error in the block (a writer's, anywhere below it) into `disk_full_error`'s one line."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:
+        if is_disk_full(e, Path(path), need):
+            raise disk_full_error(path, what, need) from None
+        raise
+
+
+def format_bytes(n: int | float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def _free_bytes(path: Path) -> int | None:
+    for p in (path, *path.parents):
+        if p.exists():
+            try:
+                return shutil.disk_usage(p).free
+            except OSError:
+                return None
+    return None

@@ -35,7 +35,7 @@ def test_layout_latest_pointer_and_keep_last(tmp_path, model_and_cfg):
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step_000200", "step_000300"]
     assert (root / "latest").read_text().strip() == "step_000300"
     assert {p.name for p in (root / "step_000300").iterdir()} == {
-        "model.safetensors", "config.json", "tokenizer.json", "train_state.pt"}
+        "model.safetensors", "config.json", "tokenizer.json", "train_state.pt", "checksums.json"}
     assert ckpt.latest() == root / "step_000300"
     # A step directory is an ordinary model checkpoint.
     loaded, loaded_cfg = load_model(root / "step_000300")

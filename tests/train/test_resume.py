@@ -155,8 +155,6 @@ def test_resume_with_more_steps_and_new_optimizer_options_follows_them(finished)
 
 
 @pytest.mark.parametrize(("damage", "message"), [
-    ("truncate weights", "model weights are unreadable or truncated"),
-    ("truncate state", "training state is unreadable or truncated"),
     ("other family", "holds a 'gpt' model but the config asks for 'llama'"),
     ("other config", "config does not match the checkpoint (model.n_layer 1 -> 2)"),
     ("other batch", "config does not match the checkpoint (batch_size 4 -> 8)"),
@@ -164,10 +162,7 @@ def test_resume_with_more_steps_and_new_optimizer_options_follows_them(finished)
 def test_unresumable_checkpoint_is_one_clear_line_and_changes_nothing(finished, damage, message):
     ckpt = finished / "checkpoints" / f"step_{2 * N:06d}"
     overrides = {}
-    if damage.startswith("truncate"):
-        f = ckpt / ("model.safetensors" if damage == "truncate weights" else "train_state.pt")
-        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    elif damage == "other family":
+    if damage == "other family":
         overrides = {"preset": "llama-tiny", "model": {k: v for k, v in resolve(
             TrainConfig, config=finished / "config.yaml", out=str(finished)).model.to_dict().items()
             if k in ("n_layer", "d_model", "n_head", "n_kv_head", "dropout", "vocab_size")}}
@@ -180,6 +175,76 @@ def test_unresumable_checkpoint_is_one_clear_line_and_changes_nothing(finished, 
         resume(finished, steps=2 * N + 2, **overrides)
     line = e.value.line()
     assert message in line and "\n" not in line and str(ckpt) in line
+    assert {p: p.read_bytes() for p in finished.rglob("*") if p.is_file()} == before
+
+
+def _damage(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    else:  # one flipped byte near the end: the tensor data, not the header
+        data[-3] ^= 0x40
+        path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("name", "how"), [("model.safetensors", "truncate"), ("model.safetensors", "flip"),
+                                           ("train_state.pt", "truncate"), ("train_state.pt", "flip")])
+def test_resume_falls_back_to_the_newest_checkpoint_that_verifies(finished, straight, capsys, name, how):
+    newest, older = (finished / "checkpoints" / f"step_{s:06d}" for s in (2 * N, N))
+    _damage(newest / name, how)
+    r = resume(finished, steps=2 * N)
+    assert r.step == 2 * N
+    warning = [line for line in capsys.readouterr().err.splitlines() if "damaged" in line]
+    assert len(warning) == 1 and newest.name in warning[0] and older.name in warning[0], warning
+    # Continued from step N, as the straight run went on from there; the damaged save is replaced by a good one.
+    got, want = losses(finished), losses(straight)
+    assert [got[s] for s in range(N + 1, 2 * N + 1)] == pytest.approx([want[s] for s in range(N + 1, 2 * N + 1)],
+                                                                      abs=1e-6, rel=0)
+    load_model(newest)
+
+
+def test_no_checkpoint_that_verifies_is_one_line_and_no_verify_skips_the_check(finished):
+    ckpts = finished / "checkpoints"
+    for s in (N, 2 * N):
+        _damage(ckpts / f"step_{s:06d}" / "model.safetensors", "flip")
+    with pytest.raises(UserError) as e:
+        resume(finished, steps=2 * N + 1)
+    line = e.value.line()
+    assert "\n" not in line and "no checkpoint of this run can be resumed" in line and f"step_{2 * N:06d}" in line
+    assert "--no-verify" in line
+    # A flipped byte in a float still loads: skipping the checksums resumes from the newest as it is.
+    r = train(resolve(TrainConfig, config=finished / "config.yaml", out=str(finished), resume=True,
+                      tensorboard=False, steps=2 * N + 1), verify=False)
+    assert r.step == 2 * N + 1
+
+
+def test_a_checkpoint_without_checksums_resumes_as_before(finished, capsys):
+    for s in (N, 2 * N):
+        (finished / "checkpoints" / f"step_{s:06d}" / "checksums.json").unlink()
+    assert resume(finished, steps=2 * N + 1).step == 2 * N + 1
+    assert "damaged" not in capsys.readouterr().err
+
+
+def test_a_run_keeps_the_tokenizer_it_started_with(finished, tiny_data, tmp_path):
+    from lmforge.checkpoints import read_checksums
+    from lmforge.data.tokenizer import tokenizer_hash
+
+    copy = finished / "tokenizer"
+    assert tokenizer_hash(copy) == tokenizer_hash(tiny_data)
+    for d in (finished / "checkpoints").glob("step_*"):
+        assert (d / "tokenizer.json").read_bytes() == (copy / "tokenizer.json").read_bytes()
+        assert read_checksums(d)["tokenizer_sha256"] == tokenizer_hash(copy)
+        assert load_train_state(d)["tokenizer_sha256"] == tokenizer_hash(copy)
+    # The data prepared again with another tokenizer: resuming on it is refused, in one line, nothing written.
+    data = Path(shutil.copytree(tiny_data, tmp_path / "data"))
+    spec = json.loads((data / "tokenizer.json").read_text())
+    spec.setdefault("added_tokens", []).append({"id": 10**6, "content": "<other>", "single_word": False,
+                                                 "lstrip": False, "rstrip": False, "normalized": False,
+                                                 "special": True})
+    (data / "tokenizer.json").write_text(json.dumps(spec))
+    before = {p: p.read_bytes() for p in finished.rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match="not the one this run was trained with"):
+        resume(finished, steps=2 * N + 1, data=str(data))
     assert {p: p.read_bytes() for p in finished.rglob("*") if p.is_file()} == before
 
 

@@ -38,7 +38,7 @@ class GenerateConfig(GenerationConfig):
                                  choices=("replace", "fail"))
 
 
-def run_generate(cfg: GenerateConfig) -> list[str]:
+def run_generate(cfg: GenerateConfig, verify: bool = True) -> list[str]:
     from lmforge.checkpoints import load_model, resolve_checkpoint
     from lmforge.data.tokenizer import load_tokenizer, special_token_ids
     from lmforge.device import pick_device
@@ -47,7 +47,7 @@ def run_generate(cfg: GenerateConfig) -> list[str]:
 
     prompts = _prompts(cfg)  # before loading anything: a refusal is immediate
     path = resolve_checkpoint(cfg.checkpoint)
-    model, model_cfg = load_model(path, pick_device(cfg.device))
+    model, model_cfg = load_model(path, pick_device(cfg.device), verify=verify)
     tokenizer = load_tokenizer(path)
     _warn_if_cut(model_cfg, tokenizer, cfg, prompts)
     stream = cfg.stream and len(prompts) == 1 and sys.stdout.isatty()
@@ -115,8 +115,9 @@ def _warn_if_cut(mcfg, tokenizer, cfg: GenerateConfig, prompts: list[str]) -> No
 
 def _main(args: argparse.Namespace) -> int:
     positional = vars(args).pop("prompt_args", None)
+    verify = not vars(args).pop("no_verify", False)
     cfg = resolve(GenerateConfig, args, **({"prompts": positional} if positional else {}))
-    run_generate(cfg)
+    run_generate(cfg, verify=verify)
     return 0
 
 
@@ -124,3 +125,5 @@ def register(sub) -> None:
     parser = add_verb(sub, "generate", GenerateConfig, _main, help="sample text from a trained model",
                       description=DESCRIPTION)
     parser.add_argument("prompt_args", nargs="*", metavar="PROMPT", help="one or more prompts")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="load the checkpoint without checking it against its checksums (huge models)")

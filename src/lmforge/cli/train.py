@@ -55,13 +55,14 @@ examples:
 def _main(args: argparse.Namespace) -> int:
     from lmforge.train.trainer import train
 
+    verify = not vars(args).pop("no_verify", False)
     # `--resume` without `--config` continues the run under its own effective config; flags still override it.
     config = None
     if getattr(args, "resume", False) and getattr(args, "config", None) is None:
         saved = Path(getattr(args, "out", TrainConfig.out)) / "config.yaml"
         config = saved if saved.is_file() else None
     cfg = resolve(TrainConfig, args, config=config)
-    result = train(cfg)
+    result = train(cfg, verify=verify)
     if result.rank != 0:
         return 0  # the summary once, from the rank that wrote what it names
 
@@ -104,4 +105,7 @@ def _next_command(cfg: TrainConfig, out: Path) -> str:
 
 
 def register(sub) -> None:
-    add_verb(sub, "train", TrainConfig, _main, help="train a model on prepared data", description=DESCRIPTION)
+    parser = add_verb(sub, "train", TrainConfig, _main, help="train a model on prepared data",
+                      description=DESCRIPTION)
+    parser.add_argument("--no-verify", action="store_true",
+                        help="--resume without checking the checkpoint against its checksums (huge models)")

@@ -14,6 +14,7 @@ renamed into place at the end, so an interrupted run never leaves a directory th
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from lmforge.atomic import atomic_directory
+from lmforge.atomic import atomic_directory, disk_full_as_user_error
 from lmforge.config import Config, field, save_config, to_dict
 from lmforge.data.clean import CleanOptions, CleanStats, clean_documents
 from lmforge.data.corpus import ReadOptions, ReadStats, iter_documents, resolve_sources, source_fingerprint
@@ -37,6 +38,7 @@ from lmforge.data.tokenizer import (
     train_tokenizer,
 )
 from lmforge.errors import UserError
+from lmforge.locks import DirectoryLock
 from lmforge.progress import progress_bar
 
 SPOOL_DIR = ".spool"
@@ -78,7 +80,16 @@ class PrepareResult:
 
 
 def prepare(cfg: PrepareConfig) -> PrepareResult:
-    """Run the whole pipeline; returns where the prepared data is and what it holds."""
+    """Run the whole pipeline; returns where the prepared data is and what it holds.
+
+    `out` (and the directory it is built in beside it) is this process's alone meanwhile (`lmforge.locks`): a
+    second `prepare` to the same place is refused. A full disk is one line; `out` is left as it was.
+    """
+    with DirectoryLock(cfg.out, "prepare"):
+        return _prepare(cfg)
+
+
+def _prepare(cfg: PrepareConfig) -> PrepareResult:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError("output path exists and is not a directory", where=out, fix="choose another --out")
@@ -93,7 +104,9 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 
-    with atomic_directory(out) as tmp:
+    # The spool holds the cleaned text, the shards about as many bytes again.
+    with disk_full_as_user_error(out, "prepared data", need=2 * _input_bytes(sources)), \
+            atomic_directory(out) as tmp:
         spool_dir = tmp / SPOOL_DIR
         read_stats, clean_stats = ReadStats(), CleanStats()
         t0 = time.perf_counter()
@@ -144,6 +157,10 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         save_config(cfg, tmp / "config.yaml")
         _remove_spool(spool_dir)
     return PrepareResult(out=out, manifest=enc.manifest, report=report, summary=summary_lines(report, out))
+
+
+def _input_bytes(sources: list[str]) -> int:
+    return sum(os.path.getsize(s) for s in sources if os.path.isfile(s))
 
 
 def _spooled_texts(spool_dir: Path) -> Iterator[str]:

@@ -33,11 +33,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from lmforge.atomic import atomic_directory, write_json
-from lmforge.checkpoints import is_sharded_checkpoint, load_model, resolve_checkpoint
+from lmforge.atomic import atomic_directory, disk_full_as_user_error, write_json
+from lmforge.checkpoints import is_sharded_checkpoint, load_model, resolve_checkpoint, verify_checksums
 from lmforge.data.tokenizer import decoder_start_id
 from lmforge.errors import UserError
 from lmforge.interop.families import FAMILIES, Family, Head, Rule
+from lmforge.locks import DirectoryLock
 from lmforge.models.config import ModelConfig
 from lmforge.models.heads import pooling
 from lmforge.models.io import CONFIG, TOKENIZER_FILES, WEIGHTS, check_weights, state_dict_for_save, tied_names
@@ -301,6 +302,10 @@ def _copy_lmforge_tokenizer(hf_dir: Path, dst: Path) -> None:
 
 # --- directories ---------------------------------------------------------------------------------------------
 
+def _bytes(state: dict[str, Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
 def _check_out_dir(out: Path, src: Path) -> None:
     """atomic_directory replaces `out` wholesale: only ever replace an earlier model directory."""
     if out.resolve() == src.resolve() or out.resolve() in src.resolve().parents:
@@ -360,6 +365,7 @@ def export_hf(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     if is_sharded_checkpoint(ckpt):  # torch.distributed.checkpoint shards: gathered into one model here
         state = state_dict_for_save(load_model(ckpt)[0])
     elif (ckpt / WEIGHTS).is_file():
+        verify_checksums(ckpt, [WEIGHTS])
         state = _load_tensors(ckpt / WEIGHTS)
     else:
         raise UserError("model weights not found", where=ckpt / WEIGHTS, fix="re-save the checkpoint")
@@ -367,7 +373,8 @@ def export_hf(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     hf_state = to_hf_state(family, cfg, state)
     specials = special_tokens(ckpt)
     config = hf_config(family, cfg, specials, state["embed.tok.weight"].dtype)
-    with atomic_directory(out) as tmp:
+    with DirectoryLock(out, "export"), disk_full_as_user_error(out, "a Hugging Face model", _bytes(hf_state)), \
+            atomic_directory(out) as tmp:
         save_file(hf_state, str(tmp / HF_WEIGHTS), metadata={"format": "pt"})  # transformers wants "pt"
         write_json(tmp / HF_CONFIG, config)
         if head.generates:
@@ -464,7 +471,8 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
 
         console.print(f"note: {src} has no {', '.join(added)} weights: initialised randomly (fine-tune before "
                       "using them)", markup=False, highlight=False, soft_wrap=True)
-    with atomic_directory(out) as tmp:
+    with DirectoryLock(out, "import"), disk_full_as_user_error(out, "a model checkpoint", _bytes(state)), \
+            atomic_directory(out) as tmp:
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
         cfg.save(tmp / CONFIG)
         _copy_lmforge_tokenizer(src, tmp)

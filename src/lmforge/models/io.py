@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lmforge.atomic import atomic_directory
+from lmforge.atomic import atomic_directory, disk_full_as_user_error
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig
 
@@ -52,8 +52,9 @@ def copy_tokenizer_files(tokenizer_dir: str | Path | None, directory: Path) -> N
 
 
 def save_model(path: str | Path, model: nn.Module, cfg: ModelConfig, tokenizer_dir: str | Path | None = None) -> Path:
-    """Save a model checkpoint directory atomically."""
-    with atomic_directory(path) as tmp:
+    """Save a model checkpoint directory atomically; a full disk is one line (and the old directory stays)."""
+    need = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    with disk_full_as_user_error(path, "a model checkpoint", need=need), atomic_directory(path) as tmp:
         write_model_files(tmp, model, cfg, Path(tokenizer_dir) if tokenizer_dir else None)
     return Path(path)
 

@@ -75,6 +75,14 @@ def _step(i: int, text: str) -> None:
 
 
 def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
+    """The whole path, in `cfg.out`, which is this process's alone meanwhile (`lmforge.locks`)."""
+    from lmforge.locks import DirectoryLock
+
+    with DirectoryLock(cfg.out, "quickstart"):
+        return _quickstart(cfg)
+
+
+def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     from lmforge.checkpoints import load_model
     from lmforge.data.prepare import PrepareConfig, prepare
     from lmforge.data.tokenizer import load_tokenizer, special_token_ids

@@ -7,6 +7,11 @@
         best/                   model files + metrics.json: the lowest val loss so far
         latest                  text file naming the newest step directory
 
+Each single-file checkpoint ends with checksums.json, written last: the sha256 of model.safetensors (and of
+train_state.pt) and of the tokenizer the run trained with (`lmforge.checkpoints.verify_checksums` checks them).
+The tokenizer files come from the run's own copy (OUT/tokenizer, made when the run started), never from the data
+directory, which may have been prepared again since.
+
 Every directory is built in a temporary sibling and renamed into place (`lmforge.atomic`), so a process killed at
 any moment leaves the previous checkpoint intact; `--resume` takes the newest complete one. A step directory is a
 model checkpoint every other verb reads; the training state sits beside the weights in its own file.
@@ -30,8 +35,9 @@ import torch
 from torch import nn
 
 from lmforge import parallel as lparallel
-from lmforge.atomic import atomic_directory, write_json, write_text
-from lmforge.checkpoints import is_sharded_checkpoint
+from lmforge.atomic import atomic_directory, disk_full_as_user_error, write_json, write_text
+from lmforge.checkpoints import CorruptCheckpoint, is_sharded_checkpoint, verify_checksums, write_checksums
+from lmforge.data.tokenizer import tokenizer_hash
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig
 from lmforge.models.io import CONFIG, WEIGHTS, load_state, write_model_files
@@ -57,6 +63,17 @@ class Checkpointer:
         self.root = Path(root)
         self.keep_last = keep_last
         self.tokenizer_dir = tokenizer_dir
+
+    @property
+    def tokenizer_dir(self) -> Path | None:
+        return self._tokenizer_dir
+
+    @tokenizer_dir.setter
+    def tokenizer_dir(self, value: Path | None) -> None:
+        self._tokenizer_dir = value
+        # What each checkpoint records as the tokenizer it was trained with.
+        self.tokenizer_sha256 = (tokenizer_hash(value) if value is not None and (Path(value) / "tokenizer.json")
+                                 .is_file() else None)
 
     def steps(self) -> list[tuple[int, Path]]:
         """Complete step checkpoints, oldest first."""
@@ -91,13 +108,41 @@ class Checkpointer:
             else:
                 os.replace(d, target)
 
+    def problem(self, path: Path, verify: bool = True) -> str | None:
+        """Why checkpoint `path` cannot be resumed from (damaged, truncated), or None when it can.
+
+        With its checksums (and `verify`) the files are checked byte for byte; an older checkpoint without them,
+        or with `verify=False`, is checked for what a truncated copy breaks: the weights' header, the state file.
+        """
+        try:
+            if is_sharded_checkpoint(path):
+                load_train_state(path)
+                return None
+            if verify and verify_checksums(path, [WEIGHTS, STATE]):
+                return None
+            from safetensors import SafetensorError, safe_open
+
+            try:
+                with safe_open(str(path / WEIGHTS), "pt"):
+                    pass
+            except (SafetensorError, OSError) as e:
+                raise CorruptCheckpoint(f"{WEIGHTS} is unreadable or truncated ({e})", where=path) from None
+            load_train_state(path)
+        except UserError as e:
+            return e.what
+        return None
+
     def save(self, step: int, model: nn.Module, model_cfg: ModelConfig, train_state: dict[str, Any]) -> Path:
         _check_finite(model)
         path = self.root / step_dir_name(step)
-        with atomic_directory(path) as tmp:
-            write_model_files(tmp, model, model_cfg, self.tokenizer_dir)
-            torch.save({"format": STATE_FORMAT, "model_config": model_cfg.to_dict(), **train_state}, tmp / STATE)
-        write_text(self.root / "latest", path.name + "\n")
+        # The weights, and the optimizer's two moments of each in the state file.
+        with disk_full_as_user_error(self.root, f"checkpoint {path.name}", need=3 * _tensor_bytes(model)):
+            with atomic_directory(path) as tmp:
+                write_model_files(tmp, model, model_cfg, self.tokenizer_dir)
+                torch.save({"format": STATE_FORMAT, "model_config": model_cfg.to_dict(),
+                            "tokenizer_sha256": self.tokenizer_sha256, **train_state}, tmp / STATE)
+                write_checksums(tmp, [WEIGHTS, STATE], tokenizer_sha256=self.tokenizer_sha256)
+            write_text(self.root / "latest", path.name + "\n")
         self.prune()
         return path
 
@@ -105,7 +150,8 @@ class Checkpointer:
                      train_state: dict[str, Any], env: lparallel.Place) -> Path:
         """A step checkpoint as shards (model, optimizer) + extra.pt (the rest); collective: call on every rank."""
         path = self.root / step_dir_name(step)
-        extra = {"format": STATE_FORMAT, "model_config": model_cfg.to_dict(), **train_state}
+        extra = {"format": STATE_FORMAT, "model_config": model_cfg.to_dict(),
+                 "tokenizer_sha256": self.tokenizer_sha256, **train_state}
         lparallel.save_sharded(path, model, optimizer, extra, env, self.tokenizer_dir)
         if env.rank == 0:
             write_text(self.root / "latest", path.name + "\n")
@@ -119,9 +165,11 @@ class Checkpointer:
     def save_best(self, model: nn.Module, model_cfg: ModelConfig, metrics: dict[str, Any]) -> Path:
         _check_finite(model)
         path = self.root / "best"
-        with atomic_directory(path) as tmp:
+        with disk_full_as_user_error(self.root, "checkpoint best", need=_tensor_bytes(model)), \
+                atomic_directory(path) as tmp:
             write_model_files(tmp, model, model_cfg, self.tokenizer_dir)
             write_json(tmp / "metrics.json", metrics)
+            write_checksums(tmp, [WEIGHTS], tokenizer_sha256=self.tokenizer_sha256)
         return path
 
     def prune(self) -> None:
@@ -140,6 +188,10 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def _tensor_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 def _check_finite(model: nn.Module) -> None:

@@ -14,6 +14,7 @@ checkpoints, from state the other ranks help gather.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -26,9 +27,13 @@ import torch
 from torch import nn
 
 from lmforge import parallel as lparallel
+from lmforge.atomic import atomic_directory, disk_full_as_user_error
 from lmforge.checkpoints import is_sharded_checkpoint
 from lmforge.config import save_config, to_dict
+from lmforge.data.tokenizer import tokenizer_hash
 from lmforge.errors import UserError
+from lmforge.locks import DirectoryLock
+from lmforge.models.io import copy_tokenizer_files
 from lmforge.progress import console
 from lmforge.runtime import Runtime, eval_mode
 from lmforge.train.checkpoint import (
@@ -95,12 +100,19 @@ class TrainResult:
     rank: int = 0  # of this process (0 without torchrun); rank 0 wrote the files named above
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train as configured; under `torchrun`, as one of the ranks (joining the process group, then leaving it)."""
+def train(cfg: TrainConfig, verify: bool = True) -> TrainResult:
+    """Train as configured; under `torchrun`, as one of the ranks (joining the process group, then leaving it).
+
+    The run directory is this run's alone while it trains (`lmforge.locks`, taken by rank 0). `verify`: check a
+    resumed checkpoint against its checksums (a damaged newest one is passed over for the newest that verifies).
+    """
     rt = setup_runtime(cfg.device, cfg.precision, cfg.compile, cfg.parallel)
     clean = False
     try:
-        result = _train(cfg, rt)
+        with contextlib.ExitStack() as owned:
+            _on_main(rt, lambda: _own_run_directory(Path(cfg.out), owned))
+            with disk_full_as_user_error(cfg.out, "the training run"):
+                result = _train(cfg, rt, verify)
         clean = True
         return result
     finally:
@@ -108,7 +120,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         teardown(rt, clean=clean)
 
 
-def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
+def _train(cfg: TrainConfig, rt: Runtime, verify: bool = True) -> TrainResult:
     out = Path(cfg.out)
     # The context the model learns is the checkpoint's to carry (eval scores it, generate warns past it).
     cfg.model.trained_seq_len = cfg.seq_len
@@ -117,7 +129,9 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
     ckpt = Checkpointer(out / "checkpoints", cfg.keep_last, objective.tokenizer_dir)
     # Before anything is written: a refusal leaves `out` as it was. Rank 0 alone looks (and cleans up after a
     # save that was killed), then tells the others.
-    resumed_from = _on_main(rt, lambda: _resume_point(cfg, ckpt))
+    resumed_from = _on_main(rt, lambda: _resume_point(cfg, ckpt, verify))
+    # Every checkpoint takes its tokenizer from the run's own copy, made now.
+    ckpt.tokenizer_dir = _on_main(rt, lambda: _run_tokenizer(out, objective.tokenizer_dir, resumed_from is not None))
     model = objective.build_model().train()
     init_line = None
     if cfg.init_from and resumed_from is None:  # a resumed run has its own weights
@@ -211,11 +225,17 @@ def _train(cfg: TrainConfig, rt: Runtime) -> TrainResult:
 
             if step % cfg.checkpoint_every == 0 or last or stopped != "completed":
                 last_ckpt = _save(ckpt, step, cfg, prog, model, optimizer, scheduler, scaler, objective, rt)
-    finally:
-        logger.close()
-        plot = None
-        if rt.is_main and (prog.history["train"] or prog.history["val"]):
-            plot = plot_loss_curve(prog.history, out / "loss_curve.png")
+    except BaseException:
+        # The error that stopped the run is the one to report, not one from closing up after it (a full disk).
+        with contextlib.suppress(Exception):
+            logger.close()
+            if rt.is_main and (prog.history["train"] or prog.history["val"]):
+                plot_loss_curve(prog.history, out / "loss_curve.png")
+        raise
+    logger.close()
+    plot = None
+    if rt.is_main and (prog.history["train"] or prog.history["val"]):
+        plot = plot_loss_curve(prog.history, out / "loss_curve.png")
 
     best = ckpt.root / "best"
     return TrainResult(
@@ -390,8 +410,46 @@ def _train_state(cfg: TrainConfig, prog: Progress, model: nn.Module | None, opti
     }
 
 
-def _resume_point(cfg: TrainConfig, ckpt: Checkpointer) -> Path | None:
-    """The checkpoint to resume from; refuses to start over a run that has checkpoints unless resuming."""
+# What a training run directory holds; a non-empty --out with none of them is something else (a model checkpoint,
+# prepared data, ...), which a run must not be written into.
+RUN_MARKERS = ("checkpoints", "config.yaml", "metrics.jsonl", "tokenizer")
+
+
+def _own_run_directory(out: Path, owned: contextlib.ExitStack) -> None:
+    """Lock `out` for this run (until `owned` closes) and refuse one that holds something other than a run."""
+    owned.enter_context(DirectoryLock(out, "train"))
+    if out.exists() and not out.is_dir():
+        raise UserError("output path exists and is not a directory", where=out, fix="choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in RUN_MARKERS):
+        what = ("a model checkpoint" if (out / "config.json").is_file() else
+                "prepared data" if (out / "manifest.json").is_file() else "files")
+        raise UserError(f"holds {what}, not an lmforge training run; refusing to write a run into it", where=out,
+                        fix=f"to fine-tune it, pass --init-from {out} --out NEW_DIR; else choose another --out")
+
+
+def _run_tokenizer(out: Path, data_tokenizer: Path | None, resuming: bool) -> Path | None:
+    """The run's own copy of its tokenizer (OUT/tokenizer), which every checkpoint copies: made when the run
+    starts, so preparing the data directory again meanwhile cannot change what later checkpoints carry."""
+    if data_tokenizer is None or not (Path(data_tokenizer) / "tokenizer.json").is_file():
+        return data_tokenizer
+    copy = out / "tokenizer"
+    if resuming and (copy / "tokenizer.json").is_file():
+        if tokenizer_hash(copy) != tokenizer_hash(data_tokenizer):
+            raise UserError("the data's tokenizer is not the one this run was trained with", where=data_tokenizer,
+                            fix=f"resume on data encoded with {copy} (lmforge prepare --tokenizer-from {copy}), "
+                                f"or train a new run with another --out")
+        return copy
+    with atomic_directory(copy) as tmp:
+        copy_tokenizer_files(data_tokenizer, tmp)
+    return copy
+
+
+def _resume_point(cfg: TrainConfig, ckpt: Checkpointer, verify: bool = True) -> Path | None:
+    """The checkpoint to resume from; refuses to start over a run that has checkpoints unless resuming.
+
+    The newest checkpoint that verifies (its checksums, or for an older one its files readable): a damaged or
+    truncated newest one is passed over, with a warning naming it and the one used.
+    """
     if not cfg.resume and (ckpt.latest() is not None or (ckpt.root / "best").is_dir()):
         latest = ckpt.latest()
         raise UserError(f"{cfg.out} already holds a training run (newest checkpoint: "
@@ -401,7 +459,21 @@ def _resume_point(cfg: TrainConfig, ckpt: Checkpointer) -> Path | None:
     latest = ckpt.latest()
     if cfg.resume and latest is None:
         console.print(f"[yellow]--resume: no checkpoint in {ckpt.root} yet; starting from scratch[/yellow]")
-    return latest
+    if latest is None:
+        return None
+    bad: list[tuple[Path, str]] = []
+    for _, path in reversed(ckpt.steps()):
+        problem = ckpt.problem(path, verify)
+        if problem is None:
+            if bad:
+                more = f" (and {len(bad) - 1} newer damaged)" if len(bad) > 1 else ""
+                console.print(f"[yellow]--resume: {bad[0][0].name} is damaged ({bad[0][1]}){more}; resuming from "
+                              f"{path.name}[/yellow]", soft_wrap=True, highlight=False)
+            return path
+        bad.append((path, problem))
+    raise UserError(f"no checkpoint of this run can be resumed from: the newest, {bad[0][0].name}: {bad[0][1]}",
+                    where=ckpt.root, fix="pass --no-verify to skip the checksums, or start a new run with "
+                                         "another --out")
 
 
 def _restore(path: Path, state: dict[str, Any], cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
