@@ -3,7 +3,8 @@
 It counts process CPU time (`time.process_time`), not wall time, so other jobs on a shared machine barely move
 it. Compare two commits in the same session by running it alternately from each checkout:
 
-    for i in 1 2 3 4; do for tree in ../before .; do (cd $tree && PYTHONPATH=src python3 benchmarks/step_cpu_time.py); done; done
+    for i in 1 2 3 4; do for tree in ../before .; do
+        (cd $tree && PYTHONPATH=src python3 benchmarks/step_cpu_time.py); done; done
 """
 
 from __future__ import annotations
