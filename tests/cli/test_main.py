@@ -24,3 +24,11 @@ def test_help_lists_verbs(capsys):
 def test_console_script_runs_as_module():
     out = subprocess.run([sys.executable, "-m", "lmforge", "--help"], capture_output=True, text=True, check=True)
     assert "lmforge" in out.stdout
+
+
+def test_a_nul_byte_in_an_argument_is_one_line(capsys):
+    from lmforge.cli.main import main
+
+    assert main(["prepare", "corpus\x00.txt", "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a NUL byte" in err and "Traceback" not in err

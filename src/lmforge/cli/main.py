@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    nul = next((a for a in argv if "\x00" in a), None)
+    if nul is not None:  # no path or text can hold one; the OS would refuse it later with a traceback
+        sys.stderr.write(f"lmforge: error: argument {nul.split(chr(0))[0]!r}... holds a NUL byte (fix: remove it)\n")
+        return 2
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:  # a misspelled flag: one line from the verb's own parser, with the closest of its flags
