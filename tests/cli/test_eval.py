@@ -86,3 +86,166 @@ def test_help_teaches_with_examples(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "examples:" in out and "lmforge eval --compare --data" in out and "--lstm-checkpoint" in out
+
+
+# ------------------------------------------------------------------------------------ --task classification
+def zebra_examples(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """(words, "yes" if they include "zebra" else "no"): a toy task a tiny LSTM learns in a few dozen steps."""
+    from itertools import islice
+
+    import numpy as np
+
+    from lmforge.data.builtin import python_docs
+
+    words = [w for w in " ".join(islice(python_docs(), 50)).split() if "zebra" not in w and "\t" not in w]
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        text = [words[j] for j in rng.integers(len(words), size=int(rng.integers(3, 9)))]
+        if i % 2:
+            text.insert(int(rng.integers(len(text) + 1)), "zebra")
+        out.append((" ".join(text), "yes" if i % 2 else "no"))
+    return out
+
+
+def write_labelled(path, rows, header=("text", "label")):
+    path.write_text("\t".join(header) + "\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_data, tmp_path_factory):
+    """A random-weight LSTM classifier over labels no / yes, carrying the tiny data's tokenizer."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(get_preset("lstm-tiny"), vocab_size=512, d_model=32, max_seq_len=64,
+                              labels=["no", "yes"], head="classify")
+    return save_model(tmp_path_factory.mktemp("clf") / "ckpt", build_model(cfg), cfg, tokenizer_dir=tiny_data)
+
+
+def classify(capsys, *argv):
+    return run(capsys, "--task", "classification", "--device", "cpu", *argv)
+
+
+def test_classification_writes_metrics_predictions_and_confusion_plot(capsys, classifier, tmp_path):
+    from lmforge.checkpoints import load_model
+    from lmforge.data.examples import pad
+    from lmforge.data.tokenizer import load_tokenizer, special_token_ids
+    from lmforge.models.registry import text_frame
+
+    rows = zebra_examples(21)
+    # SST-2's dev file names its text column "content" and puts the label first: columns are mapped, not assumed.
+    file = write_labelled(tmp_path / "dev.tsv", [(y, t) for t, y in rows], header=("label", "content"))
+    out_dir = tmp_path / "scored"
+    code, out, _ = classify(capsys, "--checkpoint", classifier, "--file", file, "--text-column", "content",
+                            "--out", out_dir, "--batch-size", 4)
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert len(lines) == 5 and "on dev.tsv (21 examples): accuracy " in lines[0] and "macro-F1 " in lines[0]
+    assert lines[1].startswith("  per class F1: no ")
+
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    predictions = [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text().splitlines()]
+    assert metrics["counts"] == {"rows": 21, "scored": 21, "skipped": 0} and metrics["classes"] == ["no", "yes"]
+    assert [p["text"] for p in predictions] == [t for t, _ in rows]
+    assert [p["gold"] for p in predictions] == [y for _, y in rows]
+    assert all(0.5 <= p["probability"] <= 1 for p in predictions)  # the probability of the predicted class
+    correct = sum(p["gold"] == p["predicted"] for p in predictions)
+    assert metrics["accuracy"] == pytest.approx(correct / 21) and f"accuracy {correct / 21:.4f}" in lines[0]
+    assert sum(map(sum, metrics["confusion_matrix"])) == 21
+    assert set(metrics["per_class"]["yes"]) == {"precision", "recall", "f1", "support", "predicted"}
+    assert (out_dir / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+    # The predictions are the model's on the texts framed and padded as training frames and pads them.
+    model, cfg = load_model(classifier)
+    tok = load_tokenizer(classifier)
+    special = special_token_ids(tok)
+    before, after = text_frame(cfg, special)
+    ids, mask = pad([[*before, *tok.encode(t, add_special_tokens=False).ids, *after] for t, _ in rows],
+                    special.get("pad", 0))
+    with torch.no_grad():
+        probs = model.eval()(ids, attention_mask=mask).softmax(-1)
+    assert [p["predicted"] for p in predictions] == [cfg.labels[i] for i in probs.argmax(-1).tolist()]
+    assert [p["probability"] for p in predictions] == pytest.approx(probs.max(-1).values.tolist(), abs=1e-5)
+
+
+def test_unseen_labels_are_one_line_or_skipped_with_a_count(capsys, classifier, tmp_path):
+    rows = [*zebra_examples(6), ("a maybe text", "maybe"), ("another", "perhaps")]
+    file = write_labelled(tmp_path / "odd.tsv", rows)
+    code, out, err = classify(capsys, "--checkpoint", classifier, "--file", file, "--out", tmp_path / "o")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "2 row(s) have labels the checkpoint does not know: 'maybe', 'perhaps' (first at row 7" in err
+    assert str(file) in err and "--skip-bad-rows" in err
+    assert not (tmp_path / "o").exists()
+
+    code, out, _ = classify(capsys, "--checkpoint", classifier, "--file", file, "--out", tmp_path / "o",
+                            "--skip-bad-rows")
+    assert code == 0 and "(6 examples, 2 skipped (unknown label))" in out
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["counts"] == {"rows": 8, "scored": 6,
+                                                                                   "skipped": 2}
+
+
+def test_classification_mistakes_are_one_line_and_exit_2(capsys, classifier, checkpoints, tiny_data, tmp_path):
+    file = write_labelled(tmp_path / "dev.tsv", zebra_examples(4))
+    cases = [
+        (["--checkpoint", classifier, "--file", file, "--text-column", "sentence"], "no column 'sentence'"),
+        (["--checkpoint", classifier, "--file", file, "--text-column", "sentence"], "--text-column / --label-column"),
+        (["--checkpoint", classifier], "--task classification needs --file"),
+        (["--checkpoint", classifier, "--file", tmp_path / "nope.tsv"], "labelled file not found"),
+        (["--checkpoint", checkpoints["tiny"], "--file", file], "classification needs a model that can"),
+        (["--checkpoint", classifier, "--file", file, "--data", tiny_data], "--data only applies with the "
+                                                                            "perplexity task"),
+        (["--checkpoint", classifier, "--file", file, "--compare"], "--compare compares language models"),
+    ]
+    for argv, expected in cases:
+        code, out, err = classify(capsys, *argv, "--out", tmp_path / "o")
+        assert code == 2 and out == "" and err.count("\n") == 1, (argv, err)
+        assert expected in err, (argv, err)
+    # A classification flag without the task would be silently ignored: refused instead.
+    code, _, err = run(capsys, "--checkpoint", checkpoints["tiny"], "--data", tiny_data, "--file", file)
+    assert code == 2 and "--file only applies with --task classification" in err
+
+
+def test_a_trained_classifier_scores_its_held_out_examples_as_its_run_did(capsys, tiny_data, tmp_path):
+    """The run's last evaluation and `lmforge eval --task classification` on the same held-out rows agree."""
+    from lmforge.data.examples import held_out
+
+    rows = zebra_examples(240)
+    pairs = write_labelled(tmp_path / "train.tsv", rows)
+    run_dir = tmp_path / "run"
+    code = main(["train", "--data", str(tiny_data), "--out", str(run_dir), "--preset", "lstm-tiny",
+                 "--objective", "classification", "--objective-options.pairs", str(pairs),
+                 "--objective-options.pairs-val-fraction", "0.2", "--eval-batches", "0", "--steps", "30",
+                 "--batch-size", "8", "--optim.lr", "1e-2", "--optim.schedule", "constant", "--optim.warmup-steps",
+                 "0", "--model.d-model", "64", "--device", "cpu", "--no-tensorboard", "--log-every", "10"])
+    assert code == 0
+    summary = capsys.readouterr().out
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if r.get("event") == "eval"][-1]
+    assert f"accuracy {val['val_accuracy']:.4f}" in summary and f"macro-F1 {val['val_f1']:.4f}" in summary
+
+    dev = write_labelled(tmp_path / "dev.tsv", [r for r, h in zip(rows, held_out(len(rows), 0.2)) if h])
+    code, out, _ = classify(capsys, "--checkpoint", run_dir, "--file", dev, "--out", tmp_path / "scored")
+    assert code == 0
+    metrics = json.loads((tmp_path / "scored" / "metrics.json").read_text())
+    assert metrics["examples"] == val["val_examples"]
+    assert metrics["accuracy"] == pytest.approx(val["val_accuracy"])
+    assert metrics["macro_f1"] == pytest.approx(val["val_f1"])
+
+
+@pytest.mark.shared_data
+def test_sst2_dev_file_with_its_own_columns_is_scored(capsys, shared_data, tiny_data, classifier, tmp_path):
+    """SST-2's dev file (label, content) read as it is; a random classifier over labels 0 / 1 only shows the
+    mechanics (accuracy near chance), not a figure."""
+    dev = shared_data / "sst2" / "dev.tsv"
+    if not dev.is_file():
+        pytest.skip(f"{dev} not present")
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(get_preset("lstm-tiny"), vocab_size=512, d_model=32, max_seq_len=64,
+                              labels=["0", "1"], head="classify")
+    ckpt = save_model(tmp_path / "sst2", build_model(cfg), cfg, tokenizer_dir=tiny_data)
+    code, out, _ = classify(capsys, "--checkpoint", ckpt, "--file", dev, "--text-column", "content",
+                            "--max-source-len", "64", "--out", tmp_path / "o", "--batch-size", "64")
+    assert code == 0
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert metrics["counts"]["skipped"] == 0 and metrics["examples"] == metrics["counts"]["rows"] > 800
+    assert 0.3 < metrics["accuracy"] < 0.7

@@ -51,6 +51,10 @@ examples:
 """
 
 
+# What a run's last evaluation may report beside its loss (whatever the objective), as the summary prints it.
+TASK_METRICS = {"val_bpb": "{:.3f} bits/byte", "val_accuracy": "accuracy {:.4f}", "val_f1": "macro-F1 {:.4f}"}
+
+
 @record  # under torchrun, a rank's exception shows in torchrun's failure summary
 def _main(args: argparse.Namespace) -> int:
     from lmforge.train.trainer import train
@@ -69,8 +73,8 @@ def _main(args: argparse.Namespace) -> int:
     lines = [f"trained {result.step} steps ({result.stopped.replace('_', ' ')})"]
     if result.val:
         val = result.val
-        lines[0] += f": val loss {val['val_loss']:.4f}" + (f", {val['val_bpb']:.3f} bits/byte" if "val_bpb" in val
-                                                          else "")
+        lines[0] += f": val loss {val['val_loss']:.4f}" + "".join(
+            ", " + shown.format(val[key]) for key, shown in TASK_METRICS.items() if key in val)
     if result.skipped_steps:
         lines.append(f"  skipped non-finite steps: {result.skipped_steps}")
     lines += [f"  checkpoint:  {result.checkpoint}"]
@@ -95,8 +99,9 @@ def _next_command(cfg: TrainConfig, out: Path) -> str:
         return f"lmforge generate --checkpoint {out}"
     if kind is Kind.ENCODER_DECODER and cfg.objective == "seq2seq":
         return f'lmforge generate --checkpoint {out} "a source text" --temperature 0'
-    if can(model, CLASSIFY):  # no verb serves a classifier yet, its scores are in the metrics
-        return f"grep '\"eval\"' {out}/metrics.jsonl | tail -1   # held-out accuracy (val_accuracy), macro-F1 (val_f1)"
+    if can(model, CLASSIFY):
+        return (f"lmforge eval --task classification --checkpoint {out} --file HELD_OUT.tsv   # accuracy, macro-F1, "
+                f"confusion matrix")
     if can(model, SCORE):
         return f"lmforge eval --checkpoint {out} --data {cfg.data}"
     if can(model, EMBED) and cfg.objective == "contrastive":

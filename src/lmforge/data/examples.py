@@ -35,10 +35,11 @@ def _open_text(path: Path):
 
 
 def read_pairs(path: str | Path, source_column: str = "source", target_column: str = "target", *,
-               options: str = "source-column / target-column") -> list[tuple[str, str]]:
+               options: str = "source-column / target-column", flags: str | None = None) -> list[tuple[str, str]]:
     """(source, target) texts of a TSV (header row) or JSONL pairs file, in file order; one line per mistake.
 
-    `options` names the --objective-options flags that choose the two columns, for the messages."""
+    `options` names the --objective-options flags that choose the two columns, for the messages; `flags` spells
+    them whole instead (a verb's own flags, e.g. "--text-column / --label-column")."""
     path = Path(path)
     name = path.name.lower().removesuffix(".gz")
     if not path.is_file():
@@ -47,6 +48,7 @@ def read_pairs(path: str | Path, source_column: str = "source", target_column: s
         raise UserError("pairs file must be .tsv (with a header row) or .jsonl (optionally .gz)", where=path,
                         fix="rename or convert it")
     cols = (source_column, target_column)
+    flags = flags or f"--objective-options.{options}"
     pairs: list[tuple[str, str]] = []
     try:
         with _open_text(path) as f:
@@ -56,7 +58,7 @@ def read_pairs(path: str | Path, source_column: str = "source", target_column: s
                 if missing:
                     raise UserError(f"the TSV header has no column {', '.join(map(repr, missing))} (it has: "
                                     f"{', '.join(map(repr, header))})", where=path,
-                                    fix=f"name the columns with --objective-options.{options}")
+                                    fix=f"name the columns with {flags}")
                 at = [header.index(c) for c in cols]
                 for n, line in enumerate(f, start=2):
                     line = line.rstrip("\r\n")
@@ -77,7 +79,7 @@ def read_pairs(path: str | Path, source_column: str = "source", target_column: s
                         raise UserError(f"line {n} is not valid JSON ({e.msg})", where=path) from None
                     if not isinstance(record, dict) or any(c not in record for c in cols):
                         raise UserError(f"line {n} lacks the key(s) {' and '.join(map(repr, cols))}", where=path,
-                                        fix=f"name the keys with --objective-options.{options}")
+                                        fix=f"name the keys with {flags}")
                     pairs.append(_checked(record[cols[0]], record[cols[1]], n, path))
     except UnicodeDecodeError as e:
         raise UserError(f"pairs file is not UTF-8 ({e.reason} at byte {e.start})", where=path) from None
@@ -140,6 +142,30 @@ class EpochSampler:
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
 
 
+def encode_texts(tokenizer: Any, texts: Sequence[str], frame: tuple[Sequence[int], Sequence[int]],
+                 special_ids: dict[str, int], *, limit: int, truncate: bool, where: str | Path | None,
+                 fix: str) -> list[list[int]]:
+    """Each text's ids inside its frame (`before + ids + after`, `models.registry.text_frame`): how a classifier
+    reads a text, in training and evaluation alike.
+
+    A framed text longer than `limit` ids is one error line naming it (`fix`: how to truncate), or with `truncate`
+    is cut to fit (keeping the frame and at least one token of text).
+    """
+    before, after = list(frame[0]), list(frame[1])
+    spelled = {i: f"<{name}>" for name, i in special_ids.items()}
+    framed = f" with {' '.join(spelled.get(i, str(i)) for i in before + after)}" if before + after else ""
+    out: list[list[int]] = []
+    for i, enc in enumerate(tokenizer.encode_batch(list(texts), add_special_tokens=False)):
+        ids = [*before, *enc.ids, *after]
+        if len(ids) > limit:
+            if not truncate:
+                raise UserError(f"the text of example {i + 1} has {len(ids)} tokens{framed}, more than "
+                                f"model.max_seq_len {limit}", where=where, fix=fix)
+            ids = [*before, *enc.ids[:max(limit - len(before) - len(after), 1)], *after]
+        out.append(ids)
+    return out
+
+
 def pad(seqs: Sequence[Sequence[int]], pad_id: int, value: int | None = None) -> tuple[Tensor, Tensor]:
     """Right-pad id lists into (B, T) int64 ids (padded with `value`, default pad_id) and a (B, T) bool mask."""
     T = max(len(s) for s in seqs)
@@ -150,4 +176,4 @@ def pad(seqs: Sequence[Sequence[int]], pad_id: int, value: int | None = None) ->
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
-__all__ = ["EpochSampler", "held_out", "pad", "read_pairs"]
+__all__ = ["EpochSampler", "encode_texts", "held_out", "pad", "read_pairs"]

@@ -132,8 +132,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
     model, cfg = load_model(path, rt.device)
     if cfg.labels:
         raise UserError(f"this checkpoint is a sequence classifier (labels {', '.join(cfg.labels)}), not a language "
-                        f"model", where=path, fix="its held-out accuracy and macro-F1 are in the run's metrics.jsonl "
-                                              "(val_accuracy, val_f1)")
+                        f"model", where=path, fix="score it on a labelled file with --task classification --file "
+                                              "FILE")
     require(cfg, SCORE, needed_for="perplexity", where=path)
     check_data_matches(path, cfg, ds)
     seq_len = seq_len or cfg.trained_seq_len or cfg.max_seq_len

@@ -39,39 +39,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.config import field
-from lmforge.data.examples import pad, read_pairs
+from lmforge.data.examples import encode_texts, pad, read_pairs
 from lmforge.errors import UserError
+from lmforge.eval.metrics import class_sums, macro_f1
 from lmforge.models.registry import CLASSIFY, families_that, text_frame
 from lmforge.train.objectives import Objective, Output, register
 from lmforge.train.objectives.options import ExamplesFileOptions, require_vocab
 from lmforge.train.objectives.seq2seq import ExampleBatches
 
 COLUMNS_FIX = "name the columns with --objective-options.text-column / label-column"
-
-
-def class_sums(pred: Tensor, labels: Tensor, n_classes: int) -> dict[str, Tensor]:
-    """Per class c: true positives `tp/c`, predictions `pred/c` and true labels `true/c` of a batch: additive, so
-    sums over batches and processes give the exact F1 of a whole split."""
-    tp = torch.bincount(labels[pred == labels], minlength=n_classes)
-    predicted = torch.bincount(pred, minlength=n_classes)
-    true = torch.bincount(labels, minlength=n_classes)
-    return {f"{name}/{c}": counts[c] for name, counts in (("tp", tp), ("pred", predicted), ("true", true))
-            for c in range(n_classes)}
-
-
-def macro_f1(sums: dict[str, float], n_classes: int) -> float:
-    """Unweighted mean over classes of F1 = 2 tp / (predicted + true), from `class_sums` totals.
-
-    Computed here rather than by a library on the predictions: the counts add up over batches and ranks, the
-    predictions would have to be gathered. A class neither present nor predicted says nothing and is left out,
-    as scikit-learn leaves out classes absent from both by default.
-    """
-    f1 = []
-    for c in range(n_classes):
-        tp, predicted, true = (sums.get(f"{name}/{c}", 0.0) for name in ("tp", "pred", "true"))
-        if predicted + true:
-            f1.append(2 * tp / (predicted + true))
-    return sum(f1) / len(f1) if f1 else 0.0
 
 
 @dataclass
@@ -110,22 +86,12 @@ class Classification(ExampleBatches, Objective):
         index = {name: i for i, name in enumerate(self.labels)}
         self.targets = np.array([index[name] for name in names], dtype=np.int64)
 
-        before, after = text_frame(cfg.model, special)  # <eos> text, or <cls> text <sep>: as the kind pretrained
-        spelled = {i: f"<{name}>" for name, i in special.items()}
-        framed = f" with {' '.join(spelled[i] for i in before + after)}" if before + after else ""
-        limit = o.max_source_len or cfg.model.max_seq_len
         tok = load_tokenizer(train_ds.tokenizer_path)
-        self.texts: list[list[int]] = []
-        for i, enc in enumerate(tok.encode_batch([text for text, _ in examples], add_special_tokens=False)):
-            ids = [*before, *enc.ids, *after]
-            if len(ids) > limit:
-                if o.max_source_len is None:
-                    raise UserError(f"the text of example {i + 1} has {len(ids)} tokens{framed}, more than "
-                                    f"model.max_seq_len {limit}", where=o.pairs,
-                                    fix="truncate texts with --objective-options.max-source-len N (an lstm reads any "
-                                        "length), or raise --model.max-seq-len, or shorten the text")
-                ids = [*before, *enc.ids[:max(limit - len(before) - len(after), 1)], *after]
-            self.texts.append(ids)
+        self.texts = encode_texts(tok, [text for text, _ in examples], text_frame(cfg.model, special), special,
+                                  limit=o.max_source_len or cfg.model.max_seq_len,
+                                  truncate=o.max_source_len is not None, where=o.pairs,
+                                  fix="truncate texts with --objective-options.max-source-len N (an lstm reads any "
+                                      "length), or raise --model.max-seq-len, or shorten the text")
 
         self.split_examples(len(examples), o.pairs_val_fraction, "examples", o.pairs)
 

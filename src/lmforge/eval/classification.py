@@ -1,0 +1,185 @@
+"""Score a sequence classifier on a labelled file: accuracy, macro-F1, per-class P/R/F1 and a confusion matrix.
+
+    from lmforge.eval.classification import evaluate_classifier
+
+    result = evaluate_classifier("runs/sst2", "dev.tsv", text_column="content", out="runs/sst2-dev")
+    print(result.scores.accuracy, result.scores.macro_f1)
+
+Any checkpoint whose model can classify (`models.registry.can(cfg, CLASSIFY)`) is read with its own tokenizer and
+its own classes (`cfg.labels`); the texts are framed and padded as the classification objective frames and pads
+them (`data.examples.encode_texts`, `pad`), so a checkpoint scores a file as its training run's evaluation
+scored its held-out examples. The file is read as training reads one (TSV with a header row, or JSONL), with its
+own column names. A gold label the checkpoint does not know is one error line, or with `skip_bad_rows` the row is
+left out and counted.
+
+Written into `out`: metrics.json (the scores and counts), predictions.jsonl (text, gold, predicted, probability of
+the prediction, one line per row scored, in file order) and confusion.png (when matplotlib is installed).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from lmforge.eval.metrics import ClassificationScores
+
+METRICS_FILE, PREDICTIONS_FILE, CONFUSION_PLOT = "metrics.json", "predictions.jsonl", "confusion.png"
+
+
+@dataclass
+class ClassifierEval:
+    checkpoint: Path  # the checkpoint scored (a run directory resolves to its best checkpoint)
+    file: Path
+    scores: ClassificationScores
+    skipped: int  # rows left out with skip_bad_rows (gold label unknown to the checkpoint)
+    metrics: Path
+    predictions: Path
+    plot: Path | None  # None when matplotlib is missing
+
+
+def predict(model: nn.Module, texts: list[list[int]], pad_id: int, *, batch_size: int = 32, device: Any = None,
+            autocast: Any = None) -> tuple[list[int], list[float]]:
+    """Predicted class index and its softmax probability for each framed id list, in order, `batch_size` at a
+    time (right-padded with `pad_id`, masked as in training)."""
+    import contextlib
+
+    import torch
+
+    from lmforge.data.examples import pad
+    from lmforge.runtime import eval_mode
+
+    device = device or next(model.parameters()).device
+    classes: list[int] = []
+    probs: list[float] = []
+    with eval_mode(model), torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            ids, mask = pad(texts[start:start + batch_size], pad_id)
+            with autocast() if autocast else contextlib.nullcontext():
+                logits = model(ids.to(device), attention_mask=mask.to(device))  # (B, K)
+            p, c = logits.float().softmax(-1).max(-1)
+            classes += c.tolist()
+            probs += p.tolist()
+    return classes, probs
+
+
+def plot_confusion(scores: ClassificationScores, path: Path, title: str | None = None) -> Path | None:
+    """The confusion matrix as a PNG (rows gold, columns predicted, each cell its count); None, with one notice,
+    when matplotlib is missing."""
+    import os
+
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        from lmforge.progress import console
+
+        console.print("[yellow]matplotlib is not installed: no confusion.png (pip install 'lmforge[train]')"
+                      "[/yellow]")
+        return None
+    names = [str(c) for c in scores.classes]
+    k = len(names)
+    side = min(3.0 + 0.45 * k, 14.0)
+    fig = Figure(figsize=(side + 1.2, side), dpi=120)  # Figure + Agg directly: no pyplot global state
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(scores.confusion, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(k), names, rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    if k <= 30:  # counts in the cells while they stay legible
+        top = max((max(row) for row in scores.confusion), default=0)
+        for i, row in enumerate(scores.confusion):
+            for j, n in enumerate(row):
+                ax.text(j, i, str(n), ha="center", va="center", fontsize=8,
+                        color="white" if top and n > top / 2 else "black")
+    ax.set_title(title or f"accuracy {scores.accuracy:.3f}, macro-F1 {scores.macro_f1:.3f}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return path
+
+
+def evaluate_classifier(checkpoint: str | Path, file: str | Path, *, out: str | Path, text_column: str = "text",
+                        label_column: str = "label", batch_size: int = 32, max_source_len: int | None = None,
+                        skip_bad_rows: bool = False, device: str = "auto",
+                        precision: str = "auto") -> ClassifierEval:
+    """Score the classifier `checkpoint` (or a run directory's best) on the labelled `file`; write into `out`.
+
+    Texts longer than the model's max_seq_len (with their framing) are an error unless `max_source_len` truncates
+    them to that many tokens, as `--objective-options.max-source-len` does in training.
+    """
+    from lmforge.atomic import atomic_file, write_json
+    from lmforge.checkpoints import load_model, resolve_checkpoint
+    from lmforge.data.examples import encode_texts, read_pairs
+    from lmforge.data.tokenizer import load_tokenizer, special_token_ids
+    from lmforge.errors import UserError
+    from lmforge.eval.metrics import classification_scores
+    from lmforge.models.registry import CLASSIFY, require, text_frame
+    from lmforge.runtime import local_runtime
+
+    if not Path(checkpoint).exists():
+        raise UserError("checkpoint not found", where=checkpoint,
+                        fix="pass a checkpoint directory or a run directory made by `lmforge train`")
+    file = Path(file)
+    if not file.is_file():
+        raise UserError("labelled file not found", where=file, fix="pass --file FILE (.tsv with a header row, or "
+                                                                   ".jsonl)")
+    path = resolve_checkpoint(checkpoint)
+    rt = local_runtime(device, precision)
+    model, cfg = load_model(path, rt.device)
+    require(cfg, CLASSIFY, needed_for="classification", where=path,
+            fix="pass a checkpoint trained with --objective classification")
+    rows = read_pairs(file, text_column, label_column, flags="--text-column / --label-column")
+
+    known = {name: i for i, name in enumerate(cfg.labels)}
+    kept = [(text, label.strip()) for text, label in rows if label.strip() in known]
+    skipped = len(rows) - len(kept)
+    if skipped and not skip_bad_rows:
+        bad = [(n, label.strip()) for n, (_, label) in enumerate(rows, start=1) if label.strip() not in known]
+        unseen = list(dict.fromkeys(label for _, label in bad))
+        raise UserError(f"{len(bad)} row(s) have labels the checkpoint does not know: "
+                        f"{', '.join(map(repr, unseen[:5]))}{' ...' if len(unseen) > 5 else ''} (first at row "
+                        f"{bad[0][0]}; column '{label_column}'; it knows {', '.join(map(repr, cfg.labels))})",
+                        where=file, fix="pass --skip-bad-rows to score the other rows, or name the right column "
+                                        "with --label-column")
+    if not kept:
+        raise UserError(f"no row of the file has a label the checkpoint knows ({', '.join(map(repr, cfg.labels))})",
+                        where=file, fix="name the label column with --label-column")
+
+    tok = load_tokenizer(path)
+    special = special_token_ids(tok)
+    texts = encode_texts(tok, [text for text, _ in kept], text_frame(cfg, special), special,
+                         limit=max_source_len or cfg.max_seq_len, truncate=max_source_len is not None, where=file,
+                         fix="truncate texts with --max-source-len N, or shorten the text")
+    predicted, probs = predict(model, texts, special.get("pad", 0), batch_size=batch_size, device=rt.device,
+                               autocast=rt.autocast)
+    names = list(cfg.labels)
+    gold = [label for _, label in kept]
+    guess = [names[c] for c in predicted]
+    scores = classification_scores(guess, gold, names)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics, predictions = out / METRICS_FILE, out / PREDICTIONS_FILE
+    write_json(metrics, {"task": "classification", "checkpoint": str(path), "file": str(file),
+                         "text_column": text_column, "label_column": label_column, **scores.to_dict(),
+                         "counts": {"rows": len(rows), "scored": len(kept), "skipped": skipped}})
+    with atomic_file(predictions, "w") as f:
+        for (text, label), p, prob in zip(kept, guess, probs, strict=True):
+            f.write(json.dumps({"text": text, "gold": label, "predicted": p, "probability": round(prob, 6)},
+                               ensure_ascii=False) + "\n")
+    plot = plot_confusion(scores, out / CONFUSION_PLOT)
+    return ClassifierEval(checkpoint=path, file=file, scores=scores, skipped=skipped, metrics=metrics,
+                          predictions=predictions, plot=plot)
+
+
+__all__ = ["ClassifierEval", "evaluate_classifier", "plot_confusion", "predict"]
