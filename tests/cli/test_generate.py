@@ -105,3 +105,35 @@ def test_max_new_tokens_beyond_the_context_is_cut_with_one_warning(tmp_path, tin
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "warning: --max-new-tokens 400 is cut to " in err
     assert "the model's context is 32 tokens" in err
+
+
+def test_num_beams_on_the_cli_prints_the_best_beam_and_says_once_that_it_does_not_stream(tmp_path, tiny_data,
+                                                                                          capsys):
+    from lmforge.infer.generate import beam_search_ids
+
+    ckpt = checkpoint(tmp_path, tiny_data, "gpt")
+    args = ["generate", "--checkpoint", str(ckpt), "one two", "--max-new-tokens", "6", "--device", "cpu",
+            "--num-beams", "3"]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    model, _ = load_model(ckpt, "cpu")
+    tok = load_tokenizer(ckpt)
+    eos = special_token_ids(tok).get("eos")
+    cfg = GenerateConfig(max_new_tokens=6, num_beams=3)
+    best = beam_search_ids(model, [tok.encode("one two").ids], cfg, eos_id=eos)[0]
+    assert out.out == "one two" + tok.decode(best, skip_special_tokens=True) + "\n"
+    assert out.err == ""
+    assert main([*args, "--stream"]) == 0
+    err = capsys.readouterr().err
+    assert err == "notice: no streaming with --num-beams 3: the best beam is known only at the end\n"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--num-beams", "0"], "--num-beams"),
+    (["--num-beams", "2", "--top-p", "0.5"], "--top-p 0.5 only shape sampling"),
+])
+def test_bad_beam_options_are_one_line(tmp_path, tiny_data, capsys, extra, message):
+    ckpt = checkpoint(tmp_path, tiny_data, "gpt")
+    assert main(["generate", "--checkpoint", str(ckpt), "one", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

@@ -24,6 +24,11 @@ examples:
   lmforge generate --checkpoint runs/train --temperature 0 --max-new-tokens 50    # greedy
   lmforge generate --checkpoint runs/train "Q:" --stop $'\\n\\n' --seed 1        # stop at a blank line
   lmforge generate --checkpoint runs/mt "Ein Mann fährt Fahrrad." --temperature 0  # a seq2seq t5 model
+  lmforge generate --checkpoint runs/mt "Ein Mann fährt Fahrrad." --num-beams 4 --no-repeat-ngram-size 3
+
+Beam search (--num-beams N > 1) is Hugging Face's `generate(num_beams=N)`: deterministic, so the sampling options
+(--temperature other than 0, --top-k, --top-p, --min-p, --repetition-penalty) are refused with it and --seed does
+nothing; the best beam is known only at the end, so its text is printed whole (no streaming), and --stop cuts it.
 """
 
 
@@ -38,19 +43,22 @@ class GenerateConfig(GenerationConfig):
                                  choices=("replace", "fail"))
 
 
-def run_generate(cfg: GenerateConfig, verify: bool = True) -> list[str]:
+def run_generate(cfg: GenerateConfig, verify: bool = True, stream_asked: bool = False) -> list[str]:
     from lmforge.checkpoints import load_model, resolve_checkpoint
     from lmforge.data.tokenizer import load_tokenizer, special_token_ids
     from lmforge.device import pick_device
-    from lmforge.infer.generate import generate
+    from lmforge.infer.generate import check_beam_options, generate
     from lmforge.models.registry import Kind, kind_of
 
+    check_beam_options(cfg)
     prompts = _prompts(cfg)  # before loading anything: a refusal is immediate
+    if cfg.num_beams > 1 and stream_asked:
+        _notice(f"notice: no streaming with --num-beams {cfg.num_beams}: the best beam is known only at the end")
     path = resolve_checkpoint(cfg.checkpoint)
     model, model_cfg = load_model(path, pick_device(cfg.device), verify=verify)
     tokenizer = load_tokenizer(path)
     _warn_if_cut(model_cfg, tokenizer, cfg, prompts)
-    stream = cfg.stream and len(prompts) == 1 and sys.stdout.isatty()
+    stream = cfg.stream and cfg.num_beams == 1 and len(prompts) == 1 and sys.stdout.isatty()
     # A decoder continues its prompt, so the prompt is part of the text; an encoder-decoder's output is new text
     # (a translation, a summary), printed alone.
     echo = kind_of(model_cfg) != Kind.ENCODER_DECODER
@@ -116,8 +124,9 @@ def _warn_if_cut(mcfg, tokenizer, cfg: GenerateConfig, prompts: list[str]) -> No
 def _main(args: argparse.Namespace) -> int:
     positional = vars(args).pop("prompt_args", None)
     verify = not vars(args).pop("no_verify", False)
+    stream_asked = vars(args).get("stream") is True  # given on the command line (unset flags are absent)
     cfg = resolve(GenerateConfig, args, **({"prompts": positional} if positional else {}))
-    run_generate(cfg, verify=verify)
+    run_generate(cfg, verify=verify, stream_asked=stream_asked)
     return 0
 
 

@@ -5,6 +5,8 @@ one token per row. Padding slots are masked out of attention, and position ids s
 real token, so a padded row produces exactly what it would alone.
 Encoder-decoder (T5): the right-padded sources are encoded once; the decoder starts from the decoder-start token,
 its self-attention cached per position and its cross-attention keys and values computed on the first step.
+Beam search (`beam_search_ids`, num_beams > 1) uses the same set-up on num_beams rows per prompt and reorders the
+cache rows after each step by the chosen beams' parents.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 from lmforge.config import field
 from lmforge.errors import UserError
 from lmforge.infer.sampling import SamplingConfig, sample
+from lmforge.models.blocks import CrossKVCache, KVCache
 from lmforge.models.registry import GENERATE, Kind, families_that, kind_of, require
 
 
@@ -28,6 +31,12 @@ class GenerationConfig(SamplingConfig):
     stop: list[str] = field(default_factory=list, repeat=True,
                             help="stop a sequence when it produces this string (repeat the flag for several)")
     seed: int | None = field(None, "random seed for sampling (default: nondeterministic)")
+    num_beams: int = field(1, "beam search with this many beams (1 = sample, or greedy at --temperature 0)", min=1)
+    length_penalty: float = field(1.0, "beam search: a finished hypothesis scores sum(log p) / length ** this "
+                                       "(> 0 favours longer outputs, < 0 shorter)")
+    no_repeat_ngram_size: int = field(0, "beam search: never produce an n-gram of this size twice (0 = off)", min=0)
+    early_stopping: bool = field(False, "beam search: stop once num_beams hypotheses have ended (off: stop when no "
+                                        "running beam can still beat them, as Hugging Face's heuristic)")
 
 
 # on_text(row, new_text) is called as text becomes final, for streaming.
@@ -47,26 +56,16 @@ def generate_ids(model: nn.Module, prompts: list[list[int]], cfg: GenerationConf
     A decoder-only model continues each prompt. An encoder-decoder reads each prompt as its source (include the
     `<eos>` it was trained with) and writes a target from `decoder_start_id`; one sampling loop serves both.
     """
-    require(model.cfg, GENERATE, needed_for="generation",
-            fix=f"generate from a {', '.join(f.name for f in families_that(GENERATE))} language model (lstm models "
-                "are scored by `lmforge eval`, bert ones embed or export with `lmforge embed` / `lmforge export`, "
-                "classifiers report their scores in the run's metrics)")
-    encoder_decoder = kind_of(model.cfg) == Kind.ENCODER_DECODER
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise UserError("empty prompt after tokenisation", fix="give at least one token (or let the caller add EOS)")
+    encoder_decoder = _check_can_generate(model, prompts)
     device = next(model.parameters()).device
     B = len(prompts)
     seen = torch.zeros(B, model.cfg.vocab_size, dtype=torch.bool, device=device)  # for repetition penalty
     gen = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
+    if not encoder_decoder:
+        for i, p in enumerate(prompts):  # a decoder's prompt is part of the text it must not repeat
+            seen[i, torch.tensor(p, device=device)] = True
     try:
-        if encoder_decoder:
-            if decoder_start_id is None:
-                raise ValueError("an encoder-decoder needs decoder_start_id (data.tokenizer.decoder_start_id)")
-            logits, step, new = _encoder_decoder(model, prompts, cfg.max_new_tokens, pad_id, decoder_start_id)
-        else:
-            for i, p in enumerate(prompts):  # a decoder's prompt is part of the text it must not repeat
-                seen[i, torch.tensor(p, device=device)] = True
-            logits, step, new = _decoder(model, prompts, cfg.max_new_tokens, pad_id)
+        logits, step, new = _start(model, prompts, cfg.max_new_tokens, pad_id, decoder_start_id)
         out = torch.empty(B, new, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
         steps = 0
@@ -90,6 +89,147 @@ def generate_ids(model: nn.Module, prompts: list[list[int]], cfg: GenerationConf
             row = row[: row.index(eos_id)]
         result.append(row)
     return result
+
+
+def _check_can_generate(model: nn.Module, prompts: list[list[int]]) -> bool:
+    """Refuse a model that cannot generate, or an empty prompt, in one line; True for an encoder-decoder."""
+    require(model.cfg, GENERATE, needed_for="generation",
+            fix=f"generate from a {', '.join(f.name for f in families_that(GENERATE))} language model (lstm models "
+                "are scored by `lmforge eval`, bert ones embed or export with `lmforge embed` / `lmforge export`, "
+                "classifiers report their scores in the run's metrics)")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UserError("empty prompt after tokenisation", fix="give at least one token (or let the caller add EOS)")
+    return kind_of(model.cfg) == Kind.ENCODER_DECODER
+
+
+def _start(model: nn.Module, prompts: list[list[int]], max_new: int, pad_id: int,
+           decoder_start_id: int | None) -> tuple[torch.Tensor, StepFn, int]:
+    """Set up the cache for these rows, by the model's kind: first logits, the step function, tokens to make."""
+    if kind_of(model.cfg) == Kind.ENCODER_DECODER:
+        if decoder_start_id is None:
+            raise ValueError("an encoder-decoder needs decoder_start_id (data.tokenizer.decoder_start_id)")
+        return _encoder_decoder(model, prompts, max_new, pad_id, decoder_start_id)
+    return _decoder(model, prompts, max_new, pad_id)
+
+
+# Sampling options beam search has no use for, with the values that leave them off.
+_SAMPLING_OFF = {"temperature": (SamplingConfig.temperature, 0.0), "top_k": (0,), "top_p": (1.0,), "min_p": (0.0,),
+                 "repetition_penalty": (1.0,)}
+
+
+def check_beam_options(cfg: GenerationConfig) -> None:
+    """Beam search is a deterministic search: a sampling option set with num_beams > 1 is one line of error."""
+    if cfg.num_beams <= 1:
+        return
+    given = [f"--{name.replace('_', '-')} {getattr(cfg, name)}" for name, off in _SAMPLING_OFF.items()
+             if getattr(cfg, name) not in off]
+    if given:
+        raise UserError(f"--num-beams {cfg.num_beams} searches deterministically; {', '.join(given)} only "
+                        f"shape sampling", fix="drop them, or sample with --num-beams 1")
+
+
+@torch.inference_mode()
+def beam_search_ids(model: nn.Module, prompts: list[list[int]], cfg: GenerationConfig, *,
+                    eos_id: int | None = None, pad_id: int = 0,
+                    decoder_start_id: int | None = None) -> list[list[int]]:
+    """The best of `cfg.num_beams` beams for each prompt, as Hugging Face's `generate(num_beams=...)` finds it.
+
+    Each prompt gets num_beams rows of the cache. A step scores every (beam, token) continuation by the sum of
+    log-probabilities, keeps the best 2 * num_beams, moves those ending in `eos_id` (among the best num_beams)
+    to the prompt's finished hypotheses, scored sum / length ** length_penalty (length counts generated tokens,
+    EOS included), and continues the best num_beams others; the cache rows follow their parents. At
+    max_new_tokens the running beams finish too. `no_repeat_ngram_size` bans a token that would repeat an n-gram
+    of the prompt (a decoder's) or of the output. Same prompts and options as `generate_ids`; the result holds
+    no EOS.
+    """
+    check_beam_options(cfg)
+    encoder_decoder = _check_can_generate(model, prompts)
+    device = next(model.parameters()).device
+    B, N, V = len(prompts), cfg.num_beams, model.cfg.vocab_size
+    K = 2 * N  # enough candidates for N to go on when up to N of them end in EOS
+    try:
+        logits, step, new = _start(model, [p for p in prompts for _ in range(N)], cfg.max_new_tokens, pad_id,
+                                   decoder_start_id)
+        caches = [m for m in model.modules() if isinstance(m, KVCache | CrossKVCache)]
+        # Text an n-gram must not repeat, per row: a decoder's prompt, or an encoder-decoder's start token.
+        history = [([decoder_start_id] if encoder_decoder else list(p)) for p in prompts for _ in range(N)]
+        running = torch.full((B, N, new), -1, dtype=torch.long, device=device)  # generated tokens per beam
+        run_scores = torch.zeros(B, N, device=device)
+        run_scores[:, 1:] = -1e9  # the beams start equal: only the first one's continuations count at step 0
+        done_seqs = running.clone()
+        done_scores = torch.full((B, N), -1e9, device=device)
+        finished = torch.zeros(B, N, dtype=torch.bool, device=device)
+        improvable = torch.ones(B, 1, dtype=torch.bool, device=device)
+        first_n = torch.arange(K, device=device) < N
+        offsets = torch.arange(B, device=device)[:, None] * N
+        for t in range(new):
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            if cfg.no_repeat_ngram_size:
+                logp = _ban_repeated_ngrams(logp, history, cfg.no_repeat_ngram_size)
+            total = (logp.view(B, N, V) + run_scores[:, :, None]).view(B, N * V)
+            top_scores, top = torch.topk(total, K)  # (B, K)
+            parents, tokens = top // V, top % V
+            cand = running.gather(1, parents[:, :, None].expand(B, K, new)).clone()
+            cand[:, :, t] = tokens
+            ends = tokens == eos_id if eos_id is not None else torch.zeros_like(tokens, dtype=torch.bool)
+            if t + 1 == new:
+                ends = torch.ones_like(ends)
+            # The best N candidates that go on.
+            go_scores = top_scores + ends.float() * -1.0e9
+            keep = torch.topk(go_scores, N).indices  # (B, N)
+            running = cand.gather(1, keep[:, :, None].expand(B, N, new))
+            run_scores = go_scores.gather(1, keep)
+            rows = (parents.gather(1, keep) + offsets).view(-1)
+            # Candidates among the best N that ended join the finished hypotheses, while they can still count.
+            just = ends & first_n[None, :]
+            scores = top_scores / ((t + 1) ** cfg.length_penalty)
+            full = finished.all(-1, keepdim=True) & cfg.early_stopping
+            scores = scores + full.float() * -1.0e9 + (~improvable).float() * -1.0e9 + (~just).float() * -1.0e9
+            merged = torch.cat((done_scores, scores), dim=1)
+            best = torch.topk(merged, N).indices
+            done_scores = merged.gather(1, best)
+            done_seqs = torch.cat((done_seqs, cand), dim=1).gather(1, best[:, :, None].expand(B, N, new))
+            finished = torch.cat((finished, just), dim=1).gather(1, best)
+            # Hugging Face's heuristic: can the best running beam, at its current length, beat the worst finished?
+            possible = run_scores[:, :1] / ((t + 1) ** cfg.length_penalty)
+            worst = torch.where(finished, done_scores.min(dim=1, keepdim=True).values, -1.0e9)
+            improvable = improvable & (possible > worst).any(-1, keepdim=True)
+            if (not bool(improvable.any()) or (cfg.early_stopping and bool(finished.all()))
+                    or bool(ends.all()) or t + 1 == new):
+                break
+            for c in caches:
+                c.reorder(rows)
+            # (The encoder memory and its mask need no reordering: a beam's parent is always of the same
+            # prompt, whose rows of them are equal.)
+            nxt = running[:, :, t].reshape(-1)
+            if cfg.no_repeat_ngram_size:
+                history = [[*history[r], tok] for r, tok in zip(rows.tolist(), nxt.tolist())]
+            logits = step(nxt, t)
+    finally:
+        model.clear_cache()
+    result = []
+    for row in done_seqs[:, 0].tolist():
+        cut = next((i for i, tok in enumerate(row) if tok == -1 or tok == eos_id), len(row))
+        result.append(row[:cut])
+    return result
+
+
+def _ban_repeated_ngrams(logp: torch.Tensor, history: list[list[int]], n: int) -> torch.Tensor:
+    """-inf for each row's tokens that would complete an n-gram the row already holds (transformers'
+    NoRepeatNGramLogitsProcessor)."""
+    banned_rows, banned_tokens = [], []
+    for r, seq in enumerate(history):
+        if len(seq) + 1 < n:
+            continue
+        key = seq[len(seq) - n + 1:]
+        for i in range(len(seq) - n + 1):
+            if seq[i:i + n - 1] == key:
+                banned_rows.append(r)
+                banned_tokens.append(seq[i + n - 1])
+    if banned_rows:
+        logp = logp.clone()
+        logp[banned_rows, banned_tokens] = float("-inf")
+    return logp
 
 
 def _decoder(model: nn.Module, prompts: list[list[int]], max_new: int,
@@ -215,8 +355,11 @@ def generate(model: nn.Module, tokenizer: Tokenizer, prompts: list[str], cfg: Ge
         # Documents start right after an EOS in training data, so an empty prompt starts a new one.
         encoded = [ids or ([eos_id] if eos_id is not None else []) for ids in encoded]
     streamer = _Streamer(tokenizer, len(prompts), list(cfg.stop), on_text)
-    ids = generate_ids(model, encoded, cfg, eos_id=eos_id, pad_id=pad_id, decoder_start_id=start,
-                       on_step=lambda nxt: streamer.push(nxt.tolist()))
+    if cfg.num_beams > 1:  # the best beam is known only at the end: its text comes in one piece
+        ids = beam_search_ids(model, encoded, cfg, eos_id=eos_id, pad_id=pad_id, decoder_start_id=start)
+    else:
+        ids = generate_ids(model, encoded, cfg, eos_id=eos_id, pad_id=pad_id, decoder_start_id=start,
+                           on_step=lambda nxt: streamer.push(nxt.tolist()))
     # Finished rows (EOS) were fed EOS padding; the streamer saw it as special and skipped it in decode.
     for i, row in enumerate(ids):
         streamer.ids[i] = list(row)

@@ -167,6 +167,12 @@ class KVCache(nn.Module):
         self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
         return self.k, self.v
 
+    def reorder(self, index: Tensor) -> None:
+        """Row i becomes row index[i] (beam search following each beam's parent), in place: the buffers keep
+        their storage and shapes."""
+        self.k.copy_(self.k.index_select(0, index))
+        self.v.copy_(self.v.index_select(0, index))
+
 
 class CrossKVCache(nn.Module):
     """Keys and values of the encoder output for cross-attention: computed on the first decode step, then reused."""
@@ -174,6 +180,11 @@ class CrossKVCache(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.kv: tuple[Tensor, Tensor] | None = None
+
+    def reorder(self, index: Tensor) -> None:
+        """Row i becomes row index[i] (beam search following each beam's parent)."""
+        if self.kv is not None:
+            self.kv = (self.kv[0].index_select(0, index), self.kv[1].index_select(0, index))
 
 
 def cache_mask(input_pos: Tensor, size: int, key_mask: Tensor | None) -> Tensor:
