@@ -162,6 +162,17 @@ def test_skip_bad_rows_trains_on_the_rest(tmp_path, tiny_data, capsys):
     assert rc == 0 and f"skipped 1 question(s) of {path} whose answer is not in the context at its answer_start" in err
 
 
+def test_fine_tunes_from_a_pretrained_bert_with_a_new_span_head(tmp_path, tiny_data):
+    rc, _ = run_train(tiny_data, tmp_path / "mlm", "--preset", "bert-tiny", "--objective", "mlm", "--steps", "2")
+    assert rc == 0
+    rc, records = run_train(tiny_data, tmp_path / "qa", "--init-from", str(tmp_path / "mlm"), "--objective",
+                            "extractive_qa", "--objective-options.squad", toy_squad(tmp_path / "toy.json", n=40),
+                            "--steps", "2", "--eval-every", "2")
+    assert rc == 0 and "val_exact_match" in last_eval(records)
+    report = next(r["report"] for r in records if r.get("event") == "init_from")
+    assert "new: qa_outputs (2 tensors)" in report and "dropped: pooler, mlm_head, nsp_head" in report, report
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["--preset", "tiny", "--objective", "extractive_qa"],
      "objective 'extractive_qa' trains encoder models, but the model is a gpt decoder"),

@@ -225,15 +225,15 @@ class ExtractiveQA(ExampleBatches, Objective):
             valid[r, win.ctx:win.ctx + win.length] = True
         best, i, j = (t.tolist() for t in best_spans(start, end, valid, self.opts.max_answer_len))
         null = (start[:, 0] + end[:, 0]).tolist()
-        per_question: dict[int, tuple[float, int, int, float]] = {}  # q -> best score, its row, its end, min null
+        per_question: dict[int, tuple[float, int, float]] = {}  # q -> best span score, its row, smallest null
         for r, w in enumerate(windows):
             q = self.windows[w].question
-            score, row, _, low = per_question.get(q, (float("-inf"), -1, -1, float("inf")))
+            score, row, low = per_question.get(q, (float("-inf"), -1, float("inf")))
             if best[r] > score:
                 score, row = best[r], r
-            per_question[q] = (score, row, 0, min(low, null[r]))
+            per_question[q] = (score, row, min(low, null[r]))
         out: dict[str, float] = {}
-        for q, (score, row, _, low) in per_question.items():
+        for q, (score, row, low) in per_question.items():
             text = ""
             if row >= 0 and math.isfinite(score):
                 win = self.windows[windows[row]]
