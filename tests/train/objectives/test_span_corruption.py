@@ -92,7 +92,8 @@ def test_model_vocabulary_too_small_for_the_sentinels_is_one_line(tmp_path, tiny
 @pytest.mark.parametrize(("flags", "message"), [
     (["--preset", "bert-tiny", "--objective", "span_corruption"],
      "objective 'span_corruption' trains encoder-decoder models, but the model is a bert encoder (fix: pass "
-     "--preset t5-tiny, or an objective for encoder models (classification, contrastive, mlm, mlm_nsp))"),
+     "--preset t5-tiny, or an objective for encoder models (classification, contrastive, extractive_qa, mlm, "
+     "mlm_nsp))"),
     ([*T5, "--seq-len", "257"], "seq_len 257 is longer than the model's max_seq_len 256"),
 ])
 def test_bad_input_is_one_line(tmp_path, tiny_data, capsys, flags, message):
