@@ -91,21 +91,9 @@ def test_help_teaches_with_examples(capsys):
 # ------------------------------------------------------------------------------------ --task classification
 def zebra_examples(n: int, seed: int = 0) -> list[tuple[str, str]]:
     """(words, "yes" if they include "zebra" else "no"): a toy task a tiny LSTM learns in a few dozen steps."""
-    from itertools import islice
+    from train.objectives.test_classification import toy_examples  # tests/ is on the path (rootdir conftest)
 
-    import numpy as np
-
-    from lmforge.data.builtin import python_docs
-
-    words = [w for w in " ".join(islice(python_docs(), 50)).split() if "zebra" not in w and "\t" not in w]
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        text = [words[j] for j in rng.integers(len(words), size=int(rng.integers(3, 9)))]
-        if i % 2:
-            text.insert(int(rng.integers(len(text) + 1)), "zebra")
-        out.append((" ".join(text), "yes" if i % 2 else "no"))
-    return out
+    return toy_examples(n, seed)
 
 
 def write_labelled(path, rows, header=("text", "label")):

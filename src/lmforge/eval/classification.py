@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmforge.atomic import atomic_file
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -70,7 +72,6 @@ def predict(model: nn.Module, texts: list[list[int]], pad_id: int, *, batch_size
 def plot_confusion(scores: ClassificationScores, path: Path, title: str | None = None) -> Path | None:
     """The confusion matrix as a PNG (rows gold, columns predicted, each cell its count); None, with one notice,
     when matplotlib is missing."""
-    import os
 
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -101,10 +102,8 @@ def plot_confusion(scores: ClassificationScores, path: Path, title: str | None =
                         color="white" if top and n > top / 2 else "black")
     ax.set_title(title or f"accuracy {scores.accuracy:.3f}, macro-F1 {scores.macro_f1:.3f}", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png")
     return path
 
 
@@ -117,7 +116,7 @@ def evaluate_classifier(checkpoint: str | Path, file: str | Path, *, out: str | 
     Texts longer than the model's max_seq_len (with their framing) are an error unless `max_source_len` truncates
     them to that many tokens, as `--objective-options.max-source-len` does in training.
     """
-    from lmforge.atomic import atomic_file, write_json
+    from lmforge.atomic import write_json
     from lmforge.checkpoints import load_model, resolve_checkpoint
     from lmforge.data.examples import encode_texts, read_pairs
     from lmforge.data.tokenizer import load_tokenizer, special_token_ids

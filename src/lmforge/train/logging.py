@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from lmforge.atomic import write_text
+from lmforge.atomic import atomic_file, write_text
 from lmforge.progress import console
 
 # Dense bf16/fp16 tensor-core peak FLOP/s by GPU name (first match wins: specific names before general ones).
@@ -232,10 +232,8 @@ def plot_loss_curve(history: dict[str, list], path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png")
     return path
 
 

@@ -20,7 +20,7 @@ def toy_examples(n: int = 200, seed: int = 0) -> list[tuple[str, str]]:
 
     from lmforge.data.builtin import python_docs
 
-    words = [w for w in " ".join(islice(python_docs(), 50)).split() if "zebra" not in w]
+    words = [w for w in " ".join(islice(python_docs(), 50)).split() if "zebra" not in w and "\t" not in w]
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
