@@ -237,3 +237,21 @@ def test_sst2_dev_file_with_its_own_columns_is_scored(capsys, shared_data, tiny_
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert metrics["counts"]["skipped"] == 0 and metrics["examples"] == metrics["counts"]["rows"] > 800
     assert 0.3 < metrics["accuracy"] < 0.7
+
+
+def test_a_damaged_checkpoint_is_one_line_and_no_verify_skips_the_check(capsys, checkpoints, tiny_data, tmp_path):
+    import shutil
+
+    from lmforge.checkpoints import write_checksums
+    from lmforge.models.io import WEIGHTS
+
+    path = shutil.copytree(checkpoints["tiny"], tmp_path / "ckpt")
+    write_checksums(path, [WEIGHTS])
+    data = bytearray((path / WEIGHTS).read_bytes())
+    data[-3] ^= 0x01  # a flipped bit in the last weight
+    (path / WEIGHTS).write_bytes(bytes(data))
+    flags = ["--checkpoint", path, "--data", tiny_data, "--max-batches", 1, "--device", "cpu"]
+    code, _, err = run(capsys, *flags)
+    assert code == 2 and err.count("\n") == 1 and "sha256" in err
+    code, out, _ = run(capsys, *flags, "--no-verify")
+    assert code == 0 and "ppl " in out

@@ -69,7 +69,7 @@ class EvalConfig(CompareConfig):
             CompareConfig.__post_init__(self)
 
 
-def run_eval(cfg: EvalConfig) -> int:
+def run_eval(cfg: EvalConfig, verify: bool = True) -> int:
     from rich.console import Console
 
     out = Console(file=sys.stdout, soft_wrap=True)
@@ -86,7 +86,7 @@ def run_eval(cfg: EvalConfig) -> int:
         return 0
 
     if cfg.task == "classification":
-        return _run_classification(cfg, out)
+        return _run_classification(cfg, out, verify)
 
     from lmforge.eval.perplexity import evaluate_checkpoint
 
@@ -96,7 +96,7 @@ def run_eval(cfg: EvalConfig) -> int:
         raise UserError("no checkpoint given", fix="pass --checkpoint DIR (a checkpoint or a run directory), or "
                                                    "--compare to compare baselines")
     r = evaluate_checkpoint(cfg.checkpoint, cfg.data, cfg.split, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
-                            max_batches=cfg.max_batches, device=cfg.device, precision=cfg.precision)
+                            max_batches=cfg.max_batches, device=cfg.device, precision=cfg.precision, verify=verify)
     s = r.score
     bpb = "" if s.bpb is None else f" | {s.bpb:.4f} bits/byte"
     out.print(f"{r.checkpoint} on {cfg.split} ({s.tokens:,} tokens, windows of {r.seq_len}): "
@@ -104,7 +104,7 @@ def run_eval(cfg: EvalConfig) -> int:
     return 0
 
 
-def _run_classification(cfg: EvalConfig, out) -> int:
+def _run_classification(cfg: EvalConfig, out, verify: bool) -> int:
     from lmforge.eval.classification import evaluate_classifier
 
     _refuse_flags(cfg, (*COMPARE_ONLY, "data", "split", "seq_len", "max_batches"), "the perplexity task",
@@ -116,7 +116,7 @@ def _run_classification(cfg: EvalConfig, out) -> int:
     r = evaluate_classifier(cfg.checkpoint, cfg.file, out=cfg.out or CLASSIFY_OUT, text_column=cfg.text_column,
                             label_column=cfg.label_column, batch_size=cfg.batch_size,
                             max_source_len=cfg.max_source_len, skip_bad_rows=cfg.skip_bad_rows, device=cfg.device,
-                            precision=cfg.precision)
+                            precision=cfg.precision, verify=verify)
     s = r.scores
     skipped = f", {r.skipped:,} skipped (unknown label)" if r.skipped else ""
     worst = min(s.per_class, key=lambda c: s.per_class[c].f1)
@@ -148,10 +148,13 @@ def _refuse_flags(cfg: EvalConfig, names, needed: str, fix: str | None = None) -
 
 
 def _main(args: argparse.Namespace) -> int:
-    return run_eval(resolve(EvalConfig, args))
+    verify = not vars(args).pop("no_verify", False)
+    return run_eval(resolve(EvalConfig, args), verify=verify)
 
 
 def register(sub) -> None:
-    add_verb(sub, "eval", EvalConfig, _main,
-             help="perplexity of a checkpoint; n-gram vs LSTM vs Transformer; a classifier on a labelled file",
-             description=DESCRIPTION)
+    parser = add_verb(sub, "eval", EvalConfig, _main,
+                      help="perplexity of a checkpoint; n-gram vs LSTM vs Transformer; a classifier on a labelled "
+                           "file", description=DESCRIPTION)
+    parser.add_argument("--no-verify", action="store_true",
+                        help="load the checkpoint without checking it against its checksums (huge models)")

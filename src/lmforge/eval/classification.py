@@ -110,7 +110,7 @@ def plot_confusion(scores: ClassificationScores, path: Path, title: str | None =
 def evaluate_classifier(checkpoint: str | Path, file: str | Path, *, out: str | Path, text_column: str = "text",
                         label_column: str = "label", batch_size: int = 32, max_source_len: int | None = None,
                         skip_bad_rows: bool = False, device: str = "auto",
-                        precision: str = "auto") -> ClassifierEval:
+                        precision: str = "auto", verify: bool = True) -> ClassifierEval:
     """Score the classifier `checkpoint` (or a run directory's best) on the labelled `file`; write into `out`.
 
     Texts longer than the model's max_seq_len (with their framing) are an error unless `max_source_len` truncates
@@ -134,7 +134,7 @@ def evaluate_classifier(checkpoint: str | Path, file: str | Path, *, out: str | 
                                                                    ".jsonl)")
     path = resolve_checkpoint(checkpoint)
     rt = local_runtime(device, precision)
-    model, cfg = load_model(path, rt.device)
+    model, cfg = load_model(path, rt.device, verify=verify)
     require(cfg, CLASSIFY, needed_for="classification", where=path,
             fix="pass a checkpoint trained with --objective classification")
     rows = read_pairs(file, text_column, label_column, flags="--text-column / --label-column")

@@ -111,7 +111,7 @@ def check_data_matches(checkpoint: Path, cfg: ModelConfig, ds: TokenDataset) -> 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "val", *, seq_len: int | None = None,
                         batch_size: int = 8, max_batches: int = 0, device: str = "auto",
-                        precision: str = "auto") -> CheckpointScore:
+                        precision: str = "auto", verify: bool = True) -> CheckpointScore:
     """Load a checkpoint (or a run directory's best) and score it on `split` of prepared data `data`.
 
     `seq_len` defaults to the length the model was trained at (its config's trained_seq_len; windows past it
@@ -129,7 +129,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
     path = resolve_checkpoint(checkpoint)
     ds = TokenDataset.open(data, split)
     rt = local_runtime(device, precision)
-    model, cfg = load_model(path, rt.device)
+    model, cfg = load_model(path, rt.device, verify=verify)
     if cfg.labels:
         raise UserError(f"this checkpoint is a sequence classifier (labels {', '.join(cfg.labels)}), not a language "
                         f"model", where=path, fix="score it on a labelled file with --task classification --file "
