@@ -199,3 +199,16 @@ def test_training_sees_long_runs_cut_as_encoding_does(monkeypatch):
     tok = train_tokenizer([*TEXTS, line], TokenizerOptions(kind="bpe", vocab_size=400, min_frequency=1))
     assert max(len(w) for piece in fed for w in piece.split()) == LONG_RUN_CHARS
     assert tok.decode(encode_ids(tok, line)) == line
+
+
+def test_offsets_survive_the_cutting_of_long_runs(bpe):
+    from lmforge.data.tokenizer import encode_ids, encode_with_offsets
+
+    normal = "The cat sat on the mat."
+    enc = bpe.encode(normal, add_special_tokens=False)
+    assert encode_with_offsets(bpe, normal) == (enc.ids, enc.tokens, [tuple(o) for o in enc.offsets])
+    long = "see " + "ab1" * 1500 + " done"  # a 4,500-character run: cut every 1,000 characters
+    ids, _, spans = encode_with_offsets(bpe, long)
+    assert ids == encode_ids(bpe, long)
+    assert spans[0][0] == 0 and spans[-1][1] == len(long)
+    assert all(a <= b and b <= c for (a, b), (c, _) in zip(spans, spans[1:]))  # in order, no overlaps

@@ -131,6 +131,22 @@ def encode_ids(tok: Tokenizer, text: str) -> list[int]:
     return [i for e in tok.encode_batch(pieces, add_special_tokens=False) for i in e.ids]
 
 
+def encode_with_offsets(tok: Tokenizer, text: str) -> tuple[list[int], list[str], list[tuple[int, int]]]:
+    """(ids, token strings, character spans in `text`) without added special tokens, cut as `encode_ids` cuts,
+    with each piece's spans shifted to where the piece starts in `text`."""
+    ids: list[int] = []
+    tokens: list[str] = []
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for piece in split_long_runs(text):
+        enc = tok.encode(piece, add_special_tokens=False)
+        ids += enc.ids
+        tokens += enc.tokens
+        spans += [(start + a, start + b) for a, b in enc.offsets]
+        start += len(piece)
+    return ids, tokens, spans
+
+
 def _new_tokenizer(opts: TokenizerOptions) -> tuple[Tokenizer, trainers.Trainer | None]:
     specials = [SPECIAL_TOKENS[n] for n in opts.special_tokens]
     unk = SPECIAL_TOKENS["unk"] if "unk" in opts.special_tokens else None

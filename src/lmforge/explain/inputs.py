@@ -14,7 +14,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from lmforge.data.tokenizer import check_vocab_fits, special_token_ids
+from lmforge.data.tokenizer import check_vocab_fits, encode_with_offsets, special_token_ids
 from lmforge.data.tokenizer import decoder_start_id as tokenizer_decoder_start_id
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig
@@ -79,12 +79,11 @@ def check_text(text: str) -> None:
 def encode_text(tokenizer: Tokenizer, text: str, cfg: ModelConfig) -> Encoded:
     """Tokenise `text` for a model of `cfg`, framed as its kind was trained; UserError if empty or too long."""
     check_text(text)
-    enc = tokenizer.encode(text, add_special_tokens=False)
-    if not enc.ids:
+    ids, pieces, offsets = encode_with_offsets(tokenizer, text)  # long runs without whitespace cut: linear
+    if not ids:
         raise UserError(f"the text {text!r} gives no tokens", fix="give some text the tokenizer can read")
     check_vocab_fits(tokenizer.get_vocab_size(), cfg.vocab_size, fix="use the tokenizer saved with this checkpoint")
-    ids, pieces = list(enc.ids), list(enc.tokens)
-    spans = _spans([tuple(o) for o in enc.offsets], len(text))
+    spans = _spans(offsets, len(text))
     added = [False] * len(ids)
     special = special_token_ids(tokenizer)
 
