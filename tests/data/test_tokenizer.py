@@ -211,4 +211,4 @@ def test_offsets_survive_the_cutting_of_long_runs(bpe):
     ids, _, spans = encode_with_offsets(bpe, long)
     assert ids == encode_ids(bpe, long)
     assert spans[0][0] == 0 and spans[-1][1] == len(long)
-    assert all(a <= b and b <= c for (a, b), (c, _) in zip(spans, spans[1:]))  # in order, no overlaps
+    assert all(a <= b <= c for (a, b), (c, _) in itertools.pairwise(spans))  # in order, no overlaps
