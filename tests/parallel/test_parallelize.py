@@ -338,3 +338,25 @@ def test_loading_a_mismatched_or_incomplete_checkpoint_is_a_user_error(tmp_path)
     with pytest.raises(UserError, match="no config.json"):
         lparallel.export_single_file(path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sharded_checkpoint_records_every_files_checksum_and_a_flipped_byte_is_one_line(tmp_path) -> None:
+    from lmforge.checkpoints import CHECKSUMS, CorruptCheckpoint, load_model, read_checksums
+
+    model = tiny()
+    path = lparallel.save_sharded(tmp_path / "ckpt", model, None, {"step": 1}, SINGLE)
+    recorded = read_checksums(path)["sha256"]
+    assert set(recorded) == {p.name for p in path.iterdir() if p.name != CHECKSUMS}  # shards, .metadata, extra
+    load_model(path)
+    shard = next(p for p in path.iterdir() if p.suffix == ".distcp")
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0x01
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpoint, match="does not match its recorded sha256"):
+        load_model(path)
+    load_model(path, verify=False)  # --no-verify: read as it is
+    from lmforge.train.checkpoint import Checkpointer
+
+    # --resume passes over it (to the newest checkpoint that verifies), unless told not to verify
+    assert "does not match its recorded sha256" in Checkpointer(tmp_path).problem(path)
+    assert "sha256" not in Checkpointer(tmp_path).problem(path, verify=False)  # (its extra is no train state)

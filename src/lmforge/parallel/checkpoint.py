@@ -33,6 +33,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from lmforge.atomic import atomic_directory
+from lmforge.checksums import write_checksums
 from lmforge.errors import UserError
 from lmforge.models.io import CONFIG, copy_tokenizer_files
 from lmforge.models.io import SHARDS_METADATA as METADATA  # written by DCP last: marks a complete checkpoint
@@ -140,6 +141,8 @@ def save_sharded(path: str | Path, model: nn.Module, optimizer: torch.optim.Opti
             copy_tokenizer_files(tokenizer_dir, tmp)
         # All ranks' shards are written before rank 0 leaves the block and renames the directory.
         barrier(env)
+        if env.rank == 0:  # then every file's sha256, last, as a single-file checkpoint records its own
+            write_checksums(tmp, sorted(p.name for p in tmp.iterdir() if p.is_file()))
     # ... and nobody goes on (to load it, or delete an older one) before the rename.
     barrier(env)
     return path

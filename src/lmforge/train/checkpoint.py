@@ -116,6 +116,8 @@ class Checkpointer:
         """
         try:
             if is_sharded_checkpoint(path):
+                if verify:
+                    verify_checksums(path)  # every shard file (older sharded checkpoints have none to check)
                 load_train_state(path)
                 return None
             if verify and verify_checksums(path, [WEIGHTS, STATE]):
