@@ -187,3 +187,27 @@ def test_long_runs_are_encoded_in_pieces_by_every_encoder_alike(tmp_path, tokeni
     tok.encode_special_tokens = True
     ds = TokenDataset.open(out, "train")
     assert [ds.document(i).tolist()[:-1] for i in range(ds.num_documents)] == [encode_ids(tok, d) for d in docs]
+
+
+def test_a_huge_document_is_shared_by_the_workers_and_encoded_exactly(tmp_path, monkeypatch, tokenizer_path):
+    """One long line (no whitespace for 30,000 characters, then prose) is cut into parts between the pieces the
+    tokenizer encodes one by one anyway: the workers share it, and its tokens are those of the whole document."""
+    monkeypatch.setattr(shards, "MIN_PARALLEL_BYTES", 0)
+    monkeypatch.setattr(shards, "CHUNK_BYTES", 2000)
+    huge = "ab1日c" * 6000 + " " + " ".join(_docs(300, seed=5))
+    docs = [*_docs(20, seed=4), huge, *_docs(20, seed=6)]
+    calls = []
+    real = shards._document_parts
+    monkeypatch.setattr(shards, "_document_parts", lambda *a: calls.append(1) or real(*a))
+    results = [encode_spool(_spool(tmp_path / str(w), docs), tmp_path / f"out{w}", tokenizer_path, workers=w,
+                            val_fraction=0.0) for w in (1, 2)]
+    assert calls == [1, 1] and [r.workers for r in results] == [1, 2]
+    assert (tmp_path / "out1" / "train-00000.bin").read_bytes() == (tmp_path / "out2" / "train-00000.bin").read_bytes()
+    assert (tmp_path / "out1" / "train-00000.idx").read_bytes() == (tmp_path / "out2" / "train-00000.idx").read_bytes()
+    tok = load_tokenizer(tokenizer_path)
+    tok.encode_special_tokens = True
+    ds = TokenDataset.open(tmp_path / "out2", "train")
+    eos = tok.token_to_id("<eos>")
+    want = [encode_ids(tok, d) + [eos] for d in docs]
+    tokens = ds.window(0, len(ds)).tolist()
+    assert tokens == [t for w in want for t in w] and ds.num_documents == len(docs)

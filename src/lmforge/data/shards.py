@@ -242,23 +242,31 @@ class DocumentEncoder:
 _STATE: dict[str, Any] = {}  # per process: the encoder and the mapped spool
 
 
+def _spool_text(spool_dir: str | Path) -> Any:
+    """The spooled text, memory-mapped (b"" when empty)."""
+    path = Path(spool_dir) / SPOOL_TEXT
+    if not path.stat().st_size:
+        return b""
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
 def _worker_init(tokenizer_path: str, spool_dir: str, dtype: str, vocab_size: int, eos_id: int,
                  pool: bool) -> None:
     if pool:
         # One process per core already; the library's own threads would only compete with the other workers.
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    path = Path(spool_dir) / SPOOL_TEXT
-    text: Any = b""
-    if path.stat().st_size:
-        with open(path, "rb") as f:
-            text = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    text = _spool_text(spool_dir)
     _STATE.update(encoder=DocumentEncoder(Tokenizer.from_file(tokenizer_path), dtype), text=text,
                   dtype=np.dtype(dtype), vocab_size=vocab_size, eos=np.array([eos_id], dtype=dtype).tobytes())
 
 
-def _encode_chunk(task: tuple[np.ndarray, np.ndarray]) -> tuple[dict[str, tuple], np.ndarray]:
-    """Encode documents offsets[i]..offsets[i+1]; per split: (tokens with <eos> after each doc, lengths, bytes)."""
-    offsets, codes = task
+def _encode_chunk(task: tuple[np.ndarray, np.ndarray, bool]) -> tuple[dict[str, tuple], np.ndarray, bool]:
+    """Encode documents offsets[i]..offsets[i+1]; per split: (tokens with <eos> after each doc, lengths, bytes).
+
+    A task that is a part of one huge document before its last (`ends` False) gets no <eos>: the caller joins the
+    parts (`_join_parts`)."""
+    offsets, codes, ends = task
     text, dtype, eos = _STATE["text"], _STATE["dtype"], _STATE["eos"]
     bounds = offsets.tolist()
     docs = [text[a:b].decode("utf-8") for a, b in itertools.pairwise(bounds)]
@@ -272,12 +280,12 @@ def _encode_chunk(task: tuple[np.ndarray, np.ndarray]) -> tuple[dict[str, tuple]
             continue
         parts: list[bytes] = []
         for i in sel:
-            parts += (ids[i], eos)
+            parts += (ids[i], eos if ends else b"")
         tokens = np.frombuffer(b"".join(parts), dtype=dtype)
-        lengths = np.array([len(ids[i]) // dtype.itemsize + 1 for i in sel], dtype=np.int64)
+        lengths = np.array([len(ids[i]) // dtype.itemsize + ends for i in sel], dtype=np.int64)
         counts += np.bincount(tokens, minlength=len(counts))[: len(counts)]
         out[name] = (tokens, lengths, nbytes[sel])
-    return out, counts
+    return out, counts, ends
 
 
 # --------------------------------------------------------------------------------------------------- writer
@@ -356,13 +364,46 @@ def resolve_workers(workers: int) -> int:
         return os.cpu_count() or 1
 
 
-def _tasks(offsets: np.ndarray, codes: np.ndarray):
-    """Ranges of whole documents of about CHUNK_BYTES each."""
+def _tasks(offsets: np.ndarray, codes: np.ndarray, text: Any = b""):
+    """Ranges of whole documents of about CHUNK_BYTES each; a document of more than 2 x CHUNK_BYTES (one long
+    line, a whole book) is cut into parts of about CHUNK_BYTES, so that the workers share it too.
+
+    Parts end where `split_long_runs` cuts (whitespace, or its cuts inside long runs): the tokenizer encodes those
+    pieces one by one anyway, so the joined parts are exactly the document's tokens."""
     n = len(offsets) - 1
     cuts = np.searchsorted(offsets, np.arange(CHUNK_BYTES, offsets[-1], CHUNK_BYTES), side="left")
     bounds = np.unique(np.concatenate([[0], cuts, [n]]))
+    huge = np.flatnonzero(np.diff(offsets) > 2 * CHUNK_BYTES) if len(text) else np.zeros(0, dtype=np.int64)
     for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-        yield offsets[lo:hi + 1], codes[lo:hi]
+        start = lo
+        for i in huge[np.searchsorted(huge, lo):np.searchsorted(huge, hi)].tolist():
+            if start < i:
+                yield offsets[start:i + 1], codes[start:i], True
+            yield from _document_parts(int(offsets[i]), int(offsets[i + 1]), codes[i:i + 1], text)
+            start = i + 1
+        if start < hi:
+            yield offsets[start:hi + 1], codes[start:hi], True
+
+
+def _document_parts(start: int, end: int, code: np.ndarray, text: Any):
+    """One document's byte range [start, end) as tasks of about CHUNK_BYTES, cut between `split_long_runs` pieces."""
+    edges, size = [start], 0
+    for piece in split_long_runs(bytes(text[start:end]).decode("utf-8")):
+        size += len(piece.encode("utf-8"))
+        if size - (edges[-1] - start) >= CHUNK_BYTES:
+            edges.append(start + size)
+    if edges[-1] != end:
+        edges.append(end)
+    for i, (a, b) in enumerate(itertools.pairwise(edges)):
+        yield np.array([a, b], dtype=np.int64), code, i == len(edges) - 2
+
+
+def _join_parts(parts: list[dict[str, tuple]]) -> dict[str, tuple]:
+    """The results of one document's parts (the last one's with its <eos>) as one document."""
+    name = next(iter(parts[-1]))
+    tokens = np.concatenate([p[name][0] for p in parts])
+    return {name: (tokens, np.array([len(tokens)], dtype=np.int64),
+                   np.array([sum(int(p[name][2].sum()) for p in parts)], dtype=np.int64))}
 
 
 @dataclass
@@ -412,12 +453,22 @@ def encode_spool(spool_dir: str | Path, out_dir: str | Path, tokenizer_path: str
                 # child would inherit their locks.
                 pool = stack.enter_context(
                     multiprocessing.get_context("spawn").Pool(n_workers, _worker_init, initargs))
-                results = pool.imap(_encode_chunk, _tasks(offsets, codes))
+                text = _spool_text(spool_dir)
+                if len(text):
+                    stack.callback(text.close)
+                results = pool.imap(_encode_chunk, _tasks(offsets, codes, text))
             else:
                 _worker_init(*initargs)
                 stack.callback(_STATE.clear)
-                results = map(_encode_chunk, _tasks(offsets, codes))
-            for per_split, chunk_counts in results:
+                results = map(_encode_chunk, _tasks(offsets, codes, _STATE["text"]))
+            pending: list[dict[str, tuple]] = []  # the parts so far of a document cut into several tasks
+            for per_split, chunk_counts, ends in results:
+                if not ends or pending:
+                    pending.append(per_split)
+                    counts += chunk_counts
+                    if not ends:
+                        continue
+                    per_split, chunk_counts, pending = _join_parts(pending), 0, []
                 chunk_bytes = 0
                 for name, (tokens, lengths, nbytes) in per_split.items():
                     writers[name].add(tokens, lengths, nbytes)
