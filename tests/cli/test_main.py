@@ -32,3 +32,15 @@ def test_a_nul_byte_in_an_argument_is_one_line(capsys):
     assert main(["prepare", "corpus\x00.txt", "--out", "x"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds a NUL byte" in err and "Traceback" not in err
+
+
+def test_a_verbs_usage_is_one_line_its_options_listed_once(capsys):
+    import pytest
+
+    from lmforge.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "usage: lmforge train [--config FILE.yaml] [options]"
+    assert out.count("--model.rope-theta") == 1  # in the option list, not again in the usage

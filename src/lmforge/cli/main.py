@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
             modules.append(module)
     for module in sorted(modules, key=lambda m: (getattr(m, "ORDER", 100), m.__name__)):
         module.register(sub)
+    for verb_parser in sub.choices.values():  # one usage line, not every flag twice: the list below has them
+        positionals = " ".join(f"[{a.metavar or a.dest} ...]" if a.nargs in ("*", "+") else str(a.metavar or a.dest)
+                               for a in verb_parser._actions if not a.option_strings)
+        verb_parser.usage = f"%(prog)s [--config FILE.yaml] [options] {positionals}".rstrip()
     return parser
 
 
