@@ -67,6 +67,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     return model.to(device=device, dtype=dtype).eval(), cfg
 
 
+def load_checkpoint_tokenizer(path: str | Path, cfg: ModelConfig):
+    """The tokenizer saved with checkpoint `path`, checked against its model in one line: the one check every verb
+    that pairs a checkpoint's tokenizer with its model makes (ids past the embedding table would be an IndexError,
+    and a tokenizer swapped under a run means other tokens)."""
+    from lmforge.data.tokenizer import check_vocab_fits, load_tokenizer
+
+    tokenizer = load_tokenizer(path)
+    check_vocab_fits(tokenizer.get_vocab_size(), cfg.vocab_size, model="the model's vocabulary", where=path,
+                     fix="this tokenizer is not the one the model was trained with: put the run's own "
+                         "(OUT/tokenizer/tokenizer.json) beside the weights")
+    return tokenizer
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory, or a training run directory (its best checkpoint, else its latest)."""
     path = Path(path)
@@ -85,5 +98,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
                         "directory made by `lmforge train`")
 
 
-__all__ = ["CHECKSUMS", "CHECKSUMS_FORMAT", "CorruptCheckpoint", "file_sha256", "is_sharded_checkpoint", "load_model",
-           "read_checksums", "resolve_checkpoint", "verify_checksums", "write_checksums"]
+__all__ = ["CHECKSUMS", "CHECKSUMS_FORMAT", "CorruptCheckpoint", "file_sha256", "is_sharded_checkpoint",
+           "load_checkpoint_tokenizer", "load_model", "read_checksums", "resolve_checkpoint", "verify_checksums",
+           "write_checksums"]

@@ -137,3 +137,17 @@ def test_bad_beam_options_are_one_line(tmp_path, tiny_data, capsys, extra, messa
     assert main(["generate", "--checkpoint", str(ckpt), "one", *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_a_tokenizer_bigger_than_the_models_vocabulary_is_one_line_in_every_verb(tmp_path, tiny_data, capsys):
+    """(A data directory prepared again under a running training once gave checkpoints such a pair.)"""
+    cfg = ModelConfig(family="gpt", vocab_size=100, max_seq_len=32, n_layer=1, n_head=2, d_model=32)
+    ckpt = save_model(tmp_path / "gpt", build_model(cfg).eval(), cfg, tiny_data)  # a 512-token tokenizer
+    for argv in (["generate", "--checkpoint", str(ckpt), "The", "--device", "cpu"],
+                 ["explain", "--checkpoint", str(ckpt), "--text", "The cat", "--out", str(tmp_path / "x"),
+                  "--device", "cpu"],
+                 ["export", str(ckpt), "--out", str(tmp_path / "hf")]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "the tokenizer has 512 tokens but the model's vocabulary is 100" in err
+    assert not (tmp_path / "hf").exists() and not (tmp_path / "x").exists()

@@ -44,8 +44,8 @@ class GenerateConfig(GenerationConfig):
 
 
 def run_generate(cfg: GenerateConfig, verify: bool = True, stream_asked: bool = False) -> list[str]:
-    from lmforge.checkpoints import load_model, resolve_checkpoint
-    from lmforge.data.tokenizer import load_tokenizer, special_token_ids
+    from lmforge.checkpoints import load_checkpoint_tokenizer, load_model, resolve_checkpoint
+    from lmforge.data.tokenizer import special_token_ids
     from lmforge.device import pick_device
     from lmforge.infer.generate import check_beam_options, generate
     from lmforge.models.registry import Kind, kind_of
@@ -56,7 +56,7 @@ def run_generate(cfg: GenerateConfig, verify: bool = True, stream_asked: bool = 
         _notice(f"notice: no streaming with --num-beams {cfg.num_beams}: the best beam is known only at the end")
     path = resolve_checkpoint(cfg.checkpoint)
     model, model_cfg = load_model(path, pick_device(cfg.device), verify=verify)
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_checkpoint_tokenizer(path, model_cfg)
     _warn_if_cut(model_cfg, tokenizer, cfg, prompts)
     stream = cfg.stream and cfg.num_beams == 1 and len(prompts) == 1 and sys.stdout.isatty()
     # A decoder continues its prompt, so the prompt is part of the text; an encoder-decoder's output is new text

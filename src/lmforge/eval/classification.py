@@ -117,9 +117,9 @@ def evaluate_classifier(checkpoint: str | Path, file: str | Path, *, out: str | 
     them to that many tokens, as `--objective-options.max-source-len` does in training.
     """
     from lmforge.atomic import write_json
-    from lmforge.checkpoints import load_model, resolve_checkpoint
+    from lmforge.checkpoints import load_checkpoint_tokenizer, load_model, resolve_checkpoint
     from lmforge.data.examples import encode_texts, read_pairs
-    from lmforge.data.tokenizer import load_tokenizer, special_token_ids
+    from lmforge.data.tokenizer import special_token_ids
     from lmforge.errors import UserError
     from lmforge.eval.metrics import classification_scores
     from lmforge.models.registry import CLASSIFY, require, text_frame
@@ -154,7 +154,7 @@ def evaluate_classifier(checkpoint: str | Path, file: str | Path, *, out: str | 
         raise UserError(f"no row of the file has a label the checkpoint knows ({', '.join(map(repr, cfg.labels))})",
                         where=file, fix="name the label column with --label-column")
 
-    tok = load_tokenizer(path)
+    tok = load_checkpoint_tokenizer(path, cfg)
     special = special_token_ids(tok)
     texts = encode_texts(tok, [text for text, _ in kept], text_frame(cfg, special), special,
                          limit=max_source_len or cfg.max_seq_len, truncate=max_source_len is not None, where=file,

@@ -79,8 +79,7 @@ def _wanted(cfg: ExplainConfig, mcfg: ModelConfig, tokenizer: Tokenizer) -> list
 def explain(cfg: ExplainConfig) -> ExplainResult:
     """Write the outputs `cfg.what` asks for into `cfg.out`; returns their paths (attention PNGs, HTML, JSON)."""
     from lmforge.atomic import write_json, write_text
-    from lmforge.checkpoints import load_model, resolve_checkpoint
-    from lmforge.data.tokenizer import load_tokenizer
+    from lmforge.checkpoints import load_checkpoint_tokenizer, load_model, resolve_checkpoint
     from lmforge.device import pick_device
     from lmforge.explain.attention import plot_attention, run_for_attention, select, stack_layers
     from lmforge.explain.attribution import (
@@ -100,8 +99,8 @@ def explain(cfg: ExplainConfig) -> ExplainResult:
         raise UserError(f"--top-k is {cfg.top_k}", fix="give 1 or more")
     check_text(cfg.text)  # before loading anything
     path = resolve_checkpoint(cfg.checkpoint)
-    tokenizer = load_tokenizer(path)
     model, mcfg = load_model(path, pick_device(cfg.device))
+    tokenizer = load_checkpoint_tokenizer(path, mcfg)
     wanted = _wanted(cfg, mcfg, tokenizer)
     enc = encode_text(tokenizer, cfg.text, mcfg)
     stacks = stack_layers(mcfg)

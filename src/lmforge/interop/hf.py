@@ -34,7 +34,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from lmforge.atomic import atomic_directory, disk_full_as_user_error, write_json
-from lmforge.checkpoints import is_sharded_checkpoint, load_model, resolve_checkpoint, verify_checksums
+from lmforge.checkpoints import (
+    is_sharded_checkpoint,
+    load_checkpoint_tokenizer,
+    load_model,
+    resolve_checkpoint,
+    verify_checksums,
+)
 from lmforge.data.tokenizer import decoder_start_id
 from lmforge.errors import UserError
 from lmforge.interop.families import FAMILIES, Family, Head, Rule
@@ -362,6 +368,8 @@ def export_hf(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
         raise UserError(f"{head.architecture} cannot express this model: {'; '.join(problems)}", where=ckpt,
                         fix=f"only models that keep the {family.model_type} layout export to Hugging Face")
     _check_out_dir(out, ckpt)
+    if (ckpt / "tokenizer.json").is_file():  # a tokenizer that does not fit the model would be exported with it
+        load_checkpoint_tokenizer(ckpt, cfg)
     if is_sharded_checkpoint(ckpt):  # torch.distributed.checkpoint shards: gathered into one model here
         state = state_dict_for_save(load_model(ckpt)[0])
     elif (ckpt / WEIGHTS).is_file():
