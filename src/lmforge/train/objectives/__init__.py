@@ -82,6 +82,8 @@ class Objective:
     def __init__(self, cfg: TrainConfig, rt: Runtime) -> None:
         self.cfg, self.rt = cfg, rt
         check_model(type(self), cfg.model)
+        if self.head != "lm":
+            cfg.model.head = self.head  # the task head this objective trains (classification adds its labels)
         self.opts: Any = cfg.objective_options  # an instance of `self.options` (TrainConfig sees to it)
         # Tokenizer files copied into every checkpoint so that it is self-contained (None: none to copy).
         self.tokenizer_dir: Path | None = None

@@ -110,7 +110,7 @@ class Classification(ExampleBatches, Objective):
             raise UserError(f"the labels file has {len(found)} distinct label ({', '.join(map(repr, found))}) in "
                             f"column '{o.label_column}': a classifier needs two or more", where=o.pairs,
                             fix="give examples of two or more classes, or " + COLUMNS_FIX)
-        model.labels, model.head = found, "classify"
+        model.labels = found
         model.validate()
         return found
 

@@ -131,7 +131,6 @@ class ExtractiveQA(ExampleBatches, Objective):
         if not o.squad:
             raise UserError("objective 'extractive_qa' trains on questions, but no SQuAD file is given",
                             fix="pass --objective-options.squad FILE (SQuAD v1.1 or v2.0 JSON)")
-        cfg.model.head = "span"
         cfg.model.validate()
         train_ds = TokenDataset.open(cfg.data, "train")
         require_vocab(cfg, train_ds.vocab_size, cfg.data)
@@ -195,13 +194,8 @@ class ExtractiveQA(ExampleBatches, Objective):
 
     def eval_batches(self) -> Iterable[Any] | None:
         """Batches of `batch_size` held-out questions, each with all its windows."""
-        if not len(self.val_questions):
-            return None
-        mine = self.val_questions[self.rt.rank::self.rt.world_size]
-        size = self.cfg.batch_size
-        n = math.ceil(len(mine) / size)
-        return (self.batch([w for q in mine[i * size:(i + 1) * size] for w in self.windows_of[q]])
-                for i in range(min(n, self.cfg.eval_batches or n)))
+        return self.ranked_batches(self.val_questions,
+                                   lambda questions: self.batch([w for q in questions for w in self.windows_of[q]]))
 
     # ------------------------------------------------------------------------------------------------- loss
     def forward(self, model: nn.Module, batch: Any) -> Output:

@@ -86,12 +86,17 @@ class ExampleBatches:
         self.sampler.load_state_dict(state)
 
     def eval_batches(self) -> Iterable[Any] | None:
-        if not len(self.val_idx):
+        return self.ranked_batches(self.val_idx, self.batch)
+
+    def ranked_batches(self, items: Sequence[Any], make: Any) -> Iterable[Any] | None:
+        """`make(chunk)` for this rank's share of the held-out `items`, `batch_size` at a time, in order (at most
+        `eval_batches` of them); None when there are none."""
+        if not len(items):
             return None
-        mine = self.val_idx[self.rt.rank::self.rt.world_size]
+        mine = items[self.rt.rank::self.rt.world_size]
         size = self.cfg.batch_size
         n = math.ceil(len(mine) / size)
-        return (self.batch(mine[i * size:(i + 1) * size]) for i in range(min(n, self.cfg.eval_batches or n)))
+        return (make(mine[i * size:(i + 1) * size]) for i in range(min(n, self.cfg.eval_batches or n)))
 
 
 # ------------------------------------------------------------------------------------------- the objectives
