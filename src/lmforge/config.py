@@ -15,7 +15,7 @@ A field may be a dataclass chosen by a sibling field's value (`field(variants=("
 union of every variant's fields, shown in `--help` in one group per set of variants that take them, and a field of
 another variant is refused in one line that names the variants it belongs to.
 
-Written by hand rather than taken from jsonargparse to keep the core dependencies lean; it is ~150 lines.
+Written by hand rather than taken from jsonargparse to keep the core dependencies lean.
 """
 
 from __future__ import annotations

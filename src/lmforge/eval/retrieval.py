@@ -118,14 +118,14 @@ def evaluate_retrieval(checkpoint: str | Path, pairs: str | Path, *, source_colu
                        target_column: str = "target", batch_size: int = 64, device: str = "auto",
                        truncate: bool = False) -> RetrievalResult:
     """Top-1 accuracy and MRR of retrieving each pair's target by its source, among all the file's targets."""
-    from lmforge.checkpoints import resolve_checkpoint
+    from lmforge.checkpoints import load_checkpoint_tokenizer, resolve_checkpoint
     from lmforge.data.examples import read_pairs
-    from lmforge.data.tokenizer import load_tokenizer, special_token_ids
+    from lmforge.data.tokenizer import special_token_ids
     from lmforge.device import pick_device
 
     path = resolve_checkpoint(checkpoint)
     model, cfg = load_encoder(path, pick_device(device))
-    tok = load_tokenizer(path)
+    tok = load_checkpoint_tokenizer(path, cfg)
     ids = special_token_ids(tok)
     texts = read_pairs(pairs, source_column, target_column)
     fix = "shorten the texts, or pass truncate=True"
@@ -171,8 +171,8 @@ def embed_file(checkpoint: str | Path, input: str | Path, out: str | Path, *, ba
     import numpy as np
 
     from lmforge.atomic import atomic_file
-    from lmforge.checkpoints import resolve_checkpoint
-    from lmforge.data.tokenizer import load_tokenizer, special_token_ids
+    from lmforge.checkpoints import load_checkpoint_tokenizer, resolve_checkpoint
+    from lmforge.data.tokenizer import special_token_ids
     from lmforge.device import pick_device
 
     out = Path(out)
@@ -180,7 +180,7 @@ def embed_file(checkpoint: str | Path, input: str | Path, out: str | Path, *, ba
         raise UserError(f"cannot tell the output format of {out}", fix="end --out with .npy or .jsonl")
     path = resolve_checkpoint(checkpoint)
     model, mcfg = load_encoder(path, pick_device(device))
-    tok = load_tokenizer(path)
+    tok = load_checkpoint_tokenizer(path, mcfg)
     ids = special_token_ids(tok)
     texts = read_sentences(input)
     seqs = sentence_ids(tok, texts, ids, mcfg.max_seq_len, truncate=truncate, what="line", where=input,

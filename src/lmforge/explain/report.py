@@ -93,10 +93,6 @@ def explain(cfg: ExplainConfig) -> ExplainResult:
     from lmforge.explain.surprise import UNITS, surprise_json, surprise_page, token_surprise
 
     # --- check everything a user can get wrong before writing anything ---
-    if cfg.ig_steps < 1:
-        raise UserError(f"--ig-steps is {cfg.ig_steps}", fix="give 1 or more (32 is a good start)")
-    if cfg.top_k < 1:
-        raise UserError(f"--top-k is {cfg.top_k}", fix="give 1 or more")
     check_text(cfg.text)  # before loading anything
     path = resolve_checkpoint(cfg.checkpoint)
     model, mcfg = load_model(path, pick_device(cfg.device))

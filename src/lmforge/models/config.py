@@ -98,7 +98,7 @@ class ModelConfig(Config):
             problems.append(f"n_head {self.n_head} is not divisible by n_kv_head {self.n_kv_head}")
         if self.pos == "rope" and self.head_dim % 2:
             problems.append(f"RoPE needs an even head dimension, got {self.head_dim}")
-        from lmforge.models.registry import family
+        from lmforge.models.registry import Kind, family
 
         if self.head not in family(self.family).heads:
             problems.append(f"a {self.family} model has no '{self.head}' head (it has: "
@@ -107,7 +107,7 @@ class ModelConfig(Config):
             problems.append("a classify head needs labels (the class names)")
         if self.labels and self.head != "classify":
             problems.append(f"labels are for a classify head, not '{self.head}'")
-        if self.pooling == "first" and family(self.family).kind.value in ("decoder", "recurrent"):
+        if self.pooling == "first" and family(self.family).kind in (Kind.DECODER, Kind.RECURRENT):
             problems.append("pooling 'first' reads one token in a causal model: use last or mean")
         if self.labels and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels) or not all(self.labels)):
             problems.append(f"labels must be two or more distinct non-empty names, got {self.labels}")

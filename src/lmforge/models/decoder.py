@@ -26,6 +26,7 @@ class DecoderLM(nn.Module):
         self.norm_f = make_norm(cfg) if cfg.norm_position == "pre" else nn.Identity()
         if cfg.head == "classify":
             self.score = nn.Linear(cfg.d_model, n_classes(cfg), bias=False)
+            self.pooling = pooling(cfg)  # resolved once, not per forward
         else:
             self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         init_weights(self, cfg)
@@ -57,7 +58,7 @@ class DecoderLM(nn.Module):
         """
         h = self.hidden(idx, input_pos=input_pos, positions=positions, key_mask=key_mask)
         if self.cfg.head == "classify":
-            return self.score(pool(h, attention_mask, pooling(self.cfg)))
+            return self.score(pool(h, attention_mask, self.pooling))
         return self.lm_head(h)
 
     def hidden(self, idx: Tensor, *, input_pos: Tensor | None = None, positions: Tensor | None = None,

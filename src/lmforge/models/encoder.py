@@ -33,6 +33,7 @@ class EncoderModel(nn.Module):
         elif cfg.head == "classify":
             self.drop = nn.Dropout(cfg.dropout)
             self.classifier = nn.Linear(cfg.d_model, n_classes(cfg), bias=cfg.bias)
+            self.pooling = pooling(cfg)  # resolved once, not per forward
         else:  # span
             self.qa_outputs = nn.Linear(cfg.d_model, 2, bias=cfg.bias)
         init_weights(self, cfg)
@@ -47,7 +48,7 @@ class EncoderModel(nn.Module):
         logits (B, T, 2) (span); attention_mask (B, T) is True/1 on real tokens."""
         h = self.hidden(idx, attention_mask=attention_mask, token_types=token_types)
         if self.cfg.head == "classify":
-            vector = pool(h, attention_mask, pooling(self.cfg))  # [CLS] by default, as BERT
+            vector = pool(h, attention_mask, self.pooling)  # [CLS] by default, as BERT
             return self.classifier(self.drop(torch.tanh(self.pooler(vector))))
         if self.cfg.head == "span":
             return self.qa_outputs(h)
