@@ -43,3 +43,15 @@ def add_verb(sub: Any, name: str, cls: type | None, func: Callable[[argparse.Nam
         add_config_args(parser, cls)
     parser.set_defaults(func=func)
     return parser
+
+
+def add_no_verify(parser: argparse.ArgumentParser, what: str = "load the checkpoint") -> None:
+    """`--no-verify` on a verb that loads checkpoints (read back with `verify_wanted`)."""
+    parser.add_argument("--no-verify", action="store_true",
+                        help=f"{what} without checking it against its checksums (huge models)")
+
+
+def verify_wanted(args: argparse.Namespace) -> bool:
+    """False when --no-verify was given; the flag is taken out so that the config never sees it."""
+    return not vars(args).pop("no_verify", False)
+

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.cli.common import add_verb
+from lmforge.cli.common import add_no_verify, add_verb, verify_wanted
 from lmforge.config import field, resolve
 from lmforge.errors import UserError
 from lmforge.recipes.compare import CompareConfig
@@ -148,7 +148,7 @@ def _refuse_flags(cfg: EvalConfig, names, needed: str, fix: str | None = None) -
 
 
 def _main(args: argparse.Namespace) -> int:
-    verify = not vars(args).pop("no_verify", False)
+    verify = verify_wanted(args)
     return run_eval(resolve(EvalConfig, args), verify=verify)
 
 
@@ -156,5 +156,4 @@ def register(sub) -> None:
     parser = add_verb(sub, "eval", EvalConfig, _main,
                       help="perplexity of a checkpoint; n-gram vs LSTM vs Transformer; a classifier on a labelled "
                            "file", description=DESCRIPTION)
-    parser.add_argument("--no-verify", action="store_true",
-                        help="load the checkpoint without checking it against its checksums (huge models)")
+    add_no_verify(parser)

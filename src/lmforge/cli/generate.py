@@ -6,7 +6,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from lmforge.cli.common import add_verb
+from lmforge.cli.common import add_no_verify, add_verb, verify_wanted
 from lmforge.config import field, resolve
 from lmforge.device import DEVICES
 from lmforge.infer.generate import GenerationConfig
@@ -123,7 +123,7 @@ def _warn_if_cut(mcfg, tokenizer, cfg: GenerateConfig, prompts: list[str]) -> No
 
 def _main(args: argparse.Namespace) -> int:
     positional = vars(args).pop("prompt_args", None)
-    verify = not vars(args).pop("no_verify", False)
+    verify = verify_wanted(args)
     stream_asked = vars(args).get("stream") is True  # given on the command line (unset flags are absent)
     cfg = resolve(GenerateConfig, args, **({"prompts": positional} if positional else {}))
     run_generate(cfg, verify=verify, stream_asked=stream_asked)
@@ -134,5 +134,4 @@ def register(sub) -> None:
     parser = add_verb(sub, "generate", GenerateConfig, _main, help="sample text from a trained model",
                       description=DESCRIPTION)
     parser.add_argument("prompt_args", nargs="*", metavar="PROMPT", help="one or more prompts")
-    parser.add_argument("--no-verify", action="store_true",
-                        help="load the checkpoint without checking it against its checksums (huge models)")
+    add_no_verify(parser)

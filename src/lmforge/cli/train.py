@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lmforge.cli.common import add_verb
+from lmforge.cli.common import add_no_verify, add_verb, verify_wanted
 from lmforge.config import resolve
 from lmforge.models.registry import CLASSIFY, EMBED, GENERATE, SCORE, Kind, can, kind_of
 from lmforge.parallel import record
@@ -59,7 +59,7 @@ TASK_METRICS = {"val_bpb": "{:.3f} bits/byte", "val_accuracy": "accuracy {:.4f}"
 def _main(args: argparse.Namespace) -> int:
     from lmforge.train.trainer import train
 
-    verify = not vars(args).pop("no_verify", False)
+    verify = verify_wanted(args)
     # `--resume` without `--config` continues the run under its own effective config; flags still override it.
     config = None
     if getattr(args, "resume", False) and getattr(args, "config", None) is None:
@@ -112,5 +112,4 @@ def _next_command(cfg: TrainConfig, out: Path) -> str:
 def register(sub) -> None:
     parser = add_verb(sub, "train", TrainConfig, _main, help="train a model on prepared data",
                       description=DESCRIPTION)
-    parser.add_argument("--no-verify", action="store_true",
-                        help="--resume without checking the checkpoint against its checksums (huge models)")
+    add_no_verify(parser, "--resume")

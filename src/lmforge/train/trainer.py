@@ -228,14 +228,9 @@ def _train(cfg: TrainConfig, rt: Runtime, verify: bool = True) -> TrainResult:
     except BaseException:
         # The error that stopped the run is the one to report, not one from closing up after it (a full disk).
         with contextlib.suppress(Exception):
-            logger.close()
-            if rt.is_main and (prog.history["train"] or prog.history["val"]):
-                plot_loss_curve(prog.history, out / "loss_curve.png")
+            _close_up(logger, prog, out, rt)
         raise
-    logger.close()
-    plot = None
-    if rt.is_main and (prog.history["train"] or prog.history["val"]):
-        plot = plot_loss_curve(prog.history, out / "loss_curve.png")
+    plot = _close_up(logger, prog, out, rt)
 
     best = ckpt.root / "best"
     return TrainResult(
@@ -249,6 +244,14 @@ def _train(cfg: TrainConfig, rt: Runtime, verify: bool = True) -> TrainResult:
         tensorboard=out / "tensorboard" if cfg.tensorboard and (out / "tensorboard").is_dir() else None,
         history=prog.history, rank=rt.rank,
     )
+
+
+def _close_up(logger: RunLogger | NullLogger, prog: Progress, out: Path, rt: Runtime) -> Path | None:
+    """Close the run's logs and draw its loss curve (rank 0, when anything was logged)."""
+    logger.close()
+    if rt.is_main and (prog.history["train"] or prog.history["val"]):
+        return plot_loss_curve(prog.history, out / "loss_curve.png")
+    return None
 
 
 def _on_main(rt: Runtime, fn: Callable[[], Any]) -> Any:
