@@ -156,7 +156,9 @@ def test_a_dead_rank_fails_the_job_fast_and_its_last_sharded_checkpoint_resumes(
     # torchrun's summary names the rank and how it died.
     assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)\s*exitcode\s*:\s*-9", log), log[-6000:]
     assert "Signal 9 (SIGKILL)" in log, log[-6000:]
-    assert max(by_step(out, "loss")) == 4
+    # Rank 0 finished step 4 with rank 1 (its last collective), but torchrun may stop it before it logs the step:
+    # what the file holds is whole records up to step 3 or 4, never a torn line.
+    assert max(by_step(out, "loss")) in (3, 4)
     ckpt = out / "checkpoints" / "step_000003"
     assert [p for _, p in Checkpointer(out / "checkpoints").steps()] == [ckpt]
     assert sorted(p.name for p in ckpt.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
