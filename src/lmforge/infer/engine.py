@@ -528,7 +528,9 @@ class Engine:
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
         pos = torch.arange(start, start + n, device=self.device)[None]
         window = CacheWindow(slice(slot, slot + 1), start + n)
-        return self.model(idx, input_pos=pos, window=window)[:, -1]
+        # The head on the last position only: a prompt's other positions' logits would be thrown away.
+        hidden = self.model.hidden(idx, input_pos=pos, window=window)[:, -1:]
+        return self.model.lm_head(hidden)[:, -1]
 
     def _decode(self, decoding: list[_Request]) -> None:
         rows = max(r.slot for r in decoding) + 1
@@ -539,10 +541,11 @@ class Engine:
         for r in decoding:
             tokens[r.slot] = r.pending
         logits = self.decode_step(tokens, positions)
-        chosen = logits[[r.slot for r in decoding]]
-        for r, token, row_logits in zip(decoding, self._choose(chosen, decoding), chosen):
+        slots = [r.slot for r in decoding]
+        chosen = logits if slots == list(range(rows)) else logits[slots]
+        for i, (r, token) in enumerate(zip(decoding, self._choose(chosen, decoding))):
             r.fed += 1
-            self._accept(r, token, row_logits)
+            self._accept(r, token, chosen[i] if r.logprobs is not None else None)
 
     def decode_step(self, tokens: list[int], positions: list[int]) -> Tensor:
         """One token into each of the first len(tokens) cache rows at its position: next-token logits (B, V).
@@ -588,8 +591,9 @@ class Engine:
                 out[i] = _sample_one(logits[i], r)
         return out
 
-    def _accept(self, r: _Request, token: int, logits: Tensor) -> None:
-        """Record the chosen token: stream its text, or finish the request."""
+    def _accept(self, r: _Request, token: int, logits: Tensor | None) -> None:
+        """Record the chosen token: stream its text, or finish the request (`logits`, the row it was chosen from,
+        is needed only for logprobs)."""
         r.generated += 1
         if r.logprobs is not None:
             self._record_logprobs(r, token, logits)
