@@ -92,7 +92,7 @@ def bench_preset(name: str, repeats: int, bandwidth: float, workdir: Path) -> li
     cfg.vocab_size = VOCAB
     model = DecoderLM(cfg).eval()
     hf_dir = export_hf(save_model(workdir / name / "ckpt", model, cfg, None), workdir / name / "hf")
-    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     params = sum(p.numel() for p in model.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     limit = bandwidth / weight_bytes
@@ -106,8 +106,10 @@ def bench_preset(name: str, repeats: int, bandwidth: float, workdir: Path) -> li
                                         ("32 mixed requests", mixed, mixed_new, 16)):
         lmforge_generate(model, prompts[:1], [4], 1)  # warm-up
         hf_generate(hf, prompts[:1], 4)
-        got = best_of(repeats, {"lmforge": lambda: lmforge_generate(model, prompts, news, slots),
-                                "hf": lambda: hf_generate(hf, prompts, max(news))})
+        got = best_of(repeats, {
+            "lmforge": lambda p=prompts, n=news, s=slots: lmforge_generate(model, p, n, s),
+            "hf": lambda p=prompts, n=news: hf_generate(hf, p, max(n)),
+        })
         useful = sum(news)
         ours, theirs = useful / got["lmforge"][0], useful / got["hf"][0]
         same = sum(a == b[:len(a)] for a, b in zip(got["lmforge"][1], got["hf"][1]))
