@@ -297,3 +297,34 @@ def test_a_cancelled_waiting_request_finishes_cancelled_without_running():
     waiting.cancel()
     engine.step()
     assert [(e.finish_reason, e.completion_tokens) for e in events] == [("cancelled", 0)]
+
+
+def test_a_failing_step_ends_the_streams_with_an_error_instead_of_hanging(monkeypatch):
+    model = model_of()
+
+    async def main():
+        engine = Engine(model, None, stop_token_ids=[])
+        monkeypatch.setattr(engine, "decode_step", lambda *_: (_ for _ in ()).throw(RuntimeError("out of memory")))
+        await engine.start()
+        try:
+            return [e async for e in engine.submit(PROMPTS[0], SamplingParams(max_tokens=5, **GREEDY))]
+        finally:
+            await engine.stop()
+
+    events = asyncio.run(main())
+    assert events[-1].finish_reason == "error" and "out of memory" in events[-1].error
+
+
+def test_stop_without_draining_cancels_what_is_in_flight():
+    model = model_of()
+
+    async def main():
+        engine = Engine(model, None, max_batch=1, stop_token_ids=[])
+        await engine.start()
+        streams = [engine.submit(p, SamplingParams(max_tokens=60, **GREEDY)) for p in PROMPTS[:3]]
+        await engine.stop(drain=False)
+        return [[e async for e in s][-1].finish_reason for s in streams], engine.running, engine.waiting
+
+    reasons, running, waiting = asyncio.run(main())
+    assert set(reasons) <= {"cancelled", "length"} and "cancelled" in reasons
+    assert running == waiting == 0

@@ -83,9 +83,10 @@ class TokenEvent:
     token_ids: list[int]
     logprobs: list[float] | None
     top_logprobs: list[dict[str, float]] | None
-    finish_reason: str | None  # None until the last event: "stop" | "length" | "cancelled"
+    finish_reason: str | None  # None until the last event: "stop" | "length" | "cancelled" | "error"
     prompt_tokens: int
     completion_tokens: int
+    error: str | None = None  # with finish_reason "error": the step failed (a bug or out of memory), why
 
 
 @dataclass
@@ -358,7 +359,16 @@ class Engine:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting) + sum(kind == "submit" for kind, _ in list(self._inbox))
+        return len(self._waiting) + self._unread
+
+    @property
+    def _unread(self) -> int:
+        """Submissions not yet read by the step (the inbox may change under us: another thread appends)."""
+        while True:
+            try:
+                return sum(kind == "submit" for kind, _ in list(self._inbox))
+            except RuntimeError:
+                continue
 
     def _make_request(self, prompt_ids: list[int], params: SamplingParams) -> _Request:
         params = check_params(params)
@@ -421,6 +431,9 @@ class Engine:
         if self._thread is not None:  # the background loop runs them
             for _ in requests:
                 done.acquire()
+            failed = next((e.error for events in results for e in events if e.error), None)
+            if failed:
+                raise RuntimeError(f"the engine's step failed: {failed}")
         else:
             while not all(r.finish_reason for r in requests):
                 self.step()
@@ -438,13 +451,10 @@ class Engine:
         """Stop the loop: after the requests in flight finish (drain), or cancelling them."""
         if self._thread is None:
             return
-        if not drain:
-            for r in [*self._waiting, *(r for r in self._slots if r is not None)]:
-                self.cancel(r.id)
-            for kind, item in list(self._inbox):
-                if kind == "submit":
-                    self.cancel(item.id)
-        while drain and self.busy:
+        if not drain:  # the step's thread cancels everything it holds, and what was submitted before this
+            self._inbox.append(("cancel", None))
+            self._wake.set()
+        while self.busy:
             await asyncio.sleep(0.01)
         self._stopping = True
         self._wake.set()
@@ -461,7 +471,23 @@ class Engine:
                 self._wake.wait(0.1)
                 self._wake.clear()
                 continue
-            self.step()
+            try:
+                self.step()
+            except Exception as err:  # a failed step must not leave streams waiting forever
+                self._fail_all(f"{type(err).__name__}: {err}")
+
+    def _fail_all(self, why: str) -> None:
+        """End every request in flight with finish_reason "error" (the step raised: a bug, or out of memory)."""
+        self._read_inbox()
+        for r in [*self._waiting, *(r for r in self._slots if r is not None)]:
+            if r.finish_reason is None:
+                r.finish_reason, r.pending = "error", None
+                if r.slot >= 0:
+                    self._slots[r.slot] = None
+                event = self._event(r, "", [], "error")
+                event.error = why
+                r.sink(event)
+        self._waiting.clear()
 
     def close(self) -> None:
         """Free the model's cache (the engine owns its lifetime)."""
@@ -495,7 +521,7 @@ class Engine:
                 self._waiting.append(item)
                 continue
             for r in [*self._waiting, *(r for r in self._slots if r is not None)]:
-                if r.id == item and r.finish_reason is None:
+                if (item is None or r.id == item) and r.finish_reason is None:  # None: cancel everything
                     self._finish(r, "cancelled", "")
             self._waiting = deque(r for r in self._waiting if r.finish_reason is None)
 
@@ -628,8 +654,9 @@ class Engine:
 
     def _event(self, r: _Request, text: str, tokens: list[int], finish: str | None) -> TokenEvent:
         n = len(tokens) if tokens else 1
-        lps = r.logprobs[-n:] if r.logprobs is not None and finish != "cancelled" else None
-        tops = r.top_logprobs[-n:] if r.top_logprobs is not None and finish != "cancelled" else None
+        scored = finish not in ("cancelled", "error")
+        lps = r.logprobs[-n:] if r.logprobs is not None and scored else None
+        tops = r.top_logprobs[-n:] if r.top_logprobs is not None and scored else None
         return TokenEvent(text=text, token_ids=tokens, logprobs=lps, top_logprobs=tops, finish_reason=finish,
                           prompt_tokens=len(r.prompt), completion_tokens=r.generated)
 
