@@ -328,3 +328,12 @@ def test_stop_without_draining_cancels_what_is_in_flight():
     reasons, running, waiting = asyncio.run(main())
     assert set(reasons) <= {"cancelled", "length"} and "cancelled" in reasons
     assert running == waiting == 0
+
+
+def test_a_draft_with_a_shorter_context_hands_over_to_plain_decoding():
+    model = model_of()
+    torch.manual_seed(1)
+    draft = DecoderLM(ModelConfig(vocab_size=300, max_seq_len=16, n_layer=1, n_head=2, d_model=16)).eval()
+    engine = Engine(model, None, draft=draft, num_speculative=3, stop_token_ids=[])
+    (c,) = engine.generate([PROMPTS[0]], SamplingParams(max_tokens=30, **GREEDY))
+    assert c.token_ids == recompute_greedy(model, PROMPTS[0], 30)

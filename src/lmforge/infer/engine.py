@@ -334,7 +334,8 @@ class Engine:
         if not self.seq2seq:
             self.model.setup_cache(self.max_batch, self.cache_len)
             if self.draft is not None:
-                self.draft.setup_cache(self.max_batch, self.cache_len)
+                self.draft_len = min(self.cache_len, self.draft.cfg.max_seq_len)
+                self.draft.setup_cache(self.max_batch, self.draft_len)
 
     # --- requests -------------------------------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams,
@@ -685,6 +686,8 @@ class Engine:
 
     # --- speculative decoding (greedy): a draft model or n-gram prompt lookup proposes, the model verifies ------
     def _speculates(self, r: _Request) -> bool:
+        if self.draft is not None and r.fed + self.num_speculative >= self.draft_len:
+            return False  # past the draft's context: plain decoding from here
         return ((self.draft is not None or self.prompt_lookup) and r.params.greedy and not r.params.penalised
                 and r.logprobs is None)
 
