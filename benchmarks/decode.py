@@ -4,7 +4,8 @@ Same weights on both sides: a random-init lmforge model (seed 0, vocabulary 4,09
 `lmforge export` (`interop.export_hf`), and `transformers` loads the export. Greedy, fp32, the same threads.
 Suites, per preset:
 
-- batch 1: a 16-token prompt, 128 new tokens;
+- batch 1: a 16-token prompt, 128 new tokens; again with n-gram prompt lookup on both sides (speculative
+  decoding without a draft: lmforge's `prompt_lookup=True`, HF's `prompt_lookup_num_tokens=4`), same output;
 - static batch 8: eight 16-token prompts, 128 new tokens each;
 - 32 mixed requests (prompts of 4-64 tokens, 16-128 new tokens each, fixed by a seed) through the continuous
   engine (32 slots, so no request waits; each retires at its own length), against one HF padded batch
@@ -62,7 +63,7 @@ def best_of(repeats: int, runs: dict[str, Callable[[], object]]) -> dict[str, tu
     return out
 
 
-def hf_generate(hf, prompts: list[list[int]], new: int) -> list[list[int]]:
+def hf_generate(hf, prompts: list[list[int]], new: int, lookup: bool = False) -> list[list[int]]:
     """Greedy HF generate of left-padded prompts (pad id 0, masked), exactly `new` tokens each."""
     longest = max(len(p) for p in prompts)
     ids = torch.zeros(len(prompts), longest, dtype=torch.long)
@@ -72,12 +73,14 @@ def hf_generate(hf, prompts: list[list[int]], new: int) -> list[list[int]]:
         mask[i, longest - len(p):] = 1
     with torch.inference_mode():
         out = hf.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                          eos_token_id=None, pad_token_id=0)
+                          eos_token_id=None, pad_token_id=0, **({"prompt_lookup_num_tokens": 4} if lookup else {}))
     return out[:, longest:].tolist()
 
 
-def lmforge_generate(model: DecoderLM, prompts: list[list[int]], news: list[int], slots: int) -> list[list[int]]:
-    engine = Engine(model, None, max_batch=slots, stop_token_ids=[], cache_len=max(map(len, prompts)) + max(news))
+def lmforge_generate(model: DecoderLM, prompts: list[list[int]], news: list[int], slots: int,
+                     lookup: bool = False) -> list[list[int]]:
+    engine = Engine(model, None, max_batch=slots, stop_token_ids=[], cache_len=max(map(len, prompts)) + max(news),
+                    prompt_lookup=lookup, num_speculative=4)
     try:
         done = engine.generate(prompts, [SamplingParams(max_tokens=n, temperature=0.0) for n in news])
     finally:
@@ -103,13 +106,14 @@ def bench_preset(name: str, repeats: int, bandwidth: float, workdir: Path) -> li
     mixed = [[rng.randrange(3, VOCAB) for _ in range(rng.randint(4, 64))] for _ in range(32)]
     mixed_new = [rng.randint(16, NEW) for _ in mixed]
     rows = []
-    for suite, prompts, news, slots in (("batch 1", one, [NEW], 1), ("static batch 8", eight, [NEW] * 8, 8),
-                                        ("32 mixed requests", mixed, mixed_new, 32)):
+    suites = (("batch 1", one, [NEW], 1, False), ("batch 1, prompt lookup (both sides)", one, [NEW], 1, True),
+              ("static batch 8", eight, [NEW] * 8, 8, False), ("32 mixed requests", mixed, mixed_new, 32, False))
+    for suite, prompts, news, slots, lookup in suites:
         lmforge_generate(model, prompts[:1], [4], 1)  # warm-up
         hf_generate(hf, prompts[:1], 4)
         got = best_of(repeats, {
-            "lmforge": lambda p=prompts, n=news, s=slots: lmforge_generate(model, p, n, s),
-            "hf": lambda p=prompts, n=news: hf_generate(hf, p, max(n)),
+            "lmforge": lambda p=prompts, n=news, s=slots, k=lookup: lmforge_generate(model, p, n, s, k),
+            "hf": lambda p=prompts, n=news, k=lookup: hf_generate(hf, p, max(n), k),
         })
         useful = sum(news)
         ours, theirs = useful / got["lmforge"][0], useful / got["hf"][0]

@@ -337,3 +337,33 @@ def test_a_draft_with_a_shorter_context_hands_over_to_plain_decoding():
     engine = Engine(model, None, draft=draft, num_speculative=3, stop_token_ids=[])
     (c,) = engine.generate([PROMPTS[0]], SamplingParams(max_tokens=30, **GREEDY))
     assert c.token_ids == recompute_greedy(model, PROMPTS[0], 30)
+
+
+@torch.no_grad()
+def test_penalties_follow_their_definitions_in_a_batch():
+    """Repetition penalty over prompt + output (CTRL), presence / frequency over the output (OpenAI), greedy."""
+    from lmforge.infer.sampling import apply_repetition_penalty
+
+    model = model_of()
+    rep = SamplingParams(max_tokens=10, temperature=0.0, repetition_penalty=1.5)
+    pres = SamplingParams(max_tokens=10, temperature=0.0, presence_penalty=0.7, frequency_penalty=0.4)
+    got = Engine(model, None, max_batch=2, stop_token_ids=[]).generate([PROMPTS[0], PROMPTS[3]], [rep, pres])
+
+    def reference(prompt, adjust):
+        seq = list(prompt)
+        for _ in range(10):
+            seq.append(int(adjust(model(torch.tensor([seq]))[0, -1], seq).argmax()))
+        return seq[len(prompt):]
+
+    def repetition(logits, seq):
+        seen = torch.zeros(300, dtype=torch.bool)
+        seen[seq] = True
+        return apply_repetition_penalty(logits, seen, 1.5)
+
+    def presence(logits, seq):
+        counts = torch.bincount(torch.tensor(seq[len(PROMPTS[3]):], dtype=torch.long), minlength=300).float()
+        return logits - 0.4 * counts - 0.7 * (counts > 0).float()
+
+    assert got[0].token_ids == reference(PROMPTS[0], repetition)
+    assert got[1].token_ids == reference(PROMPTS[3], presence)
+    assert got[0].token_ids != recompute_greedy(model, PROMPTS[0], 10)
