@@ -304,7 +304,7 @@ def test_a_failing_step_ends_the_streams_with_an_error_instead_of_hanging(monkey
 
     async def main():
         engine = Engine(model, None, stop_token_ids=[])
-        monkeypatch.setattr(engine, "decode_step", lambda *_: (_ for _ in ()).throw(RuntimeError("out of memory")))
+        monkeypatch.setattr(engine, "decode_step", lambda *_, **__: (_ for _ in ()).throw(RuntimeError("oom")))
         await engine.start()
         try:
             return [e async for e in engine.submit(PROMPTS[0], SamplingParams(max_tokens=5, **GREEDY))]
@@ -312,7 +312,7 @@ def test_a_failing_step_ends_the_streams_with_an_error_instead_of_hanging(monkey
             await engine.stop()
 
     events = asyncio.run(main())
-    assert events[-1].finish_reason == "error" and "out of memory" in events[-1].error
+    assert events[-1].finish_reason == "error" and "oom" in events[-1].error
 
 
 def test_stop_without_draining_cancels_what_is_in_flight():
@@ -367,3 +367,27 @@ def test_penalties_follow_their_definitions_in_a_batch():
     assert got[0].token_ids == reference(PROMPTS[0], repetition)
     assert got[1].token_ids == reference(PROMPTS[3], presence)
     assert got[0].token_ids != recompute_greedy(model, PROMPTS[0], 10)
+
+
+@pytest.mark.parametrize("max_batch", [1, 3])
+def test_prefix_caching_reuses_a_shared_prompt_start_and_changes_no_token(max_batch):
+    model = model_of(**FAMILIES["llama"])
+    system = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22]
+    prompts = [system + [5, 6], system + [7], [99, 98], system[:6] + [8, 9], system + [5, 6]]
+    # Reused per request, three rows: none; the 12 system tokens (copied to a free row, the first prompt's row
+    # keeps all it holds); none; 6 of them; all but the last token of the first prompt, which its row still
+    # holds. One row holds only the latest sequence: [99, 98] shares nothing with the next, which shares 6.
+    want = [0, 12, 0, 6, 13] if max_batch > 1 else [0, 12, 0, 0, 6]
+    engine = Engine(model, None, max_batch=max_batch, stop_token_ids=[])
+    params = SamplingParams(max_tokens=6, **GREEDY)
+    reused, outputs = [], []
+    for prompt in prompts:
+        before = engine.prefix_tokens_reused
+        outputs.append(engine.generate([prompt], params)[0].token_ids)
+        reused.append(engine.prefix_tokens_reused - before)
+    assert outputs == [recompute_greedy(model, p, 6) for p in prompts]
+    assert reused == want
+    together = Engine(model, None, max_batch=max_batch, stop_token_ids=[]).generate(prompts, params)
+    assert [c.token_ids for c in together] == outputs
+    off = Engine(model, None, max_batch=max_batch, stop_token_ids=[], prefix_cache=False)
+    assert [c.token_ids for c in off.generate(prompts, params)] == outputs and off.prefix_tokens_reused == 0

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from lmforge.errors import UserError
 from lmforge.infer.sampling import apply_repetition_penalty, filter_logits
 from lmforge.infer.static_batch import encoder_decoder_start
-from lmforge.models.blocks import CacheWindow
+from lmforge.models.blocks import CacheWindow, KVCache
 from lmforge.models.registry import GENERATE, Kind, families_that, kind_of, require
 
 # End-of-turn spellings of chat tokenizers: generation stops at them as at EOS.
@@ -290,7 +290,7 @@ class Engine:
                  stop_token_ids: Sequence[int] | None = None, pad_id: int | None = None,
                  decoder_start_id: int | None = None, draft: nn.Module | None = None,
                  draft_tokenizer: Tokenizer | None = None, prompt_lookup: bool = False,
-                 num_speculative: int = 4, static_step: bool | None = None) -> None:
+                 num_speculative: int = 4, static_step: bool | None = None, prefix_cache: bool = True) -> None:
         require(model.cfg, GENERATE, needed_for="generation",
                 fix=f"generate from a {', '.join(f.name for f in families_that(GENERATE))} language model (lstm "
                     "models are scored by `lmforge eval`, bert ones embed or export with `lmforge embed` / "
@@ -331,8 +331,16 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._step_fn: Callable[[Tensor, Tensor], Tensor] | None = None
+        # Prefix caching: the tokens whose keys and values each cache row holds, from slot 0. A finished request's
+        # row keeps them until they are overwritten, so a new prompt that starts the same way (a system prompt,
+        # a few-shot preamble, a retried request) copies those slots instead of recomputing them.
+        self.prefix_cache = prefix_cache and not self.seq2seq
+        self._held: list[list[int]] = [[] for _ in range(self.max_batch)]
+        self.prefix_tokens_reused = 0  # prompt tokens taken from the cache instead of computed (for /metrics)
+        self._caches = [m for m in model.modules() if isinstance(m, KVCache)]
         if not self.seq2seq:
             self.model.setup_cache(self.max_batch, self.cache_len)
+            self._caches = [m for m in model.modules() if isinstance(m, KVCache)]
             if self.draft is not None:
                 self.draft_len = min(self.cache_len, self.draft.cfg.max_seq_len)
                 self.draft.setup_cache(self.max_batch, self.draft_len)
@@ -527,15 +535,45 @@ class Engine:
             self._waiting = deque(r for r in self._waiting if r.finish_reason is None)
 
     def _admit(self) -> None:
-        for slot, occupant in enumerate(self._slots):
-            if not self._waiting:
-                return
-            if occupant is None:
-                request = self._waiting.popleft()
-                request.slot = slot
-                self._slots[slot] = request
-                if self.seq2seq:
-                    self._seq2seq_start(request)
+        free = [slot for slot, occupant in enumerate(self._slots) if occupant is None]
+        while self._waiting and free:
+            request = self._waiting.popleft()
+            slot = self._pick_slot(request, free) if self.prefix_cache else free[0]
+            free.remove(slot)
+            request.slot = slot
+            self._slots[slot] = request
+            if self.seq2seq:
+                self._seq2seq_start(request)
+            elif self.prefix_cache:
+                self._reuse_prefix(request)
+            else:
+                self._held[slot] = []
+
+    def _pick_slot(self, r: _Request, free: list[int]) -> int:
+        """The free row whose reuse loses the fewest held tokens other prompts could still start with (those
+        past what this prompt shares with it); of those, the one sharing most (reused in place, no copy)."""
+        def cost(slot: int) -> tuple[int, int, int]:
+            shared = _common_prefix(self._held[slot], r.prompt)
+            return len(self._held[slot]) - shared, -shared, slot
+
+        return min(free, key=cost)
+
+    def _reuse_prefix(self, r: _Request) -> None:
+        """Start the request's row with the longest start of its prompt some row already holds (copied when it
+        is another row's); at least the prompt's last token is left to compute, for the first logits."""
+        row, n = r.slot, _common_prefix(self._held[r.slot], r.prompt)
+        for other, held in enumerate(self._held):
+            m = _common_prefix(held, r.prompt)
+            if m > n:
+                row, n = other, m
+        n = min(n, len(r.prompt) - 1)
+        if row != r.slot and n > 0:
+            for cache in self._caches:
+                cache.k[r.slot, :, :n] = cache.k[row, :, :n]
+                cache.v[r.slot, :, :n] = cache.v[row, :, :n]
+        self._held[r.slot] = r.prompt[:n]
+        r.fed = n
+        self.prefix_tokens_reused += n
 
     def _prefill(self) -> None:
         budget = self.prefill_chunk
@@ -546,6 +584,7 @@ class Engine:
             budget -= n
             logits = self._forward(r.prompt[r.fed:r.fed + n], r.slot, r.fed)
             r.fed += n
+            self._held[r.slot] = r.prompt[:r.fed]
             if r.fed == len(r.prompt):
                 self._accept(r, self._choose(logits, [r])[0], logits[0])
 
@@ -560,39 +599,50 @@ class Engine:
         return self.model.lm_head(hidden)[:, -1]
 
     def _decode(self, decoding: list[_Request]) -> None:
-        rows = max(r.slot for r in decoding) + 1
-        # Rows without a token to feed (free, or mid-prefill) get a dummy token at their next unwritten slot,
-        # which the real next write there overwrites: the step keeps one shape for any mix of rows.
+        # One forward over the rows from the first to the last running one (rows between, free or
+        # mid-prefill, ride along with a dummy token: see `_next_slots`).
+        first = min(r.slot for r in decoding)
+        rows = max(r.slot for r in decoding) + 1 - first
         tokens = [0] * rows
-        positions = [min(r.fed, self.cache_len - 1) if r is not None else 0 for r in self._slots[:rows]]
         for r in decoding:
-            tokens[r.slot] = r.pending
-        logits = self.decode_step(tokens, positions)
-        slots = [r.slot for r in decoding]
-        chosen = logits if slots == list(range(rows)) else logits[slots]
+            tokens[r.slot - first] = r.pending
+        logits = self.decode_step(tokens, self._next_slots(first, first + rows), first_row=first)
+        for r in decoding:
+            self._held[r.slot].append(r.pending)
+        at = [r.slot - first for r in decoding]
+        chosen = logits if at == list(range(rows)) else logits[at]
         for i, (r, token) in enumerate(zip(decoding, self._choose(chosen, decoding))):
             r.fed += 1
             self._accept(r, token, chosen[i] if r.logprobs is not None else None)
 
-    def decode_step(self, tokens: list[int], positions: list[int]) -> Tensor:
-        """One token into each of the first len(tokens) cache rows at its position: next-token logits (B, V).
+    def decode_step(self, tokens: list[int], positions: list[int], first_row: int = 0) -> Tensor:
+        """One token into each cache row from `first_row` on, at its position: next-token logits (B, V).
 
         With `static_step` (the default on CUDA) the step always covers every row and the whole cache row, so
         its shapes never change and `torch.compile(mode="reduce-overhead")` captures it as a CUDA graph.
         """
+        n = len(tokens)
         if self.static_step:
-            B = self.max_batch
-            tokens = tokens + [0] * (B - len(tokens))
-            positions = positions + [min(r.fed, self.cache_len - 1) if r is not None else 0
-                                     for r in self._slots[len(positions):]]
+            every = self._next_slots(0, self.max_batch)
+            tokens = [0] * first_row + tokens + [0] * (self.max_batch - first_row - n)
+            positions = every[:first_row] + positions + every[first_row + n:]
         idx = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)[:, None]
         if self.static_step:
             if self._step_fn is None:
                 self._step_fn = self._compiled_static_step()
-            return self._step_fn(idx, pos)[: len(tokens)]
-        window = CacheWindow(slice(0, len(tokens)), max(positions) + 1)
+            return self._step_fn(idx, pos)[first_row:first_row + n]
+        window = CacheWindow(slice(first_row, first_row + n), max(positions) + 1)
         return self.model(idx, input_pos=pos, window=window)[:, -1]
+
+    def _next_slots(self, start: int, stop: int) -> list[int]:
+        """Each row's next unwritten slot (where a running sequence's next token goes). Rows with nothing to feed
+        (free, or mid-prefill) get a dummy token there, which the real next write overwrites and which nothing
+        attends to before: the step keeps one shape for any mix of rows, and what a row holds stays intact."""
+        for held in self._held[start:stop]:
+            if len(held) >= self.cache_len:  # a full row: give up its last slot to the dummy writes
+                del held[self.cache_len - 1:]
+        return [len(held) for held in self._held[start:stop]]
 
     def _compiled_static_step(self) -> Callable[[Tensor, Tensor], Tensor]:
         window = CacheWindow(slice(0, self.max_batch), self.cache_len)
@@ -706,6 +756,7 @@ class Engine:
         # The cache now holds `fed`; positions past the accepted ones are overwritten by the next feed.
         for i in range(accepted + 1):
             r.fed += 1
+            self._held[r.slot].append(fed[i])
             self._accept(r, targets[i], logits[i])
             if r.finish_reason is not None:
                 return
@@ -762,6 +813,15 @@ class Engine:
                 alts = {self._token_text(i): v for i, v in zip(tops.tolist(), values.tolist())}
             out.append((float(logp[t - 1, ids[t]]), alts))
         return out
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def prompt_lookup_proposal(sequence: list[int], k: int, max_ngram: int = 3) -> list[int]:
