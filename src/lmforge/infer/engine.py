@@ -4,7 +4,8 @@ A decoder's cache holds one sequence per row (a slot, `models.blocks.CacheWindow
 requests of different lengths decode together without left padding and a finished request's slot takes the next
 waiting one at once. Each `step()`:
 
-1. retires cancelled requests and admits waiting ones into free slots;
+1. retires cancelled requests and admits waiting ones into free slots, reusing the longest start of the prompt
+   that some row still holds (prefix caching: a shared system prompt is computed once);
 2. prefills: feeds up to `prefill_chunk` prompt tokens (of one or more admitted requests, one forward each), so a
    long prompt is split over several steps and never stalls the running streams for long;
 3. decodes: one forward over the rows that hold a running sequence (`decode_step`), one token for each, sampled
@@ -337,7 +338,7 @@ class Engine:
         self.prefix_cache = prefix_cache and not self.seq2seq
         self._held: list[list[int]] = [[] for _ in range(self.max_batch)]
         self.prefix_tokens_reused = 0  # prompt tokens taken from the cache instead of computed (for /metrics)
-        self._caches = [m for m in model.modules() if isinstance(m, KVCache)]
+        self._caches: list[KVCache] = []
         if not self.seq2seq:
             self.model.setup_cache(self.max_batch, self.cache_len)
             self._caches = [m for m in model.modules() if isinstance(m, KVCache)]
