@@ -88,7 +88,7 @@ def lmforge_generate(model: DecoderLM, prompts: list[list[int]], news: list[int]
     return [c.token_ids for c in done]
 
 
-def bench_preset(name: str, repeats: int, bandwidth: float, workdir: Path) -> list[list[str]]:
+def bench_preset(name: str, repeats: int, bandwidth: float, workdir: Path, only: list[str]) -> list[list[str]]:
     import transformers
 
     torch.manual_seed(0)
@@ -109,6 +109,8 @@ def bench_preset(name: str, repeats: int, bandwidth: float, workdir: Path) -> li
     suites = (("batch 1", one, [NEW], 1, False), ("batch 1, prompt lookup (both sides)", one, [NEW], 1, True),
               ("static batch 8", eight, [NEW] * 8, 8, False), ("32 mixed requests", mixed, mixed_new, 32, False))
     for suite, prompts, news, slots, lookup in suites:
+        if only and not any(suite.startswith(o) for o in only):
+            continue
         lmforge_generate(model, prompts[:1], [4], 1)  # warm-up
         hf_generate(hf, prompts[:1], 4)
         got = best_of(repeats, {
@@ -130,6 +132,8 @@ def main() -> None:
     ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--suites", nargs="*", default=[], help="run only the suites whose names start so "
+                                                            "(e.g. 'batch 1, prompt')")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -144,7 +148,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.presets:
-            rows += bench_preset(name, args.repeats, bandwidth, Path(tmp))
+            rows += bench_preset(name, args.repeats, bandwidth, Path(tmp), args.suites)
     print()
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|")

@@ -140,6 +140,9 @@ def test_speculation_with_the_model_as_its_own_draft_accepts_everything():
 def test_prompt_lookup_proposes_what_followed_the_latest_match():
     assert prompt_lookup_proposal([1, 2, 3, 9, 1, 2, 3, 7, 1, 2, 3], 2) == [7, 1]
     assert prompt_lookup_proposal([4, 5, 6], 3) == []
+    # A repeating output: the latest match is right behind the tail, so the one with k tokens after it wins.
+    assert prompt_lookup_proposal([8, 5, 8, 5, 8, 5, 8, 5], 3) == [8, 5, 8]
+    assert prompt_lookup_proposal([1, 2, 7, 1, 2], 4) == [7, 1, 2]
 
 
 def test_an_encoder_decoder_runs_through_the_same_api():

@@ -826,16 +826,22 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def prompt_lookup_proposal(sequence: list[int], k: int, max_ngram: int = 3) -> list[int]:
-    """n-gram prompt lookup (Saxena 2023, transformers' `prompt_lookup_num_tokens`): find the latest earlier
-    occurrence of the sequence's last n tokens (n = max_ngram down to 1) and propose the k tokens that followed."""
+    """n-gram prompt lookup (Saxena 2023, transformers' `prompt_lookup_num_tokens`): find an earlier occurrence
+    of the sequence's last n tokens (n = max_ngram down to 1) and propose the k tokens that followed it; the
+    latest occurrence with k tokens after it, else the one with the most."""
     n_seq = len(sequence)
     for n in range(min(max_ngram, n_seq - 1), 0, -1):
         tail = sequence[n_seq - n:]
+        best: list[int] = []
         for start in range(n_seq - n - 1, -1, -1):
             if sequence[start:start + n] == tail:
                 follow = sequence[start + n:start + n + k]
-                if follow:
+                if len(follow) == k:
                     return follow
+                if len(follow) > len(best):
+                    best = follow
+        if best:
+            return best
     return []
 
 
