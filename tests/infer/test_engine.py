@@ -151,15 +151,20 @@ def test_an_encoder_decoder_runs_through_the_same_api():
                          "d_ff": 48})
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    sources = [[5, 6, 7, 1], [9, 10, 1]]
-    done = Engine(model, None, decoder_start_id=0, stop_token_ids=[]).generate(
-        sources, SamplingParams(max_tokens=6, **GREEDY))
-    for src, c in zip(sources, done):
+    sources = [[5, 6, 7, 1], [9, 10, 1], [11, 1], [12, 13, 14, 15, 1]]
+    lengths = [6, 3, 5, 4]
+
+    def reference(src: list[int], n: int) -> list[int]:
         tgt = [0]
         with torch.no_grad():
-            for _ in range(6):
+            for _ in range(n):
                 tgt.append(int(model(torch.tensor([src]), torch.tensor([tgt]))[0, -1].argmax()))
-        assert c.token_ids == tgt[1:]
+        return tgt[1:]
+
+    for max_batch in (1, 3):  # batches of one, and of three then one, each request retiring at its own length
+        done = Engine(model, None, max_batch=max_batch, decoder_start_id=0, stop_token_ids=[]).generate(
+            sources, [SamplingParams(max_tokens=n, **GREEDY) for n in lengths])
+        assert [c.token_ids for c in done] == [reference(s, n) for s, n in zip(sources, lengths)]
 
 
 # --- text: streaming, stop strings, logprobs ---------------------------------------------------------------

@@ -16,7 +16,7 @@ Text is streamed as it becomes final (`TextStream`: incremental detokenisation t
 and a possible start of a stop string). Greedy requests can be sped up by speculative decoding (a draft model of
 the same tokenizer, or n-gram prompt lookup), whose output is exactly plain greedy's.
 
-Encoder-decoders (t5) run through the same API one request at a time on the simpler static-batch functions
+Encoder-decoders (t5) run through the same API in static batches on the simpler static-batch functions
 (`infer.static_batch`): their cross-attention cache is per batch, not per slot. Recurrent and n-gram models do not
 generate (the registry says so), so the engine refuses them in one line, as `lmforge generate` always has.
 """
@@ -218,8 +218,6 @@ class _Request:
     cancelled: bool = False
     seen: Tensor | None = None  # (V,) bool: prompt + output tokens, for the repetition penalty
     counts: Tensor | None = None  # (V,) float: output token counts, for presence / frequency penalties
-    step_fn: Callable[[Tensor, int], Tensor] | None = None  # an encoder-decoder's decode step
-    logits: Tensor | None = None  # an encoder-decoder's next logits
     draft_fed: int = 0  # tokens the draft model's cache holds of this sequence
 
     @property
@@ -304,7 +302,7 @@ class Engine:
         self.cfg = model.cfg
         self.max_seq_len: int = model.cfg.max_seq_len
         self.seq2seq = kind_of(model.cfg) == Kind.ENCODER_DECODER
-        self.max_batch = 1 if self.seq2seq else max_batch
+        self.max_batch = max_batch
         self.cache_len = min(cache_len or self.max_seq_len, self.max_seq_len)
         self.prefill_chunk = prefill_chunk
         specials = _special_ids(tokenizer)
@@ -339,6 +337,11 @@ class Engine:
         self._held: list[list[int]] = [[] for _ in range(self.max_batch)]
         self.prefix_tokens_reused = 0  # prompt tokens taken from the cache instead of computed (for /metrics)
         self._caches: list[KVCache] = []
+        # An encoder-decoder's running batch: its requests, next logits, decode step and the step's index.
+        self._s2s_batch: list[_Request] = []
+        self._s2s_logits: Tensor | None = None
+        self._s2s_step: Callable[[Tensor, int], Tensor] | None = None
+        self._s2s_t = 0
         if not self.seq2seq:
             self.model.setup_cache(self.max_batch, self.cache_len)
             self._caches = [m for m in model.modules() if isinstance(m, KVCache)]
@@ -536,6 +539,9 @@ class Engine:
             self._waiting = deque(r for r in self._waiting if r.finish_reason is None)
 
     def _admit(self) -> None:
+        if self.seq2seq:
+            self._seq2seq_admit()
+            return
         free = [slot for slot, occupant in enumerate(self._slots) if occupant is None]
         while self._waiting and free:
             request = self._waiting.popleft()
@@ -543,9 +549,7 @@ class Engine:
             free.remove(slot)
             request.slot = slot
             self._slots[slot] = request
-            if self.seq2seq:
-                self._seq2seq_start(request)
-            elif self.prefix_cache:
+            if self.prefix_cache:
                 self._reuse_prefix(request)
             else:
                 self._held[slot] = []
@@ -716,24 +720,38 @@ class Engine:
         r.finish_reason, r.pending = reason, None
         if r.slot >= 0 and self._slots[r.slot] is r:
             self._slots[r.slot] = None  # free at once: the next admission writes a new sequence from slot 0
-            if self.seq2seq:
-                self.model.clear_cache()
         r.sink(self._event(r, piece, tokens or [], reason))
 
-    # --- encoder-decoders: one request at a time on the static-batch functions ------------------------------
-    def _seq2seq_start(self, r: _Request) -> None:
-        r.max_new = min(r.max_new, self.max_seq_len - 1)
-        r.logits, r.step_fn, _ = encoder_decoder_start(self.model, [r.prompt], r.max_new, self.pad_id,
-                                                       self.decoder_start_id)
+    # --- encoder-decoders: static batches on the static-batch functions -------------------------------------
+    # The cross-attention cache belongs to a batch, not a slot, so an encoder-decoder runs the waiting requests
+    # (up to max_batch) as one batch: encoded together, decoded in step, each retiring at its own end; the next
+    # batch starts when the whole batch has finished.
+    def _seq2seq_admit(self) -> None:
+        if any(r is not None for r in self._slots) or not self._waiting:
+            return
+        batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
+        for slot, r in enumerate(batch):
+            r.slot, self._slots[slot] = slot, r
+        new = max(r.max_new for r in batch)
+        self._s2s_logits, self._s2s_step, _ = encoder_decoder_start(self.model, [r.prompt for r in batch], new,
+                                                                    self.pad_id, self.decoder_start_id)
+        self._s2s_batch, self._s2s_t = batch, 0
 
     def _seq2seq_step(self) -> None:
-        r = self._slots[0]
-        if r is None:
+        batch = self._s2s_batch
+        live = [i for i, r in enumerate(batch) if r.finish_reason is None]
+        if not live:
             return
-        logits = r.logits
-        self._accept(r, self._choose(logits, [r])[0], logits[0])
-        if r.finish_reason is None:
-            r.logits = r.step_fn(torch.tensor([r.pending], device=self.device), r.generated - 1)
+        logits = self._s2s_logits[live]
+        for i, token, row in zip(live, self._choose(logits, [batch[i] for i in live]), logits):
+            self._accept(batch[i], token, row)
+        if all(r.finish_reason is not None for r in batch):
+            self.model.clear_cache()
+            self._s2s_batch = []
+            return
+        nxt = [r.pending if r.pending is not None else self.pad_id for r in batch]  # finished rows: padding
+        self._s2s_logits = self._s2s_step(torch.tensor(nxt, device=self.device), self._s2s_t)
+        self._s2s_t += 1
 
     # --- speculative decoding (greedy): a draft model or n-gram prompt lookup proposes, the model verifies ------
     def _speculates(self, r: _Request) -> bool:
