@@ -399,3 +399,15 @@ def test_prefix_caching_reuses_a_shared_prompt_start_and_changes_no_token(max_ba
     assert [c.token_ids for c in together] == outputs
     off = Engine(model, None, max_batch=max_batch, stop_token_ids=[], prefix_cache=False)
     assert [c.token_ids for c in off.generate(prompts, params)] == outputs and off.prefix_tokens_reused == 0
+
+
+def test_streamed_text_is_the_decoded_text_for_any_token_sequence(byte_tokenizer):
+    """Incremental detokenisation over windows gives what decoding the whole output gives (random ids, many of
+    them bytes of multi-byte characters cut anywhere)."""
+    rng = torch.Generator().manual_seed(0)
+    V = byte_tokenizer.get_vocab_size()
+    for _ in range(200):
+        ids = torch.randint(2, V, (int(torch.randint(1, 30, (1,), generator=rng)),), generator=rng).tolist()
+        stream = TextStream(byte_tokenizer, ())
+        text = "".join(stream.add(t) for t in ids) + stream.finish()
+        assert text == byte_tokenizer.decode(ids, skip_special_tokens=True)
