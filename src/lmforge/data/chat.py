@@ -248,6 +248,33 @@ def load_chat_template(path: str | Path) -> str | None:
     return template if isinstance(template, str) else None
 
 
+def read_chats(path: str | Path) -> list[list[dict[str, str]]]:
+    """The conversations of a JSONL file, one `{"messages": [...]}` object per line (blank lines skipped), each
+    checked by `check_messages`; one line naming FILE:LINE for the first mistake."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("chat file not found", where=path,
+                        fix='pass --objective-options.chats FILE.jsonl, one {"messages": [...]} per line')
+    chats = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ChatFormatError(f"not a JSON object ({e.msg})", where=where,
+                                      fix='write one {"messages": [...]} object per line') from None
+            if not isinstance(record, dict) or "messages" not in record:
+                raise ChatFormatError('the line has no "messages" list', where=where,
+                                      fix='write one {"messages": [{"role": ..., "content": ...}, ...]} per line')
+            chats.append(check_messages(record["messages"], where=where))
+    if not chats:
+        raise UserError("the chat file holds no conversations", where=path)
+    return chats
+
+
 __all__ = ["CHAT_TEMPLATE", "CHAT_TOKENS", "END_OF_TURN", "ROLES", "ROLE_TOKENS", "ChatFormatError", "EncodedChat",
            "add_chat_tokens", "chat_token_ids", "check_messages", "encode_chat", "load_chat_template",
-           "missing_chat_tokens", "render_chat", "save_chat_tokenizer", "write_chat_template"]
+           "missing_chat_tokens", "read_chats", "render_chat", "save_chat_tokenizer", "write_chat_template"]
