@@ -130,3 +130,30 @@ def test_a_bad_target_through_the_cli_is_one_line(tiny_data, base, tmp_path, cap
                       "--finetune.lora-targets", "c_attn")
     err = capsys.readouterr().err
     assert rc == 2 and "LoRA target pattern 'c_attn' matches no module" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_merge_verb_writes_a_checkpoint_and_refuses_a_plain_one(lora_run, base, tmp_path, capsys):
+    from lmforge.cli.main import main
+
+    assert main(["merge", str(lora_run[0]), "--out", str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+    assert "merged" in capsys.readouterr().out
+    assert main(["merge", str(base), "--out", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err
+    assert "not a LoRA adapter checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+def test_export_writes_an_adapter_that_peft_loads_onto_the_exported_base(lora_run, base, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    from lmforge.cli.main import main
+
+    assert main(["export", str(base), "--out", str(tmp_path / "base_hf")]) == 0
+    assert main(["export", str(lora_run[0]), "--format", "peft", "--base-hf", str(tmp_path / "base_hf"),
+                 "--out", str(tmp_path / "peft")]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "base_hf"))
+    tuned = peft.PeftModel.from_pretrained(hf, str(tmp_path / "peft")).eval()
+    x = torch.randint(0, 512, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(tuned(x).logits, load_model(resolve_checkpoint(lora_run[0]))[0](x),
+                                   atol=1e-4, rtol=0)

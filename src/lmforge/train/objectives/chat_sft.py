@@ -57,8 +57,8 @@ class ChatSFTOptions(Options):
                                            "of the line's index, so always the same ones)", min=0, lt=1)
     pack: bool = field(True, "pack a batch's conversations into as few rows as fit, kept apart by a document mask")
     show_mask: bool = field(False, "print the first training conversation with its trained tokens highlighted")
-    template: str | None = field(None, "a Jinja chat template file to use instead of lmforge's (its "
-                                       "{% generation %} blocks mark what trains)")
+    template: str | None = field(None, "a Jinja chat template file to use instead of lmforge's (its generation "
+                                       "blocks mark what trains)")
 
 
 @dataclass
