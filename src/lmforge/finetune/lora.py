@@ -61,19 +61,26 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = F.linear(x, self.weight, self.bias)
-        h = self.drop(x)
-        for part, (start, end) in self.parts.items():
-            delta = (h @ self.lora_A[_key(part)].t()) @ self.lora_B[_key(part)].t() * self.scale  # (..., rows)
-            # Zero columns around a part's rows: one add over the whole output, autograd-friendly.
-            y = y + F.pad(delta, (start, self.out_features - end))
-        return y
+        a, b = self.stacked()
+        # Two small matmuls and one add, whatever the number of parts: x A^T (.., parts x r), then B^T to the rows.
+        return y + F.linear(F.linear(self.drop(x), a), b) * self.scale
+
+    def stacked(self) -> tuple[Tensor, Tensor]:
+        """The parts' adapters as one: A stacked (parts x r, in) and B block-diagonal (out, parts x r), zero
+        outside each part's rows, so that B A is the sum of the parts' updates."""
+        keys = [_key(p) for p in self.parts]
+        if len(keys) == 1 and next(iter(self.parts.values())) == (0, self.out_features):
+            return self.lora_A[keys[0]], self.lora_B[keys[0]]
+        a = torch.cat([self.lora_A[k] for k in keys])
+        n, r = len(keys), self.rank
+        b = sum(F.pad(self.lora_B[k], (j * r, (n - 1 - j) * r, start, self.out_features - end))
+                for j, (k, (start, end)) in enumerate(zip(keys, self.parts.values())))
+        return a, b
 
     def delta_weight(self) -> Tensor:
         """The adapters as one (out, in) update of the base weight: y = x (W + delta)^T + b."""
-        delta = torch.zeros_like(self.weight)
-        for part, (start, end) in self.parts.items():
-            delta[start:end] += self.lora_B[_key(part)] @ self.lora_A[_key(part)] * self.scale
-        return delta
+        a, b = self.stacked()
+        return b @ a * self.scale
 
     def merged(self) -> nn.Linear:
         """A plain `nn.Linear` whose weight is the base weight plus the adapters."""
