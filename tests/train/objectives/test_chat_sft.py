@@ -92,6 +92,16 @@ def test_chat_sft_trains_saves_its_template_and_answers_through_it(tmp_path, tin
                        eos_id=tok.token_to_id(END_OF_TURN))[0]
     assert tok.decode(out) == "An immutable sequence."  # learned, and stopped at <|end|>
 
+    # The Hugging Face export carries the template: transformers renders and tokenizes the prompt the same way.
+    transformers = pytest.importorskip("transformers")
+    from lmforge.interop.hf import export_hf
+
+    hf_dir = export_hf(ckpt, tmp_path / "hf")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(hf_dir))
+    messages = [{"role": "user", "content": "What is a tuple?"}]
+    assert hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == prompt
+    assert hf_tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"] == ids
+
 
 def test_chat_sft_from_a_pretrained_checkpoint_grows_its_vocabulary(tmp_path, tiny_data):
     rc, _ = run_train(tiny_data, tmp_path / "base", "--steps", "2", "--model.max-seq-len", "128")
