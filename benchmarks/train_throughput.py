@@ -6,6 +6,12 @@ matmul peak of this GPU and reports MFU against it (FLOPs per token: 6N + 12 L d
 
     PYTHONPATH=src python3 benchmarks/train_throughput.py             # GPU: GPT-2 124M shape; CPU: tiny preset
     PYTHONPATH=src python3 benchmarks/train_throughput.py --device cpu --steps 20
+    PYTHONPATH=src python3 benchmarks/train_throughput.py --suites lora   # LoRA r=8 vs peft on GPT-2
+
+The `lora` suite adapts the attention projections with rank-8 LoRA on both sides: lmforge's q, k, v parts of its
+fused projection and the output projection (`lmforge.finetune.lora`), against `peft` on `transformers`' GPT-2 with
+the same function class (c_attn at rank 3 x 8 = the three parts' adapters stacked, attn.c_proj at rank 8, alpha
+scaled alike), and full fine-tuning of each model beside them for the memory comparison.
 """
 
 from __future__ import annotations
@@ -62,8 +68,9 @@ def measure(name: str, model: torch.nn.Module, logits_of: Callable, cfg: ModelCo
             batch: int, seq: int, steps: int, warmup: int, compile: bool) -> dict:
     model = model.to(device).train()
     cuda = device.type == "cuda"
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    trainable = [p for p in model.parameters() if p.requires_grad]  # all of them, but under LoRA
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=3e-4, betas=(0.9, 0.95), fused=cuda)
 
@@ -86,7 +93,7 @@ def measure(name: str, model: torch.nn.Module, logits_of: Callable, cfg: ModelCo
         xy = data[i].to(device, non_blocking=True)
         loss = step_loss(xy[:, :-1], xy[:, 1:])
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
     if cuda:
@@ -96,10 +103,30 @@ def measure(name: str, model: torch.nn.Module, logits_of: Callable, cfg: ModelCo
             "loss": loss.item(), "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None}
 
 
+RANK, ALPHA = 8, 16.0
+
+
+def lmforge_lora(cfg: ModelConfig) -> torch.nn.Module:
+    from lmforge.finetune.lora import apply_lora
+
+    model = DecoderLM(cfg)
+    apply_lora(model, ["q", "k", "v", "attn.wo"], rank=RANK, alpha=ALPHA)
+    return model
+
+
+def peft_gpt2(cfg: ModelConfig) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=["attn.c_attn", "attn.c_proj"],
+                      rank_pattern={"attn.c_attn": 3 * RANK}, alpha_pattern={"attn.c_attn": 3 * ALPHA},
+                      fan_in_fan_out=True, lora_dropout=0.0, bias="none")
+    return get_peft_model(hf_gpt2(cfg), lora)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--suites", nargs="+", default=["gpt", "bert"], choices=["gpt", "bert"])
+    ap.add_argument("--suites", nargs="+", default=["gpt", "bert"], choices=["gpt", "bert", "lora"])
     ap.add_argument("--preset", default=None, help="default: gpt2-124m / bert-base on CUDA, tiny / bert-tiny on CPU")
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--seq", type=int, default=None)
@@ -118,6 +145,8 @@ def main() -> None:
                 lambda c: (hf_gpt2(c), lambda m, x: m(input_ids=x).logits), "GPT2LMHeadModel"),
         "bert": (("bert-base", "bert-tiny"), lambda c: (EncoderModel(c), lambda m, x: m.mlm_logits(m(x))),
                  lambda c: (hf_bert(c), lambda m, x: m(input_ids=x).logits), "BertForMaskedLM"),
+        "lora": (("gpt2-124m", "tiny"), lambda c: (lmforge_lora(c), lambda m, x: m(x)),
+                 lambda c: (peft_gpt2(c), lambda m, x: m(input_ids=x).logits), "GPT2LMHeadModel + peft LoRA"),
     }
     results = {}
     peak = matmul_peak_tflops(device) if cuda else None
@@ -135,9 +164,15 @@ def main() -> None:
         warmup = args.warmup or (10 if cuda else 3)
         compile = (cuda or args.compile) and not args.no_compile
         torch.manual_seed(0)
-        rows = [measure("lmforge", *ours(cfg), cfg, device, batch, seq, steps, warmup, compile),
+        rows = [measure("lmforge" + (" LoRA r=8" if suite == "lora" else ""), *ours(cfg), cfg, device, batch, seq,
+                        steps, warmup, compile),
                 measure(f"hf-transformers {hf_name} (sdpa)", *theirs(cfg), cfg, device, batch, seq, steps, warmup,
                         compile)]
+        if suite == "lora":  # full fine-tuning of each, for the memory (and speed) LoRA saves
+            rows += [measure("lmforge full fine-tuning", DecoderLM(cfg), lambda m, x: m(x), cfg, device, batch, seq,
+                             steps, warmup, compile),
+                     measure("hf-transformers GPT2LMHeadModel full", hf_gpt2(cfg),
+                             lambda m, x: m(input_ids=x).logits, cfg, device, batch, seq, steps, warmup, compile)]
         flops_tok = cfg.flops_per_token(seq)
         print(f"\n{suite}: training throughput — {name}, preset {preset}, batch {batch} x seq {seq}, "
               f"{'bf16 autocast' if cuda else 'fp32'}{', compiled' if compile else ', eager'}, {steps} timed steps")

@@ -27,6 +27,14 @@ from lmforge.checksums import (  # re-exported: the loader's public names
     write_checksums,
 )
 from lmforge.errors import UserError
+from lmforge.finetune.adapter import (
+    ADAPTER_WEIGHTS,
+    attach_adapter,
+    is_adapter_checkpoint,
+    read_adapter_config,
+    weights_sha256,
+)
+from lmforge.finetune.lora import merge_lora
 from lmforge.models.config import ModelConfig
 from lmforge.models.io import CONFIG, SHARDS_METADATA, WEIGHTS, load_state
 
@@ -52,6 +60,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     if not path.is_dir():
         raise UserError("checkpoint directory not found", where=path,
                         fix="pass a directory holding model.safetensors and config.json")
+    if is_adapter_checkpoint(path):
+        return load_adapted(path, device=device, dtype=dtype, verify=verify)
     cfg = ModelConfig.load(path / CONFIG)
     model = build_model(cfg)
     if is_sharded_checkpoint(path):
@@ -65,6 +75,49 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
             verify_checksums(path, [WEIGHTS])
         load_state(model, path / WEIGHTS)
     return model.to(device=device, dtype=dtype).eval(), cfg
+
+
+def load_adapted(adapter: str | Path, base: str | Path | None = None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None, verify: bool = True, merge: bool = True,
+                 ) -> tuple[nn.Module, ModelConfig]:
+    """A LoRA adapter checkpoint (`lmforge.finetune.adapter`) on its base model: the base loaded (from `base`, else
+    the path the adapter records), checked to be the one the adapter was trained on, the adapter attached and, with
+    `merge`, folded into plain weights (what generation, evaluation, export and serving want). One line when the
+    base is missing or is another model."""
+    adapter = Path(adapter)
+    record = read_adapter_config(adapter)
+    base_path = Path(base) if base is not None else Path(record.get("base", ""))
+    if not (base_path / CONFIG).is_file() or not (base_path / WEIGHTS).is_file():
+        raise UserError(f"the adapter's base checkpoint is not at {base_path}", where=adapter,
+                        fix="put the base model back there, or load the adapter with the base given "
+                            "(lmforge merge ADAPTER --base CKPT)")
+    if verify:
+        verify_checksums(adapter, [ADAPTER_WEIGHTS])
+    model, _ = load_model(base_path, verify=verify)
+    cfg = ModelConfig.load(adapter / CONFIG)
+    if cfg.vocab_size != model.cfg.vocab_size:
+        raise UserError(f"the adapter's model has {cfg.vocab_size} tokens but the base {model.cfg.vocab_size}",
+                        where=adapter, fix=f"load it onto its own base, {record.get('base')}")
+    attach_adapter(model, adapter, weights_sha256(base_path))
+    model.cfg = cfg  # the run's config: the context it trained on (trained_seq_len)
+    if merge:
+        merge_lora(model)
+    return model.to(device=device, dtype=dtype).eval(), cfg
+
+
+def merge_adapter(adapter: str | Path, out: str | Path, base: str | Path | None = None) -> Path:
+    """Write the adapter checkpoint `adapter`, merged into its base, as a plain checkpoint `out` (with the adapter
+    run's tokenizer and chat template), which every verb and `lmforge export` read as any other."""
+    from lmforge.models.io import save_model
+
+    adapter = resolve_checkpoint(adapter)
+    if not is_adapter_checkpoint(adapter):
+        raise UserError("not a LoRA adapter checkpoint (no adapter.json)", where=adapter,
+                        fix="pass a checkpoint of a `lmforge train --finetune.method lora` run")
+    model, cfg = load_adapted(adapter, base)
+    path = save_model(out, model, cfg, tokenizer_dir=adapter)
+    write_checksums(path, [WEIGHTS])
+    return path
 
 
 def load_checkpoint_tokenizer(path: str | Path, cfg: ModelConfig):
@@ -98,6 +151,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
                         "directory made by `lmforge train`")
 
 
-__all__ = ["CHECKSUMS", "CHECKSUMS_FORMAT", "CorruptCheckpoint", "file_sha256", "is_sharded_checkpoint",
-           "load_checkpoint_tokenizer", "load_model", "read_checksums", "resolve_checkpoint", "verify_checksums",
-           "write_checksums"]
+__all__ = ["CHECKSUMS", "CHECKSUMS_FORMAT", "CorruptCheckpoint", "file_sha256", "is_adapter_checkpoint",
+           "is_sharded_checkpoint", "load_adapted", "load_checkpoint_tokenizer", "load_model", "merge_adapter",
+           "read_checksums", "resolve_checkpoint", "verify_checksums", "write_checksums"]

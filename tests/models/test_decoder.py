@@ -116,3 +116,19 @@ def test_save_and_load_round_trip_and_bad_checkpoints(tmp_path):
     (tmp_path / "other" / "config.json").write_text((tmp_path / "ckpt" / "config.json").read_text())
     with pytest.raises(UserError, match="do not match the model config"):
         load_model(tmp_path / "other")
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_packed_documents_see_only_themselves(pos):
+    """`segments` + per-document `positions`: each packed document's logits are those it has alone."""
+    cfg = tiny(vocab_size=100, **(VARIANTS["llama-gqa"] if pos == "rope" else VARIANTS["gpt"]))
+    torch.manual_seed(0)
+    model = DecoderLM(cfg).eval()
+    a, b = torch.randint(0, 100, (1, 7)), torch.randint(0, 100, (1, 5))
+    packed = torch.cat([a, b], dim=1)
+    segments = torch.tensor([[1] * 7 + [2] * 5])
+    positions = torch.tensor([list(range(7)) + list(range(5))])
+    with torch.no_grad():
+        out = model(packed, positions=positions, segments=segments)
+        torch.testing.assert_close(out[:, :7], model(a), atol=1e-5, rtol=0)
+        torch.testing.assert_close(out[:, 7:], model(b), atol=1e-5, rtol=0)

@@ -28,6 +28,7 @@ convert_hf_to_gguf.py). Each family and head (model.head) becomes the standard c
 examples:
   lmforge export runs/train --out exported/            # a run directory: its best checkpoint, else its latest
   lmforge export runs/bert/checkpoints/best --out bert-hf/
+  lmforge export runs/lora --format peft --base-hf base-hf/ --out lora-peft/   # a LoRA run's adapter for peft
 
 Options the Hugging Face class cannot express (post-norm GPT, sinusoidal BERT positions, ...) are refused with
 the reason, and nothing is written. See docs/interop.md.
@@ -38,7 +39,11 @@ the reason, and nothing is written. See docs/interop.md.
 class ExportOptions(Config):
     out: str | None = field(None, "output directory (an earlier model directory there is replaced, "
                                   "anything else is refused)")
-    format: str = field("hf", "output format", choices=("hf",))
+    format: str = field("hf", "output format: hf (a model directory; a LoRA adapter checkpoint is merged into its "
+                              "base first), or peft (a LoRA adapter checkpoint as a peft adapter for the hf "
+                              "export of its base)", choices=("hf", "peft"))
+    base_hf: str | None = field(None, "peft: the Hugging Face export of the adapter's base, recorded in "
+                                      "adapter_config.json as base_model_name_or_path")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,6 +56,12 @@ def run(args: argparse.Namespace) -> int:
                                                              if k != "checkpoint"}))
     if not options.out:
         raise UserError("no output directory given", fix="pass --out DIR")
+    if options.format == "peft":
+        from lmforge.interop.peft import export_peft
+
+        out = export_peft(checkpoint, options.out, base_hf=options.base_hf)
+        print(f"exported {checkpoint} to {out} (load with peft.PeftModel.from_pretrained(BASE_MODEL, {out!r}))")
+        return 0
     out = export_hf(checkpoint, options.out)
     print(f"exported {checkpoint} to {out} (load with {loader_hint(out)})")
     return 0

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from lmforge.atomic import atomic_directory, disk_full_as_user_error, write_json
 from lmforge.checkpoints import (
+    is_adapter_checkpoint,
     is_sharded_checkpoint,
     load_checkpoint_tokenizer,
     load_model,
@@ -370,7 +371,7 @@ def export_hf(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     _check_out_dir(out, ckpt)
     if (ckpt / "tokenizer.json").is_file():  # a tokenizer that does not fit the model would be exported with it
         load_checkpoint_tokenizer(ckpt, cfg)
-    if is_sharded_checkpoint(ckpt):  # torch.distributed.checkpoint shards: gathered into one model here
+    if is_sharded_checkpoint(ckpt) or is_adapter_checkpoint(ckpt):  # shards gathered, or an adapter merged
         state = state_dict_for_save(load_model(ckpt)[0])
     elif (ckpt / WEIGHTS).is_file():
         verify_checksums(ckpt, [WEIGHTS])

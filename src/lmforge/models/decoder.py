@@ -26,6 +26,13 @@ from lmforge.models.config import ModelConfig
 from lmforge.models.heads import n_classes, pool, pooling
 
 
+def document_mask(segments: Tensor) -> Tensor:
+    """Causal attention within each packed document: (B, 1, T, T) bool from segment ids (B, T)."""
+    T = segments.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    return ((segments[:, :, None] == segments[:, None, :]) & causal[None])[:, None]
+
+
 class DecoderLM(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -58,23 +65,27 @@ class DecoderLM(nn.Module):
     # --- forward ----------------------------------------------------------------------------------------------
     def forward(self, idx: Tensor, *, input_pos: Tensor | None = None, positions: Tensor | None = None,
                 key_mask: Tensor | None = None, attention_mask: Tensor | None = None,
-                window: CacheWindow | None = None) -> Tensor:
+                segments: Tensor | None = None, window: CacheWindow | None = None) -> Tensor:
         """Logits (B, T, V) for tokens idx (B, T); with a classify head, class logits (B, K) at each sequence's
         last real token (`attention_mask` (B, T): 1 on real tokens, 0 on right padding).
 
         Training: call with idx only. Cached decoding (after `setup_cache`): `input_pos` (T,) are the cache slots
         the tokens are written to; `positions` (B, T) the positions used for position information (they differ
         from the slots for left-padded rows); `key_mask` (B, S) marks cache slots holding real tokens.
+        Packed sequences (training, no cache): `segments` (B, T) numbers the documents packed into each row, and a
+        token attends only to earlier tokens of its own document; pass each document's own `positions` with it.
         The inference engine's per-row cache: `window` (a `CacheWindow`) picks the cache rows, and `input_pos`
         (B, T) holds each row's own positions, which are its slots.
         """
-        h = self.hidden(idx, input_pos=input_pos, positions=positions, key_mask=key_mask, window=window)
+        h = self.hidden(idx, input_pos=input_pos, positions=positions, key_mask=key_mask, segments=segments,
+                        window=window)
         if self.cfg.head == "classify":
             return self.score(pool(h, attention_mask, self.pooling))
         return self.lm_head(h)
 
     def hidden(self, idx: Tensor, *, input_pos: Tensor | None = None, positions: Tensor | None = None,
-               key_mask: Tensor | None = None, window: CacheWindow | None = None) -> Tensor:
+               key_mask: Tensor | None = None, segments: Tensor | None = None,
+               window: CacheWindow | None = None) -> Tensor:
         """The backbone: final hidden states (B, T, C), normalised, before any head (arguments as `forward`)."""
         B, T = idx.shape
         if window is not None:
@@ -83,7 +94,7 @@ class DecoderLM(nn.Module):
             if T > self.cfg.max_seq_len:
                 raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
             pos = positions if positions is not None else torch.arange(T, device=idx.device)[None]
-            mask = None
+            mask = None if segments is None else document_mask(segments)
         else:
             pos = positions if positions is not None else input_pos[None]
             mask = cache_mask(input_pos, self.blocks[0].attn.cache.k.shape[2], key_mask)

@@ -39,6 +39,8 @@ from lmforge.atomic import atomic_directory, disk_full_as_user_error, write_json
 from lmforge.checkpoints import CorruptCheckpoint, is_sharded_checkpoint, verify_checksums, write_checksums
 from lmforge.data.tokenizer import tokenizer_hash
 from lmforge.errors import UserError
+from lmforge.finetune.adapter import ADAPTER_WEIGHTS, is_adapter_checkpoint, write_adapter_files
+from lmforge.finetune.lora import has_lora, load_adapter_state
 from lmforge.models.config import ModelConfig
 from lmforge.models.io import CONFIG, WEIGHTS, load_state, write_model_files
 from lmforge.parallel.checkpoint import EXTRA, METADATA
@@ -49,7 +51,7 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 # Options that define the model or the training data stream: a checkpoint resumes only under the same values.
 # batch_size is compared as the global batch, batch_size x processes: a run may resume on another world size.
-RESUME_MUST_MATCH = ("objective", "objective_options", "batch_size", "seq_len", "grad_accum")
+RESUME_MUST_MATCH = ("objective", "objective_options", "batch_size", "seq_len", "grad_accum", "finetune")
 
 
 def step_dir_name(step: int) -> str:
@@ -63,6 +65,9 @@ class Checkpointer:
         self.root = Path(root)
         self.keep_last = keep_last
         self.tokenizer_dir = tokenizer_dir
+        # A LoRA run's adapter.json record (`lmforge.finetune.adapter.adapter_info`): its checkpoints then hold the
+        # adapters alone. None: whole models.
+        self.adapter: dict[str, Any] | None = None
 
     @property
     def tokenizer_dir(self) -> Path | None:
@@ -82,6 +87,7 @@ class Checkpointer:
             for d in self.root.iterdir():
                 m = _STEP_DIR.match(d.name)
                 if m and any(all((d / f).is_file() for f in files) for files in ((WEIGHTS, CONFIG, STATE),
+                                                                                 (ADAPTER_WEIGHTS, CONFIG, STATE),
                                                                                  (METADATA, CONFIG, EXTRA))):
                     found.append((int(m.group(1)), d))
         return sorted(found)
@@ -120,15 +126,16 @@ class Checkpointer:
                     verify_checksums(path)  # every shard file (older sharded checkpoints have none to check)
                 load_train_state(path)
                 return None
-            if verify and verify_checksums(path, [WEIGHTS, STATE]):
+            weights = ADAPTER_WEIGHTS if is_adapter_checkpoint(path) else WEIGHTS
+            if verify and verify_checksums(path, [weights, STATE]):
                 return None
             from safetensors import SafetensorError, safe_open
 
             try:
-                with safe_open(str(path / WEIGHTS), "pt"):
+                with safe_open(str(path / weights), "pt"):
                     pass
             except (SafetensorError, OSError) as e:
-                raise CorruptCheckpoint(f"{WEIGHTS} is unreadable or truncated ({e})", where=path) from None
+                raise CorruptCheckpoint(f"{weights} is unreadable or truncated ({e})", where=path) from None
             load_train_state(path)
         except UserError as e:
             return e.what
@@ -140,10 +147,10 @@ class Checkpointer:
         # The weights, and the optimizer's two moments of each in the state file.
         with disk_full_as_user_error(self.root, f"checkpoint {path.name}", need=3 * _tensor_bytes(model)):
             with atomic_directory(path) as tmp:
-                write_model_files(tmp, model, model_cfg, self.tokenizer_dir)
+                weights = self._write_weights(tmp, model, model_cfg)
                 torch.save({"format": STATE_FORMAT, "model_config": model_cfg.to_dict(),
                             "tokenizer_sha256": self.tokenizer_sha256, **train_state}, tmp / STATE)
-                write_checksums(tmp, [WEIGHTS, STATE], tokenizer_sha256=self.tokenizer_sha256)
+                write_checksums(tmp, [weights, STATE], tokenizer_sha256=self.tokenizer_sha256)
             write_text(self.root / "latest", path.name + "\n")
         self.prune()
         return path
@@ -169,10 +176,18 @@ class Checkpointer:
         path = self.root / "best"
         with disk_full_as_user_error(self.root, "checkpoint best", need=_tensor_bytes(model)), \
                 atomic_directory(path) as tmp:
-            write_model_files(tmp, model, model_cfg, self.tokenizer_dir)
+            weights = self._write_weights(tmp, model, model_cfg)
             write_json(tmp / "metrics.json", metrics)
-            write_checksums(tmp, [WEIGHTS], tokenizer_sha256=self.tokenizer_sha256)
+            write_checksums(tmp, [weights], tokenizer_sha256=self.tokenizer_sha256)
         return path
+
+    def _write_weights(self, directory: Path, model: nn.Module, model_cfg: ModelConfig) -> str:
+        """The model files of a checkpoint (a LoRA run's: its adapters alone); returns the weights' file name."""
+        if self.adapter is not None and has_lora(model):
+            write_adapter_files(directory, model, model_cfg, self.tokenizer_dir, self.adapter)
+            return ADAPTER_WEIGHTS
+        write_model_files(directory, model, model_cfg, self.tokenizer_dir)
+        return WEIGHTS
 
     def prune(self) -> None:
         if self.keep_last <= 0:
@@ -275,4 +290,10 @@ def _processes(n: int) -> str:
 
 
 def load_weights(ckpt: Path, model: nn.Module) -> None:
+    """A checkpoint's weights into the run's model; a LoRA run's adapters into its adapted model."""
+    if is_adapter_checkpoint(ckpt):
+        from safetensors.torch import load_file
+
+        load_adapter_state(model, load_file(str(Path(ckpt) / ADAPTER_WEIGHTS)), str(ckpt))
+        return
     load_state(model, Path(ckpt) / WEIGHTS)

@@ -17,6 +17,7 @@ from lmforge.config import Config, field, variant
 from lmforge.data.tokenizer import check_vocab_fits
 from lmforge.device import DEVICES
 from lmforge.errors import UserError
+from lmforge.finetune import FinetuneConfig
 from lmforge.models.config import PRESETS, ModelConfig, get_preset
 from lmforge.models.registry import Kind, kind_of
 from lmforge.parallel.parallelize import ParallelConfig
@@ -64,7 +65,8 @@ class TrainConfig(Config):
     model: ModelConfig = field(default_factory=ModelConfig, help="model options (override the preset)")
     objective: str = field("causal_lm", "training objective: causal_lm (decoders, recurrent), mlm / mlm_nsp "
                                         "(encoders), span_corruption / seq2seq (encoder-decoders), contrastive "
-                                        "(encoders), classification (families with a classify head)")
+                                        "(encoders), classification (families with a classify head), chat_sft "
+                                        "(decoders: conversations, loss on the answers)")
     objective_options: Options = field(default_factory=Options, variants=("objective", options_classes),
                                        help="options of the chosen objective (each objective takes only its own)")
     steps: int = field(1000, "optimizer steps to train for", min=1)
@@ -73,6 +75,9 @@ class TrainConfig(Config):
                                     min=1)
     grad_accum: int = field(1, "micro-batches accumulated per optimizer step", min=1)
     optim: OptimConfig = field(default_factory=OptimConfig, help="optimizer and schedule")
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig,
+                                     help="fine-tuning method: full, frozen layers or LoRA adapters (what trains; "
+                                          "docs/finetuning.md)")
     eval_every: int = field(250, "evaluate on the val split every N steps (0 = only at the end)",
                             min=0)
     eval_batches: int = field(100, "batches per evaluation (0 = the whole val split)", min=0)
@@ -114,6 +119,12 @@ class TrainConfig(Config):
             raise UserError(f"seq_len {self.seq_len} is longer than the model's max_seq_len "
                             f"{self.model.max_seq_len}",
                             fix="lower --seq-len or raise --model.max-seq-len")
+        if self.finetune.method == "lora" and not self.init_from:
+            raise UserError("finetune.method lora adapts a trained model, but no --init-from is given",
+                            fix="pass --init-from CKPT (the base model the adapters are trained on)")
+        if self.finetune.method == "lora" and self.parallel.sharded_checkpoints:
+            raise UserError("LoRA runs save adapter checkpoints, not sharded ones",
+                            fix="leave --parallel.sharded-checkpoints out with --finetune.method lora")
         problems = []
         if len(self.optim.betas) != 2:
             problems.append(f"optim.betas needs two values, got {list(self.optim.betas)}")
@@ -149,11 +160,14 @@ class TrainConfig(Config):
         if data.get("data"):
             from lmforge.data.loaders import TokenDataset
 
-            vocab = TokenDataset.open(data["data"], "train").vocab_size
+            dataset = TokenDataset.open(data["data"], "train")
+            vocab = dataset.vocab_size
             if data.get("init_from"):  # the checkpoint's embedding table: the data's tokenizer must fit it
                 check_vocab_fits(vocab, int(model["vocab_size"]), model="the --init-from checkpoint's vocabulary",
                                  where=data["data"], fix="prepare the data with the checkpoint's tokenizer "
                                                          "(lmforge prepare --tokenizer-from CKPT)")
+                if data.get("objective") == "chat_sft":  # the table grows by the chat tokens (train/init.py)
+                    model["vocab_size"] = max(int(model["vocab_size"]), vocab + _chat_tokens_to_add(dataset))
             elif "vocab_size" not in user_model:
                 # span_corruption's T5 sentinels take the ids after the tokenizer's vocabulary.
                 sentinels = 0
@@ -162,9 +176,19 @@ class TrainConfig(Config):
 
                     options = data.get("objective_options") or {}
                     sentinels = int(options.get("sentinels", SpanCorruptionOptions.sentinels))
+                elif data.get("objective") == "chat_sft":  # the chat tokens take the ids after the vocabulary
+                    sentinels = _chat_tokens_to_add(dataset)
                 model["vocab_size"] = vocab + sentinels
             else:
                 check_vocab_fits(vocab, int(user_model["vocab_size"]), model="model.vocab_size", where=data["data"],
                                  fix=VOCAB_FIX)
         data["model"] = model
         return data
+
+
+def _chat_tokens_to_add(dataset) -> int:
+    """How many chat tokens (`lmforge.data.chat`) the data's tokenizer lacks: chat_sft adds them after it."""
+    from lmforge.data.chat import missing_chat_tokens
+    from lmforge.data.tokenizer import load_tokenizer
+
+    return missing_chat_tokens(load_tokenizer(dataset.tokenizer_path))

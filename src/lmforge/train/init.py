@@ -36,6 +36,7 @@ class InitReport:
     loaded: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    grown: list[str] = field(default_factory=list)  # vocabulary tables with rows added: "embed +4 tokens"
     loaded_params: int = 0
 
     def line(self) -> str:
@@ -48,6 +49,8 @@ class InitReport:
             parts.append(f"new: {modules(self.new)} ({len(self.new)} tensors)")
         if self.dropped:
             parts.append(f"dropped: {modules(self.dropped)} ({len(self.dropped)} tensors)")
+        if self.grown:
+            parts.append(f"grown: {', '.join(dict.fromkeys(self.grown))} (new rows start fresh)")
         return "; ".join(parts)
 
 
@@ -88,6 +91,12 @@ def source_state(path: str | Path) -> tuple[Path, dict[str, Tensor], list[str]]:
     return ckpt, {k: v for k, v in model.state_dict().items() if k not in tied}, []
 
 
+def _grown_vocabulary(source: Tensor, target: Tensor, vocab_size: int) -> bool:
+    """Whether `target` is a vocabulary table (embedding or output rows) with more rows than `source`."""
+    return (target.dim() == 2 and target.shape[0] == vocab_size and source.dim() == 2
+            and source.shape[0] < target.shape[0] and source.shape[1] == target.shape[1])
+
+
 def init_from(model: nn.Module, path: str | Path, *, data: str | Path | None = None) -> InitReport:
     """Load into `model` every tensor of the checkpoint at `path` that it has a place for; see the module doc.
 
@@ -103,6 +112,9 @@ def init_from(model: nn.Module, path: str | Path, *, data: str | Path | None = N
     target = model.state_dict()
     tied = tied_names(model)
     reshaped = [k for k in target if k in state and state[k].shape != target[k].shape]
+    # A vocabulary grown by added tokens (chat_sft's): the checkpoint's rows load, the new rows keep their init.
+    grown = [k for k in reshaped if _grown_vocabulary(state[k], target[k], model.cfg.vocab_size)]
+    reshaped = [k for k in reshaped if k not in grown]
     wrong = [f"{k} {tuple(state[k].shape)} (model: {tuple(target[k].shape)})" for k in reshaped
              if k.split(".")[0] not in HEAD_MODULES]
     if wrong:
@@ -114,7 +126,13 @@ def init_from(model: nn.Module, path: str | Path, *, data: str | Path | None = N
     for name, t in target.items():
         if name in tied:
             continue  # loaded through the tensor it is tied to
-        if name in state and name not in reshaped and not any(name.startswith(f"{head}.") for head in fresh):
+        if name in grown:
+            rows = state[name].shape[0]
+            take[name] = torch.cat([state[name].to(t.dtype), t.detach()[rows:]])
+            report.grown.append(f"{name.split('.')[0]} +{t.shape[0] - rows} tokens")
+            report.loaded.append(name)
+            report.loaded_params += state[name].numel()
+        elif name in state and name not in reshaped and not any(name.startswith(f"{head}.") for head in fresh):
             take[name] = state[name]
             report.loaded.append(name)
             report.loaded_params += t.numel()

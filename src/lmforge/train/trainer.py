@@ -32,6 +32,8 @@ from lmforge.checkpoints import is_sharded_checkpoint
 from lmforge.config import save_config, to_dict
 from lmforge.data.tokenizer import tokenizer_hash
 from lmforge.errors import UserError
+from lmforge.finetune import apply_method
+from lmforge.finetune.adapter import adapter_info
 from lmforge.locks import DirectoryLock
 from lmforge.models.io import copy_tokenizer_files
 from lmforge.progress import console
@@ -134,10 +136,18 @@ def _train(cfg: TrainConfig, rt: Runtime, verify: bool = True) -> TrainResult:
     ckpt.tokenizer_dir = _on_main(rt, lambda: _run_tokenizer(out, objective.tokenizer_dir, resumed_from is not None))
     model = objective.build_model().train()
     init_line = None
-    if cfg.init_from and resumed_from is None:  # a resumed run has its own weights
-        init_line = init_from(model, cfg.init_from, data=cfg.data).line()  # on every rank, before sharding
+    adapting = cfg.finetune.method == "lora"
+    # A resumed run has its own weights; a resumed LoRA run its own adapters, on the base loaded again.
+    if cfg.init_from and (resumed_from is None or adapting):
+        report = init_from(model, cfg.init_from, data=cfg.data)  # on every rank, before sharding
+        init_line = report.line() if resumed_from is None else None
+        if adapting:
+            ckpt.adapter = _on_main(rt, lambda: adapter_info(cfg.finetune.lora_rank, cfg.finetune.lora_alpha,
+                                                             cfg.finetune.lora_dropout, cfg.finetune.lora_targets,
+                                                             report.source))
     # The hook for fine-tuning methods: what trains (frozen layers, LoRA adapters) is decided here, from outside
     # the model, on the built and initialised model and before `parallelize` wraps it.
+    method_line = apply_method(model, cfg.finetune)
     state = None
     if resumed_from is not None:
         state = load_train_state(resumed_from)
@@ -171,6 +181,8 @@ def _train(cfg: TrainConfig, rt: Runtime, verify: bool = True) -> TrainResult:
             peak=peak * rt.world_size if peak else None)  # the tokens counted are every rank's
         if init_line:
             logger.event({"event": "init_from", "checkpoint": str(cfg.init_from), "report": init_line}, init_line)
+        if method_line and resumed_from is None:
+            logger.event({"event": "finetune", "method": cfg.finetune.method, "report": method_line}, method_line)
         if resumed_from is not None:
             logger.event({"event": "resume", "step": prog.step, "checkpoint": str(resumed_from),
                           "world_size": rt.world_size}, f"resumed from {resumed_from} at step {prog.step}")

@@ -62,7 +62,7 @@ def test_source_longer_than_the_positions_is_one_line_and_truncation_fixes_it(tm
      "objective_options.max_source_len 300 is longer than the model's max_seq_len 256"),
     (["--preset", "tiny", "--objective", "seq2seq"],
      "objective 'seq2seq' trains encoder-decoder models, but the model is a gpt decoder (fix: pass --preset t5-tiny, "
-     "or an objective for decoder models (causal_lm, classification))"),
+     "or an objective for decoder models (causal_lm, chat_sft, classification))"),
 ])
 def test_bad_input_is_one_line(tmp_path, tiny_data, capsys, flags, message):
     rc, _ = run_train(tiny_data, tmp_path / "run", *flags)
