@@ -1,0 +1,82 @@
+"""Servers for the tests: a tiny random-init checkpoint (with the chat template), run by uvicorn on a loopback port
+in a thread of the test process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmforge.data.tokenizer import load_tokenizer
+from lmforge.models import ModelConfig, build_model
+from lmforge.models.io import save_model
+
+
+def tiny_checkpoint(out: Path, tokenizer_dir: Path, family: str = "gpt", chat: bool = True,
+                    max_seq_len: int = 64) -> Path:
+    """A random-init model of `family` saved with the tokenizer of `tokenizer_dir` (+ the chat tokens and
+    template when `chat`)."""
+    from lmforge.data.chat import save_chat_tokenizer
+
+    torch.manual_seed(0)
+    tok = load_tokenizer(tokenizer_dir)
+    tok_dir = out / "tokenizer"
+    if chat:
+        save_chat_tokenizer(tok, tok_dir)  # adds the chat tokens to `tok`
+    else:
+        from lmforge.data.tokenizer import save_tokenizer
+
+        save_tokenizer(tok, tok_dir)
+    cfg = ModelConfig(family=family, vocab_size=tok.get_vocab_size(), max_seq_len=max_seq_len, n_layer=2, n_head=2,
+                      d_model=32)
+    return save_model(out / family, build_model(cfg).eval(), cfg, tok_dir)
+
+
+@pytest.fixture(scope="session")
+def chat_checkpoint(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("chat_ckpt"), tiny_data)
+
+
+@pytest.fixture(scope="session")
+def plain_checkpoint(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("plain_ckpt"), tiny_data, chat=False)
+
+
+@pytest.fixture(scope="session")
+def encoder_checkpoint(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("bert_ckpt"), tiny_data, family="bert", chat=False)
+
+
+@contextmanager
+def running(app) -> Iterator[str]:
+    """Serve `app` with uvicorn on a free loopback port in a thread; yields the base URL, stops it afterwards."""
+    import uvicorn
+
+    from lmforge.serve.server import bind
+
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def make_app(checkpoint: Path, **options):
+    from lmforge.serve.app import ServedModel, ServeOptions, create_app
+
+    return create_app(ServedModel.load(checkpoint, "cpu"), ServeOptions(model_name="tiny", **options))
