@@ -464,7 +464,7 @@ class _API:
             budget = self._budget(len(ids), body.max_tokens, "max_tokens")
             for k in range(body.n):
                 if budget > 0:
-                    jobs.append((ids, self._params(body, budget, len(jobs), want)))
+                    jobs.append((ids, self._params(body, budget, k, want)))
                 owner.append(p_index)
         echo = [self._prompt_logprobs(ids, want) if body.echo and want is not None else None for ids in prompts]
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
