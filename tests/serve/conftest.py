@@ -80,3 +80,26 @@ def make_app(checkpoint: Path, **options):
     from lmforge.serve.app import ServedModel, ServeOptions, create_app
 
     return create_app(ServedModel.load(checkpoint, "cpu"), ServeOptions(model_name="tiny", **options))
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium driven by Playwright: Debian's `chromium` (`make browser` installs it), else the one
+    `playwright install chromium` downloads; skipped with the reason when neither is there."""
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
+    executable = next((p for p in map(shutil.which, BROWSERS) if p), None)
+    with sync_api.sync_playwright() as pw:
+        if executable is None and not Path(pw.chromium.executable_path).is_file():
+            pytest.skip("no Chromium to drive: run `make browser` (apt-get install chromium, or playwright install "
+                        "chromium)")
+        launched = pw.chromium.launch(executable_path=executable, headless=True,
+                                      args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            yield launched
+        finally:
+            launched.close()

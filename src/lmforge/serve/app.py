@@ -53,6 +53,9 @@ from lmforge.serve.schemas import (
 )
 
 CHAT_PAGE = "chat.html"  # package data beside this module
+# The page runs its own inline script and talks to this server only: nothing else may load or run.
+PAGE_POLICY = ("default-src 'none'; connect-src 'self'; img-src data:; style-src 'unsafe-inline'; "
+               "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'")
 
 
 @dataclass(frozen=True)
@@ -122,8 +125,7 @@ def create_app(served: ServedModel, options: ServeOptions = ServeOptions(), *,
     @app.get("/", response_class=HTMLResponse)
     async def chat_page() -> HTMLResponse:
         page = resources.files("lmforge.serve").joinpath(CHAT_PAGE).read_text(encoding="utf-8")
-        return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; "
-                                                                      "script-src 'unsafe-inline'"})
+        return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_POLICY})
 
     @app.get("/metrics")
     async def prometheus() -> Response:
