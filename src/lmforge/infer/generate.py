@@ -1,11 +1,8 @@
-"""KV-cached generation: several prompts at once, streaming, stop strings; one sampling loop for every family.
+"""Generation from prompts: text or token ids, several prompts at once, streaming, stop strings.
 
-Decoder-only (GPT, Llama): prefill writes the left-padded prompts into the cache in one forward; each step feeds
-one token per row. Padding slots are masked out of attention, and position ids start at 0 at each row's first
-real token, so a padded row produces exactly what it would alone.
-Encoder-decoder (T5): the right-padded sources are encoded once; the decoder starts from the decoder-start token,
-its self-attention cached per position and its cross-attention keys and values computed on the first step.
-Beam search (`beam_search_ids`, num_beams > 1) uses the same set-up on num_beams rows per prompt and reorders the
+Sampling and greedy decoding run on the inference engine (`lmforge.infer.engine`), the one mechanism the CLI,
+task evaluation and the server share. Beam search (`beam_search_ids`, num_beams > 1) keeps num_beams rows per
+prompt in step on the static-batch prefill and decode functions (`lmforge.infer.static_batch`) and reorders the
 cache rows after each step by the chosen beams' parents.
 """
 
@@ -20,7 +17,9 @@ from torch import nn
 
 from lmforge.config import field
 from lmforge.errors import UserError
-from lmforge.infer.sampling import SamplingConfig, sample
+from lmforge.infer.engine import Engine, SamplingParams, TextStream
+from lmforge.infer.sampling import SamplingConfig
+from lmforge.infer.static_batch import start
 from lmforge.models.blocks import CrossKVCache, KVCache
 from lmforge.models.registry import GENERATE, Kind, families_that, kind_of, require
 
@@ -43,52 +42,37 @@ class GenerationConfig(SamplingConfig):
 TextCallback = Callable[[int, str], None]
 
 
-# Logits (B, V) for the last token fed, given the tokens just chosen (B,) and the output slot they go to.
-StepFn = Callable[[torch.Tensor, int], torch.Tensor]
-
-
-@torch.inference_mode()
 def generate_ids(model: nn.Module, prompts: list[list[int]], cfg: GenerationConfig, *, eos_id: int | None = None,
-                 pad_id: int = 0, decoder_start_id: int | None = None,
-                 on_step: Callable[[torch.Tensor], bool] | None = None) -> list[list[int]]:
-    """Generate token ids for token-id prompts, with a KV cache. `on_step(next_ids)` may return True to stop early.
+                 pad_id: int = 0, decoder_start_id: int | None = None) -> list[list[int]]:
+    """Generate token ids for token-id prompts on the inference engine (`lmforge.infer.engine`).
 
     A decoder-only model continues each prompt. An encoder-decoder reads each prompt as its source (include the
-    `<eos>` it was trained with) and writes a target from `decoder_start_id`; one sampling loop serves both.
+    `<eos>` it was trained with) and writes a target from `decoder_start_id`. Prompt i samples with seed
+    `cfg.seed + i`, so its tokens do not depend on the other prompts. The result holds no EOS.
     """
-    encoder_decoder = _check_can_generate(model, prompts)
-    device = next(model.parameters()).device
-    B = len(prompts)
-    seen = torch.zeros(B, model.cfg.vocab_size, dtype=torch.bool, device=device)  # for repetition penalty
-    gen = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
-    if not encoder_decoder:
-        for i, p in enumerate(prompts):  # a decoder's prompt is part of the text it must not repeat
-            seen[i, torch.tensor(p, device=device)] = True
+    _check_can_generate(model, prompts)
+    engine = engine_for(model, None, prompts, cfg, eos_id=eos_id, pad_id=pad_id, decoder_start_id=decoder_start_id)
     try:
-        logits, step, new = _start(model, prompts, cfg.max_new_tokens, pad_id, decoder_start_id)
-        out = torch.empty(B, new, dtype=torch.long, device=device)
-        done = torch.zeros(B, dtype=torch.bool, device=device)
-        steps = 0
-        for t in range(new):
-            nxt = sample(logits, cfg, seen, gen)
-            if eos_id is not None:
-                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-                done |= nxt == eos_id
-            out[:, t] = nxt
-            steps = t + 1
-            seen.scatter_(1, nxt[:, None], True)
-            if (on_step is not None and on_step(nxt)) or (eos_id is not None and bool(done.all())):
-                break
-            if t + 1 < new:
-                logits = step(nxt, t)
+        return [c.token_ids for c in engine.generate(prompts, sampling_params(cfg, len(prompts)))]
     finally:
-        model.clear_cache()
-    result = []
-    for row in out[:, :steps].tolist():
-        if eos_id is not None and eos_id in row:
-            row = row[: row.index(eos_id)]
-        result.append(row)
-    return result
+        engine.close()
+
+
+def engine_for(model: nn.Module, tokenizer: Tokenizer | None, prompts: list[list[int]], cfg: GenerationConfig, *,
+               eos_id: int | None, pad_id: int, decoder_start_id: int | None) -> Engine:
+    """An engine sized for these prompts: a cache row each, as long as the longest prompt plus max_new_tokens."""
+    longest = max(len(p) for p in prompts)
+    return Engine(model, tokenizer, max_batch=len(prompts), cache_len=longest + cfg.max_new_tokens,
+                  stop_token_ids=[eos_id] if eos_id is not None else [], pad_id=pad_id,
+                  decoder_start_id=decoder_start_id)
+
+
+def sampling_params(cfg: GenerationConfig, n: int) -> list[SamplingParams]:
+    """The engine's per-request parameters for n prompts generated with `cfg` (prompt i seeded cfg.seed + i)."""
+    return [SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                           top_k=cfg.top_k, min_p=cfg.min_p, repetition_penalty=cfg.repetition_penalty,
+                           seed=None if cfg.seed is None else cfg.seed + i, stop=tuple(cfg.stop))
+            for i in range(n)]
 
 
 def _check_can_generate(model: nn.Module, prompts: list[list[int]]) -> bool:
@@ -100,16 +84,6 @@ def _check_can_generate(model: nn.Module, prompts: list[list[int]]) -> bool:
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("empty prompt after tokenisation", fix="give at least one token (or let the caller add EOS)")
     return kind_of(model.cfg) == Kind.ENCODER_DECODER
-
-
-def _start(model: nn.Module, prompts: list[list[int]], max_new: int, pad_id: int,
-           decoder_start_id: int | None) -> tuple[torch.Tensor, StepFn, int]:
-    """Set up the cache for these rows, by the model's kind: first logits, the step function, tokens to make."""
-    if kind_of(model.cfg) == Kind.ENCODER_DECODER:
-        if decoder_start_id is None:
-            raise ValueError("an encoder-decoder needs decoder_start_id (data.tokenizer.decoder_start_id)")
-        return _encoder_decoder(model, prompts, max_new, pad_id, decoder_start_id)
-    return _decoder(model, prompts, max_new, pad_id)
 
 
 # Sampling options beam search has no use for, with the values that leave them off.
@@ -148,7 +122,7 @@ def beam_search_ids(model: nn.Module, prompts: list[list[int]], cfg: GenerationC
     B, N, V = len(prompts), cfg.num_beams, model.cfg.vocab_size
     K = 2 * N  # enough candidates for N to go on when up to N of them end in EOS
     try:
-        logits, step, new = _start(model, [p for p in prompts for _ in range(N)], cfg.max_new_tokens, pad_id,
+        logits, step, new = start(model, [p for p in prompts for _ in range(N)], cfg.max_new_tokens, pad_id,
                                    decoder_start_id)
         caches = [m for m in model.modules() if isinstance(m, KVCache | CrossKVCache)]
         # Text an n-gram must not repeat, per row: a decoder's prompt, or an encoder-decoder's start token.
@@ -232,102 +206,6 @@ def _ban_repeated_ngrams(logp: torch.Tensor, history: list[list[int]], n: int) -
     return logp
 
 
-def _decoder(model: nn.Module, prompts: list[list[int]], max_new: int,
-             pad_id: int) -> tuple[torch.Tensor, StepFn, int]:
-    """Prefill a decoder's cache with the left-padded prompts: first logits, the step function, tokens to make."""
-    device = next(model.parameters()).device
-    max_len, B, P = model.cfg.max_seq_len, len(prompts), max(len(p) for p in prompts)
-    if max_len <= P:
-        raise UserError(f"prompt of {P} tokens does not fit the model's {max_len}-token context",
-                        fix="shorten the prompt")
-    new = min(max_new, max_len - P)
-    slots = torch.arange(P + new, device=device)
-    pads = torch.tensor([P - len(p) for p in prompts], device=device)
-    idx = torch.full((B, P), pad_id, dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        idx[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
-    key_mask = slots[None, :] >= pads[:, None]  # (B, S): real tokens only
-    model.setup_cache(B, P + new)
-    positions = (slots[None, :P] - pads[:, None]).clamp(min=0)  # each row's first real token is position 0
-    first = model(idx, input_pos=slots[:P], positions=positions, key_mask=key_mask)[:, -1]
-
-    def step(nxt: torch.Tensor, t: int) -> torch.Tensor:
-        pos = P + t
-        return model(nxt[:, None], input_pos=slots[pos:pos + 1], positions=(pos - pads)[:, None],
-                     key_mask=key_mask)[:, -1]
-
-    return first, step, new
-
-
-def _encoder_decoder(model: nn.Module, sources: list[list[int]], max_new: int, pad_id: int,
-                     start_id: int) -> tuple[torch.Tensor, StepFn, int]:
-    """Encode the right-padded sources once; the decoder starts from `start_id` and caches as it goes."""
-    device = next(model.parameters()).device
-    max_len, B, S = model.cfg.max_seq_len, len(sources), max(len(s) for s in sources)
-    if S > max_len:
-        raise UserError(f"source of {S} tokens does not fit the model's {max_len}-token context",
-                        fix="shorten the source text")
-    new = min(max_new, max_len - 1)  # slot 0 holds the start token
-    src = torch.full((B, S), pad_id, dtype=torch.long, device=device)
-    src_mask = torch.zeros(B, S, dtype=torch.bool, device=device)
-    for i, s in enumerate(sources):
-        src[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        src_mask[i, : len(s)] = True
-    memory = model.encode(src, src_mask)  # (B, S, C), read by every step's cross-attention
-    model.setup_cache(B, new + 1)
-    slots = torch.arange(new + 1, device=device)
-    start = torch.full((B, 1), start_id, dtype=torch.long, device=device)
-    first = model.decode(start, memory, src_mask, input_pos=slots[:1])[:, -1]
-
-    def step(nxt: torch.Tensor, t: int) -> torch.Tensor:
-        return model.decode(nxt[:, None], memory, src_mask, input_pos=slots[t + 1:t + 2])[:, -1]
-
-    return first, step, new
-
-
-class _Streamer:
-    """Turns growing id lists into final text pieces: holds back incomplete UTF-8 and possible stop-string starts."""
-
-    def __init__(self, tokenizer: Tokenizer, n: int, stop: list[str], on_text: TextCallback | None) -> None:
-        self.tok, self.stop, self.on_text = tokenizer, stop, on_text
-        self.ids: list[list[int]] = [[] for _ in range(n)]
-        self.sent = [0] * n
-        self.stopped = [False] * n
-        self.hold = max((len(s) for s in stop), default=1) - 1
-
-    def text(self, i: int) -> str:
-        return self.tok.decode(self.ids[i], skip_special_tokens=True)
-
-    def push(self, ids: list[int], final: bool = False) -> bool:
-        """Add one token per row; return True when every row has hit a stop string."""
-        for i, tid in enumerate(ids):
-            if self.stopped[i]:
-                continue
-            if tid is not None:
-                self.ids[i].append(tid)
-            text = self.text(i)
-            # Text before sent[i] held no stop string: we always hold back len(longest stop) - 1 characters.
-            cut = min((c for c in (text.find(s, self.sent[i]) for s in self.stop) if c >= 0), default=-1)
-            if cut >= 0:
-                self.stopped[i], end = True, cut
-            elif final:
-                end = len(text)
-            else:
-                end = len(text) - self.hold
-                while end > self.sent[i] and text[end - 1] == "\ufffd":  # an incomplete multi-byte character
-                    end -= 1
-            if end > self.sent[i]:
-                if self.on_text:
-                    self.on_text(i, text[self.sent[i]:end])
-                self.sent[i] = end
-        return bool(self.stop) and all(self.stopped)
-
-    def result(self, i: int) -> str:
-        text = self.text(i)
-        cuts = [text.find(s) for s in self.stop if text.find(s) >= 0]
-        return text[: min(cuts)] if cuts else text
-
-
 def generate(model: nn.Module, tokenizer: Tokenizer, prompts: list[str], cfg: GenerationConfig, *,
              special_ids: dict[str, int] | None = None, on_text: TextCallback | None = None,
              on_notice: Callable[[str], None] | None = None) -> list[str]:
@@ -354,21 +232,29 @@ def generate(model: nn.Module, tokenizer: Tokenizer, prompts: list[str], cfg: Ge
     else:
         # Documents start right after an EOS in training data, so an empty prompt starts a new one.
         encoded = [ids or ([eos_id] if eos_id is not None else []) for ids in encoded]
-    streamer = _Streamer(tokenizer, len(prompts), list(cfg.stop), on_text)
     if cfg.num_beams > 1:  # the best beam is known only at the end: its text comes in one piece
         ids = beam_search_ids(model, encoded, cfg, eos_id=eos_id, pad_id=pad_id, decoder_start_id=start)
+        texts = [_whole_text(tokenizer, row, cfg.stop) for row in ids]
     else:
-        ids = generate_ids(model, encoded, cfg, eos_id=eos_id, pad_id=pad_id, decoder_start_id=start,
-                           on_step=lambda nxt: streamer.push(nxt.tolist()))
-    # Finished rows (EOS) were fed EOS padding; the streamer saw it as special and skipped it in decode.
-    for i, row in enumerate(ids):
-        streamer.ids[i] = list(row)
-    streamer.push([None] * len(prompts), final=True)
+        _check_can_generate(model, encoded)
+        engine = engine_for(model, tokenizer, encoded, cfg, eos_id=eos_id, pad_id=pad_id, decoder_start_id=start)
+        try:
+            done = engine.generate(encoded, sampling_params(cfg, len(encoded)),
+                                   on_event=(lambda i, ev: ev.text and on_text(i, ev.text)) if on_text else None)
+        finally:
+            engine.close()
+        ids, texts = [c.token_ids for c in done], [c.text for c in done]
     if on_notice is not None and start is None:
         notice = past_trained_context(model.cfg, [len(p) + len(row) for p, row in zip(encoded, ids)])
         if notice:
             on_notice(notice)
-    return [streamer.result(i) for i in range(len(prompts))]
+    return texts
+
+
+def _whole_text(tokenizer: Tokenizer, ids: list[int], stop: list[str]) -> str:
+    """The text of a finished output, cut before its first stop string."""
+    stream = TextStream(tokenizer, tuple(stop))
+    return "".join(stream.add(t) for t in ids) + stream.finish()
 
 
 def past_trained_context(cfg, lengths: list[int]) -> str | None:

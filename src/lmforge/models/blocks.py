@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -167,11 +168,48 @@ class KVCache(nn.Module):
         self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
         return self.k, self.v
 
+    def write(self, window: CacheWindow, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v (B, H, T, D) of rows `window.rows` at their own positions input_pos (B, T); return views of
+        those rows' first `window.span` slots."""
+        k_rows, v_rows = self.k[window.rows], self.v[window.rows]  # views: the writes land in the cache
+        row = torch.arange(k.shape[0], device=k.device)[:, None]  # (B, 1), broadcast against input_pos
+        k_rows[row, :, input_pos] = k.transpose(1, 2).to(self.k.dtype)  # indexed as (B, T, H, D)
+        v_rows[row, :, input_pos] = v.transpose(1, 2).to(self.v.dtype)
+        return k_rows[:, :, :window.span], v_rows[:, :, :window.span]
+
     def reorder(self, index: Tensor) -> None:
         """Row i becomes row index[i] (beam search following each beam's parent), in place: the buffers keep
         their storage and shapes."""
         self.k.copy_(self.k.index_select(0, index))
         self.v.copy_(self.v.index_select(0, index))
+
+
+@dataclass(frozen=True)
+class CacheWindow:
+    """Which rows of a KV cache one forward reads and writes, and how many slots of each it attends over.
+
+    The inference engine keeps one sequence per cache row (a "slot") and lets each row have its own length: the
+    tokens it feeds carry per-row positions (`input_pos` (B, T)), which are also their cache slots, since every
+    sequence starts at slot 0. So sequences of different lengths decode together without left padding, and a
+    finished row is reused at once by writing a new sequence from slot 0 (what is left beyond the new sequence's
+    positions is masked out by causality). Slots, not pages: a row is one contiguous buffer, so attention reads a
+    plain view of it and the decode step keeps static shapes; paging would only pay off with far more sequences
+    than rows, and costs a gather per step on the CPU.
+
+    `rows` selects the cache rows (a slice, so the cache is read through views, never copied); `span` is how many
+    slots of each row attention looks at (at least the longest fed position + 1; the whole row for a
+    static-shape, compiled step).
+    """
+
+    rows: slice
+    span: int
+
+
+def window_mask(input_pos: Tensor, span: int) -> Tensor:
+    """Attention mask (B, 1, T, span) for queries at per-row positions input_pos (B, T): each sees the slots up to
+    its own (a row's slots hold its sequence from position 0, so position and slot are one)."""
+    slots = torch.arange(span, device=input_pos.device)
+    return (slots <= input_pos[:, :, None])[:, None]
 
 
 class CrossKVCache(nn.Module):
@@ -230,7 +268,8 @@ class Attention(nn.Module):
         self.on_weights: Callable[[Tensor, Tensor], None] | None = None
 
     def forward(self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None,
-                input_pos: Tensor | None = None, context: Tensor | None = None) -> Tensor:
+                input_pos: Tensor | None = None, context: Tensor | None = None,
+                window: CacheWindow | None = None) -> Tensor:
         B, T, _ = x.shape
         q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         if self.cross:
@@ -250,7 +289,9 @@ class Attention(nn.Module):
             v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-            if isinstance(self.cache, KVCache) and input_pos is not None:
+            if isinstance(self.cache, KVCache) and window is not None:
+                k, v = self.cache.write(window, input_pos, k, v)
+            elif isinstance(self.cache, KVCache) and input_pos is not None:
                 k, v = self.cache.update(input_pos, k, v)
         if self.n_kv_head != self.n_head:
             rep = self.n_head // self.n_kv_head
@@ -304,8 +345,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None,
                 input_pos: Tensor | None = None, context: Tensor | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
-        x = self._residual(x, self.norm1, self.attn, rope=rope, mask=mask, input_pos=input_pos)
+                context_mask: Tensor | None = None, window: CacheWindow | None = None) -> Tensor:
+        x = self._residual(x, self.norm1, self.attn, rope=rope, mask=mask, input_pos=input_pos, window=window)
         if self.cross_attn is not None:
             x = self._residual(x, self.norm_cross, self.cross_attn, mask=context_mask, context=context)
         return self._residual(x, self.norm2, self.mlp)

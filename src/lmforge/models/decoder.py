@@ -12,7 +12,16 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from lmforge.models.blocks import Block, KVCache, Positions, cache_mask, init_weights, make_norm
+from lmforge.models.blocks import (
+    Block,
+    CacheWindow,
+    KVCache,
+    Positions,
+    cache_mask,
+    init_weights,
+    make_norm,
+    window_mask,
+)
 from lmforge.models.config import ModelConfig
 from lmforge.models.heads import n_classes, pool, pooling
 
@@ -48,24 +57,29 @@ class DecoderLM(nn.Module):
 
     # --- forward ----------------------------------------------------------------------------------------------
     def forward(self, idx: Tensor, *, input_pos: Tensor | None = None, positions: Tensor | None = None,
-                key_mask: Tensor | None = None, attention_mask: Tensor | None = None) -> Tensor:
+                key_mask: Tensor | None = None, attention_mask: Tensor | None = None,
+                window: CacheWindow | None = None) -> Tensor:
         """Logits (B, T, V) for tokens idx (B, T); with a classify head, class logits (B, K) at each sequence's
         last real token (`attention_mask` (B, T): 1 on real tokens, 0 on right padding).
 
         Training: call with idx only. Cached decoding (after `setup_cache`): `input_pos` (T,) are the cache slots
         the tokens are written to; `positions` (B, T) the positions used for position information (they differ
         from the slots for left-padded rows); `key_mask` (B, S) marks cache slots holding real tokens.
+        The inference engine's per-row cache: `window` (a `CacheWindow`) picks the cache rows, and `input_pos`
+        (B, T) holds each row's own positions, which are its slots.
         """
-        h = self.hidden(idx, input_pos=input_pos, positions=positions, key_mask=key_mask)
+        h = self.hidden(idx, input_pos=input_pos, positions=positions, key_mask=key_mask, window=window)
         if self.cfg.head == "classify":
             return self.score(pool(h, attention_mask, self.pooling))
         return self.lm_head(h)
 
     def hidden(self, idx: Tensor, *, input_pos: Tensor | None = None, positions: Tensor | None = None,
-               key_mask: Tensor | None = None) -> Tensor:
+               key_mask: Tensor | None = None, window: CacheWindow | None = None) -> Tensor:
         """The backbone: final hidden states (B, T, C), normalised, before any head (arguments as `forward`)."""
         B, T = idx.shape
-        if input_pos is None:
+        if window is not None:
+            pos, mask = input_pos, window_mask(input_pos, window.span)
+        elif input_pos is None:
             if T > self.cfg.max_seq_len:
                 raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
             pos = positions if positions is not None else torch.arange(T, device=idx.device)[None]
@@ -75,5 +89,5 @@ class DecoderLM(nn.Module):
             mask = cache_mask(input_pos, self.blocks[0].attn.cache.k.shape[2], key_mask)
         x, rope = self.embed(idx, pos)
         for block in self.blocks:
-            x = block(x, rope=rope, mask=mask, input_pos=input_pos)
+            x = block(x, rope=rope, mask=mask, input_pos=input_pos, window=window)
         return self.norm_f(x)
