@@ -76,10 +76,12 @@ def running(app) -> Iterator[str]:
         sock.close()
 
 
-def make_app(checkpoint: Path, **options):
+def make_app(checkpoint: Path, engine_factory=None, **options):
+    from lmforge.infer.engine import Engine
     from lmforge.serve.app import ServedModel, ServeOptions, create_app
 
-    return create_app(ServedModel.load(checkpoint, "cpu"), ServeOptions(model_name="tiny", **options))
+    return create_app(ServedModel.load(checkpoint, "cpu"), ServeOptions(model_name="tiny", **options),
+                      engine_factory=engine_factory or Engine)
 
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

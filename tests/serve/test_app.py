@@ -84,8 +84,9 @@ def test_chat_logprobs_give_each_token_and_its_alternatives(client):
     content = r.choices[0].logprobs.content
     assert len(content) == r.usage.completion_tokens
     for entry in content:
-        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
-        assert entry.logprob == pytest.approx(max(t.logprob for t in entry.top_logprobs), abs=1e-4)  # greedy
+        # (alternatives are keyed by their text: tokens that decode alike, such as partial UTF-8, count once)
+        assert entry.logprob <= 0 and 1 <= len(entry.top_logprobs) <= 3
+        assert entry.logprob >= max(t.logprob for t in entry.top_logprobs) - 1e-4  # greedy: none is likelier
 
 
 def test_echo_scores_the_prompt_as_lm_evaluation_harness_asks(client):

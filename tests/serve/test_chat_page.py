@@ -7,6 +7,8 @@ import time
 import httpx
 import pytest
 
+from lmforge.infer.engine import Engine
+
 from serve.conftest import make_app, running
 
 # Counts how many times the last assistant bubble's text changed: a streamed reply changes it token by token.
@@ -71,8 +73,16 @@ def test_text_is_shown_as_text_never_as_html(browser, keyed_server):
     page.close()
 
 
+class SlowEngine(Engine):
+    """The real engine, a step every 50 ms: a tiny model on loopback would finish before a click lands."""
+
+    def step(self) -> None:
+        time.sleep(0.05)
+        super().step()
+
+
 def test_stop_ends_the_reply_and_frees_the_servers_slot(browser, chat_checkpoint):
-    app = make_app(chat_checkpoint)
+    app = make_app(chat_checkpoint, engine_factory=SlowEngine)
     with running(app) as url:
         page = browser.new_page(bypass_csp=True)  # for the test's own scripts (wait_for_function)
         page.goto(url + "/")
@@ -86,7 +96,7 @@ def test_stop_ends_the_reply_and_frees_the_servers_slot(browser, chat_checkpoint
         page.wait_for_selector(".msg.assistant .meta")
         assert page.inner_text(".msg.assistant .meta").startswith("stopped")
         deadline = time.monotonic() + 10
-        while app.state.admission.active and time.monotonic() < deadline:
+        while (app.state.admission.active or app.state.engine.running) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert app.state.admission.active == 0 and app.state.engine.running == 0
         page.close()

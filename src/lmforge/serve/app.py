@@ -185,10 +185,20 @@ class _Choice:
     def add(self, ev: TokenEvent) -> None:
         self.text += ev.text
         self.token_ids += ev.token_ids
-        self.logprobs += ev.logprobs or []
-        self.top_logprobs += ev.top_logprobs or []
+        logprobs, top = _aligned(ev)
+        self.logprobs += logprobs
+        self.top_logprobs += top
         self.finish_reason = ev.finish_reason or self.finish_reason
         self.prompt_tokens, self.completion_tokens = ev.prompt_tokens, ev.completion_tokens
+
+
+def _aligned(ev: TokenEvent) -> tuple[list[float], list[dict[str, float]]]:
+    """The event's logprobs and alternatives, one per token it carries (a last event that ends on EOS or a stop
+    token carries no token, but may carry that token's logprob)."""
+    n = len(ev.token_ids)
+    if not n:
+        return [], []
+    return list(ev.logprobs or [])[-n:], list(ev.top_logprobs or [])[-n:]
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -494,8 +504,7 @@ class _API:
                         continue
                     lp = None
                     if want is not None:
-                        lp = self._completion_logprobs(ev.token_ids, list(zip(ev.logprobs or [],
-                                                                              ev.top_logprobs or [])), 0)
+                        lp = self._completion_logprobs(ev.token_ids, list(zip(*_aligned(ev))), 0)
                     yield _sse({**head, "choices": [{"index": i, "text": ev.text, "logprobs": lp,
                                                      "finish_reason": ev.finish_reason}]})
             except TimeoutError:
@@ -515,7 +524,7 @@ class _API:
         return answer if isinstance(answer, Response) else await answer
 
     def _prompt_logprobs(self, ids: list[int], top: int) -> list[tuple[float | None, dict[str, float]]]:
-        return self._need_engine().prompt_logprobs(ids, top=top)
+        return self._need_engine().prompt_logprobs(ids, top=top)  # (sync; scored in the calling thread)
 
     def _completion_logprobs(self, ids: list[int], pairs: list[tuple[float | None, dict[str, float]]] | None,
                              offset: int) -> dict[str, Any]:
@@ -584,8 +593,7 @@ class _API:
                     completion_tokens[i] = ev.completion_tokens
                     if not ev.text and not ev.finish_reason and want is None:
                         continue
-                    lp = (self._chat_logprobs(ev.token_ids, ev.logprobs or [], ev.top_logprobs or [])
-                          if want is not None else None)
+                    lp = self._chat_logprobs(ev.token_ids, *_aligned(ev)) if want is not None else None
                     delta = {"content": ev.text} if ev.text or not ev.finish_reason else {}
                     yield _sse({**chunk_head, "choices": [{"index": i, "delta": delta, "logprobs": lp,
                                                            "finish_reason": ev.finish_reason}]})
