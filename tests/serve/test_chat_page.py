@@ -8,7 +8,6 @@ import httpx
 import pytest
 
 from lmforge.infer.engine import Engine
-
 from serve.conftest import make_app, running
 
 # Counts how many times the last assistant bubble's text changed: a streamed reply changes it token by token.

@@ -450,7 +450,12 @@ class _API:
 
     def _hold(self, sequences: int) -> Callable[[], None]:
         cm = self.admission.admit(sequences)
-        cm.__enter__()
+        try:
+            cm.__enter__()
+        except APIError as e:
+            if e.status == 429:
+                self.metrics.rejected.inc()
+            raise
         done = False
 
         def release() -> None:
