@@ -83,7 +83,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         status = exc.status_code
-        message = {404: "no such route (see GET /v1/models, POST /v1/completions, POST /v1/chat/completions)",
+        message = {400: "the request body could not be parsed (send a JSON object, UTF-8, with Content-Type: "
+                        "application/json)",
+                   404: "no such route (see GET /v1/models, POST /v1/completions, POST /v1/chat/completions)",
                    405: "method not allowed on this route"}.get(status, str(exc.detail))
         return error_response(status, message, headers=getattr(exc, "headers", None))
 
