@@ -38,7 +38,8 @@ near_schema = st.fixed_dictionaries({}, optional={
     "logprobs": st.one_of(st.booleans(), st.integers(min_value=-2, max_value=30)),
     "top_logprobs": st.integers(min_value=-2, max_value=30), "echo": st.booleans(),
     "presence_penalty": st.floats(min_value=-3, max_value=3), "frequency_penalty": st.floats(min_value=-3, max_value=3),
-    "stream": st.booleans(), "stream_options": json_values, "encoding_format": st.sampled_from(["float", "base64", "x"]),
+    "stream": st.booleans(), "stream_options": json_values,
+    "encoding_format": st.sampled_from(["float", "base64", "x"]),
     "dimensions": st.integers(min_value=-1, max_value=64), "logit_bias": json_values, "best_of": st.integers(0, 20),
 })
 bodies = st.one_of(near_schema.map(json.dumps), json_values.map(json.dumps), st.binary(max_size=60))

@@ -7,9 +7,12 @@ flight finish (up to `--request-timeout`), then the engine stops and the process
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,11 +65,35 @@ def build_app(cfg: ServeConfig, verify: bool = True):
     """The app for `cfg` (checkpoint loaded), and the options it enforces."""
     from lmforge.serve.app import ServedModel, ServeOptions, create_app
 
+    keys = api_keys(cfg)  # before the model: a bad key file is refused at once
     served = ServedModel.load(cfg.checkpoint, cfg.device, verify=verify)
-    options = ServeOptions(model_name=cfg.model_name or Path(served.source).name, api_keys=api_keys(cfg),
+    options = ServeOptions(model_name=cfg.model_name or Path(served.source).name, api_keys=keys,
                            max_batch=cfg.max_batch, max_queue=cfg.max_queue, max_body_bytes=cfg.max_body_bytes,
                            request_timeout_s=cfg.request_timeout)
     return create_app(served, options), options, served
+
+
+def _draining_server_class():
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server, exiting 0 after a SIGTERM / Ctrl-C it drained (uvicorn re-raises the signal once
+        drained, which makes the exit status -15 / 130, as if killed in the middle). A second Ctrl-C still forces
+        the exit."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return DrainingServer
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -85,7 +112,11 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(cfg: ServeConfig, verify: bool = True, on_ready: Callable[[str], None] = print) -> None:
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def serve(cfg: ServeConfig, verify: bool = True, on_ready: Callable[[str], None] = _say) -> None:
     """Run the server until SIGTERM / Ctrl-C, then drain and return."""
     import uvicorn
 
@@ -100,6 +131,6 @@ def serve(cfg: ServeConfig, verify: bool = True, on_ready: Callable[[str], None]
         if cfg.host not in (LOOPBACK, "localhost", "::1") and not options.api_keys:
             logging.getLogger("lmforge.serve").warning("listening on %s without an API key", cfg.host)
         config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=int(cfg.request_timeout) + 1)
-        uvicorn.Server(config).run(sockets=[sock])
+        _draining_server_class()(config).run(sockets=[sock])
     finally:
         sock.close()
