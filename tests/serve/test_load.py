@@ -87,3 +87,36 @@ def test_a_full_queue_answers_429_with_retry_after_and_the_admitted_streams_fini
         assert r.status_code == 200
         metrics = httpx.get(url + "/metrics").text
         assert f"lmforge_rejected_requests_total {statuses.count(429)}.0" in metrics
+
+
+def test_a_request_past_the_timeout_is_stopped_and_a_client_that_leaves_frees_its_slot(chat_checkpoint):
+    app = make_app(chat_checkpoint, request_timeout_s=0.3, engine_factory=SlowEngine)
+    engine, admission = app.state.engine, app.state.admission
+
+    def settled() -> bool:
+        """Nothing left in the server within 1 s: well before the 56 tokens (2.8 s) would have run out."""
+        deadline = time.monotonic() + 1.0
+        while (admission.active or engine.running or engine.waiting) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return admission.active == 0 and engine.running == 0 and engine.waiting == 0
+
+    body = {"prompt": "The list", "max_tokens": 56, "temperature": 0}
+    with running(app) as url:
+        r = httpx.post(url + "/v1/completions", json=body, timeout=30)
+        assert r.status_code == 408 and r.json()["error"]["code"] == "timeout"
+        assert settled()
+        events = httpx.post(url + "/v1/completions", json={**body, "stream": True}, timeout=30).text
+        assert '"code": "timeout"' in events and events.rstrip().endswith("data: [DONE]")
+        assert settled()
+    app = make_app(chat_checkpoint, engine_factory=SlowEngine)
+    engine, admission = app.state.engine, app.state.admission
+    with running(app) as url:
+        try:  # the client gives up long before the tokens are done
+            httpx.post(url + "/v1/completions", json=body, timeout=0.3)
+            raise AssertionError("the request should have outlasted the client")
+        except httpx.TimeoutException:
+            pass
+        assert settled()
+        with httpx.stream("POST", url + "/v1/completions", json={**body, "stream": True}, timeout=30) as r:
+            next(r.iter_lines())  # the first event, then the client leaves mid-stream
+        assert settled()
