@@ -205,7 +205,8 @@ def main() -> None:
     p.add_argument("--levels", nargs="+", type=int, default=[1, 8, 32])
     p.add_argument("--requests", type=int, default=2, help="requests each client sends, one after another")
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2, help="torch threads of each server process")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of each server process (1: on a shared "
+                   "2-core box, two OpenMP threads per process spend more time waiting at barriers than computing)")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--peers", nargs="+", default=["lmforge", "hf"], choices=["lmforge", "hf"])
     p.add_argument("--work", default=None, help="directory for the weights (default: a temporary one)")
@@ -214,7 +215,7 @@ def main() -> None:
     if args.serve:
         import torch
 
-        torch.set_num_threads(int(os.environ.get("LMFORGE_BENCH_THREADS", "2")))
+        torch.set_num_threads(int(os.environ.get("LMFORGE_BENCH_THREADS", "1")))
         kind, path = args.serve
         serve_lmforge(path, args.max_batch) if kind == "lmforge" else serve_hf(path)
         return

@@ -483,7 +483,7 @@ class _API:
                 if budget > 0:
                     jobs.append((ids, self._params(body, budget, k, want)))
                 owner.append(p_index)
-        echo = [self._prompt_logprobs(ids, want) if body.echo and want is not None else None for ids in prompts]
+        echo = [await self._prompt_logprobs(ids, want) if body.echo and want is not None else None for ids in prompts]
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "object": "text_completion", "created": created, "model": self.options.model_name}
         prompt_tokens = sum(map(len, prompts))
@@ -528,8 +528,9 @@ class _API:
         answer = self._stream_or_collect(jobs, request, started, stream, respond, chunks)
         return answer if isinstance(answer, Response) else await answer
 
-    def _prompt_logprobs(self, ids: list[int], top: int) -> list[tuple[float | None, dict[str, float]]]:
-        return self._need_engine().prompt_logprobs(ids, top=top)  # (sync; scored in the calling thread)
+    async def _prompt_logprobs(self, ids: list[int], top: int) -> list[tuple[float | None, dict[str, float]]]:
+        # One forward without the cache, in a worker thread: the event loop keeps serving the other streams.
+        return await asyncio.to_thread(self._need_engine().prompt_logprobs, ids, top)
 
     def _completion_logprobs(self, ids: list[int], pairs: list[tuple[float | None, dict[str, float]]] | None,
                              offset: int) -> dict[str, Any]:
