@@ -87,7 +87,17 @@ def make_app(checkpoint: Path, engine_factory=None, **options):
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
-@pytest.fixture(scope="session")
+def run_async(coroutine):
+    """asyncio.run in a thread of its own: Playwright's sync API keeps an event loop running in the main thread
+    while a browser is open, where asyncio.run refuses to start."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+@pytest.fixture(scope="module")
 def browser():
     """Headless Chromium driven by Playwright: Debian's `chromium` (`make browser` installs it), else the one
     `playwright install chromium` downloads; skipped with the reason when neither is there."""

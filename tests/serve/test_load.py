@@ -9,7 +9,7 @@ import time
 import httpx
 
 from lmforge.infer.engine import Engine
-from serve.conftest import make_app, running
+from serve.conftest import make_app, run_async, running
 
 PROMPTS = [f"{word} {i}" for i, word in enumerate(["The list", "A module", "Return the", "If the file"] * 16)]
 
@@ -42,7 +42,7 @@ def test_64_concurrent_streams_each_get_exactly_what_they_get_alone(chat_checkpo
             async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as c:
                 return await asyncio.gather(*(stream_completion(c, p) for p in PROMPTS))
 
-        one_at_a_time = asyncio.run(alone())
+        one_at_a_time = run_async(alone())
         peak = {"running": 0}
 
         def watch():
@@ -55,7 +55,7 @@ def test_64_concurrent_streams_each_get_exactly_what_they_get_alone(chat_checkpo
         done = False
         watcher = threading.Thread(target=watch)
         watcher.start()
-        results = asyncio.run(together())
+        results = run_async(together())
         done = True
         watcher.join()
     assert [status for status, _, _ in results] == [200] * len(PROMPTS)
@@ -77,7 +77,7 @@ def test_a_full_queue_answers_429_with_retry_after_and_the_admitted_streams_fini
             async with httpx.AsyncClient(base_url=url, timeout=120) as c:
                 return await asyncio.gather(*(stream_completion(c, p, 8) for p in PROMPTS[:12]))
 
-        results = asyncio.run(burst())
+        results = run_async(burst())
         statuses = [s for s, _, _ in results]
         assert statuses.count(200) >= 4 and statuses.count(429) >= 1 and set(statuses) <= {200, 429}
         assert all(retry == "1" for s, retry, _ in results if s == 429)
