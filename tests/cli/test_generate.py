@@ -151,3 +151,29 @@ def test_a_tokenizer_bigger_than_the_models_vocabulary_is_one_line_in_every_verb
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "the tokenizer has 512 tokens but the model's vocabulary is 100" in err
     assert not (tmp_path / "hf").exists() and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("how", ["--prompt-lookup", "--draft"])
+def test_speculative_decoding_prints_the_plain_greedy_text(tmp_path, tiny_data, capsys, how):
+    ckpt = checkpoint(tmp_path, tiny_data, "gpt")
+    plain = ["generate", "--checkpoint", str(ckpt), "the the the", "--temperature", "0", "--max-new-tokens", "12",
+             "--device", "cpu"]
+    assert main(plain) == 0
+    want = capsys.readouterr().out
+    torch.manual_seed(1)
+    vocab = load_tokenizer(tiny_data).get_vocab_size()
+    draft_cfg = ModelConfig(family="gpt", vocab_size=vocab, max_seq_len=32, n_layer=1, n_head=2, d_model=16)
+    draft = save_model(tmp_path / "draft", build_model(draft_cfg).eval(), draft_cfg, tiny_data)
+    assert main([*plain, *([how] if how == "--prompt-lookup" else [how, str(draft)])]) == 0
+    assert capsys.readouterr().out == want
+
+
+def test_a_draft_with_another_tokenizer_is_one_line(tmp_path, tiny_data, capsys):
+    ckpt = checkpoint(tmp_path, tiny_data, "gpt")
+    vocab = load_tokenizer(tiny_data).get_vocab_size()
+    other = ModelConfig(family="gpt", vocab_size=vocab + 16, max_seq_len=32, n_layer=1, n_head=2, d_model=16)
+    draft = save_model(tmp_path / "draft", build_model(other).eval(), other, tiny_data)
+    assert main(["generate", "--checkpoint", str(ckpt), "hi", "--temperature", "0", "--max-new-tokens", "5",
+                 "--draft", str(draft)]) == 2
+    err = capsys.readouterr().err
+    assert "draft model uses another tokenizer" in err and err.count("\n") == 1

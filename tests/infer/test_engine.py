@@ -140,6 +140,9 @@ def test_speculation_with_the_model_as_its_own_draft_accepts_everything():
 def test_prompt_lookup_proposes_what_followed_the_latest_match():
     assert prompt_lookup_proposal([1, 2, 3, 9, 1, 2, 3, 7, 1, 2, 3], 2) == [7, 1]
     assert prompt_lookup_proposal([4, 5, 6], 3) == []
+    # A repeating output: the latest match is right behind the tail, so the one with k tokens after it wins.
+    assert prompt_lookup_proposal([8, 5, 8, 5, 8, 5, 8, 5], 3) == [8, 5, 8]
+    assert prompt_lookup_proposal([1, 2, 7, 1, 2], 4) == [7, 1, 2]
 
 
 def test_an_encoder_decoder_runs_through_the_same_api():
@@ -297,3 +300,97 @@ def test_a_cancelled_waiting_request_finishes_cancelled_without_running():
     waiting.cancel()
     engine.step()
     assert [(e.finish_reason, e.completion_tokens) for e in events] == [("cancelled", 0)]
+
+
+def test_a_failing_step_ends_the_streams_with_an_error_instead_of_hanging(monkeypatch):
+    model = model_of()
+
+    async def main():
+        engine = Engine(model, None, stop_token_ids=[])
+        monkeypatch.setattr(engine, "decode_step", lambda *_, **__: (_ for _ in ()).throw(RuntimeError("oom")))
+        await engine.start()
+        try:
+            return [e async for e in engine.submit(PROMPTS[0], SamplingParams(max_tokens=5, **GREEDY))]
+        finally:
+            await engine.stop()
+
+    events = asyncio.run(main())
+    assert events[-1].finish_reason == "error" and "oom" in events[-1].error
+
+
+def test_stop_without_draining_cancels_what_is_in_flight():
+    model = model_of()
+
+    async def main():
+        engine = Engine(model, None, max_batch=1, stop_token_ids=[])
+        await engine.start()
+        streams = [engine.submit(p, SamplingParams(max_tokens=60, **GREEDY)) for p in PROMPTS[:3]]
+        await engine.stop(drain=False)
+        return [[e async for e in s][-1].finish_reason for s in streams], engine.running, engine.waiting
+
+    reasons, running, waiting = asyncio.run(main())
+    assert set(reasons) <= {"cancelled", "length"} and "cancelled" in reasons
+    assert running == waiting == 0
+
+
+def test_a_draft_with_a_shorter_context_hands_over_to_plain_decoding():
+    model = model_of()
+    torch.manual_seed(1)
+    draft = DecoderLM(ModelConfig(vocab_size=300, max_seq_len=16, n_layer=1, n_head=2, d_model=16)).eval()
+    engine = Engine(model, None, draft=draft, num_speculative=3, stop_token_ids=[])
+    (c,) = engine.generate([PROMPTS[0]], SamplingParams(max_tokens=30, **GREEDY))
+    assert c.token_ids == recompute_greedy(model, PROMPTS[0], 30)
+
+
+@torch.no_grad()
+def test_penalties_follow_their_definitions_in_a_batch():
+    """Repetition penalty over prompt + output (CTRL), presence / frequency over the output (OpenAI), greedy."""
+    from lmforge.infer.sampling import apply_repetition_penalty
+
+    model = model_of()
+    rep = SamplingParams(max_tokens=10, temperature=0.0, repetition_penalty=1.5)
+    pres = SamplingParams(max_tokens=10, temperature=0.0, presence_penalty=0.7, frequency_penalty=0.4)
+    got = Engine(model, None, max_batch=2, stop_token_ids=[]).generate([PROMPTS[0], PROMPTS[3]], [rep, pres])
+
+    def reference(prompt, adjust):
+        seq = list(prompt)
+        for _ in range(10):
+            seq.append(int(adjust(model(torch.tensor([seq]))[0, -1], seq).argmax()))
+        return seq[len(prompt):]
+
+    def repetition(logits, seq):
+        seen = torch.zeros(300, dtype=torch.bool)
+        seen[seq] = True
+        return apply_repetition_penalty(logits, seen, 1.5)
+
+    def presence(logits, seq):
+        counts = torch.bincount(torch.tensor(seq[len(PROMPTS[3]):], dtype=torch.long), minlength=300).float()
+        return logits - 0.4 * counts - 0.7 * (counts > 0).float()
+
+    assert got[0].token_ids == reference(PROMPTS[0], repetition)
+    assert got[1].token_ids == reference(PROMPTS[3], presence)
+    assert got[0].token_ids != recompute_greedy(model, PROMPTS[0], 10)
+
+
+@pytest.mark.parametrize("max_batch", [1, 3])
+def test_prefix_caching_reuses_a_shared_prompt_start_and_changes_no_token(max_batch):
+    model = model_of(**FAMILIES["llama"])
+    system = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22]
+    prompts = [system + [5, 6], system + [7], [99, 98], system[:6] + [8, 9], system + [5, 6]]
+    # Reused per request, three rows: none; the 12 system tokens (copied to a free row, the first prompt's row
+    # keeps all it holds); none; 6 of them; all but the last token of the first prompt, which its row still
+    # holds. One row holds only the latest sequence: [99, 98] shares nothing with the next, which shares 6.
+    want = [0, 12, 0, 6, 13] if max_batch > 1 else [0, 12, 0, 0, 6]
+    engine = Engine(model, None, max_batch=max_batch, stop_token_ids=[])
+    params = SamplingParams(max_tokens=6, **GREEDY)
+    reused, outputs = [], []
+    for prompt in prompts:
+        before = engine.prefix_tokens_reused
+        outputs.append(engine.generate([prompt], params)[0].token_ids)
+        reused.append(engine.prefix_tokens_reused - before)
+    assert outputs == [recompute_greedy(model, p, 6) for p in prompts]
+    assert reused == want
+    together = Engine(model, None, max_batch=max_batch, stop_token_ids=[]).generate(prompts, params)
+    assert [c.token_ids for c in together] == outputs
+    off = Engine(model, None, max_batch=max_batch, stop_token_ids=[], prefix_cache=False)
+    assert [c.token_ids for c in off.generate(prompts, params)] == outputs and off.prefix_tokens_reused == 0

@@ -25,6 +25,7 @@ examples:
   lmforge generate --checkpoint runs/train "Q:" --stop $'\\n\\n' --seed 1        # stop at a blank line
   lmforge generate --checkpoint runs/mt "Ein Mann fährt Fahrrad." --temperature 0  # a seq2seq t5 model
   lmforge generate --checkpoint runs/mt "Ein Mann fährt Fahrrad." --num-beams 4 --no-repeat-ngram-size 3
+  lmforge generate --checkpoint runs/small "def f" --temperature 0 --draft runs/tiny   # speculative decoding
 
 Beam search (--num-beams N > 1) is Hugging Face's `generate(num_beams=N)`: deterministic, so the sampling options
 (--temperature other than 0, --top-k, --top-p, --min-p, --repetition-penalty) are refused with it and --seed does
@@ -38,6 +39,11 @@ class GenerateConfig(GenerationConfig):
     prompts: list[str] = field(default_factory=lambda: [""], help="prompts (positional); empty = start a new document")
     device: str = field("auto", "device to run on", choices=DEVICES)
     stream: bool = field(True, "print tokens as they are generated (single prompt)")
+    draft: str | None = field(None, "speculative decoding: a draft checkpoint (or run) trained on the same "
+                                    "tokenizer; greedy output stays exactly the same, only faster")
+    prompt_lookup: bool = field(False, "speculative decoding by n-gram prompt lookup (no draft model): proposes "
+                                       "what followed the latest earlier copy of the last tokens")
+    num_speculative: int = field(4, "speculative decoding: tokens proposed per verifying forward", min=1)
     encoding_errors: str = field("replace", "what to do with invalid UTF-8 in a prompt (bytes in the command line "
                                             "or a config file): replace them with U+FFFD and say so, or fail",
                                  choices=("replace", "fail"))
@@ -70,7 +76,8 @@ def run_generate(cfg: GenerateConfig, verify: bool = True, stream_asked: bool = 
     if stream and echo:
         sys.stdout.write(prompts[0])
     texts = generate(model, tokenizer, prompts, cfg, special_ids=special_token_ids(tokenizer),
-                     on_text=on_text if stream else None, on_notice=_notice)
+                     on_text=on_text if stream else None, on_notice=_notice,
+                     speculation=_speculation(cfg, model_cfg, verify))
     if stream:
         sys.stdout.write("\n")
     else:
@@ -79,6 +86,27 @@ def run_generate(cfg: GenerateConfig, verify: bool = True, stream_asked: bool = 
                 sys.stdout.write(f"--- sample {i + 1}\n")
             sys.stdout.write((prompt if echo else "") + text + "\n")
     return texts
+
+
+def _speculation(cfg: GenerateConfig, model_cfg, verify: bool):
+    """The draft model (loaded like the model, its tokenizer checked by the engine) or prompt lookup; None if off.
+    Speculation serves greedy decoding only: with sampling it is left off, and a notice says so."""
+    from lmforge.checkpoints import load_checkpoint_tokenizer, load_model, resolve_checkpoint
+    from lmforge.device import pick_device
+    from lmforge.infer.generate import Speculation
+
+    if cfg.draft is None and not cfg.prompt_lookup:
+        return None
+    if cfg.temperature > 0 or cfg.num_beams > 1:
+        _notice("notice: speculative decoding (--draft / --prompt-lookup) serves greedy decoding "
+                "(--temperature 0, --num-beams 1); generating without it")
+        return None
+    if cfg.draft is None:
+        return Speculation(prompt_lookup=True, num_speculative=cfg.num_speculative)
+    path = resolve_checkpoint(cfg.draft)
+    draft, draft_cfg = load_model(path, pick_device(cfg.device), verify=verify)
+    return Speculation(draft=draft, draft_tokenizer=load_checkpoint_tokenizer(path, draft_cfg),
+                       num_speculative=cfg.num_speculative)
 
 
 def _notice(line: str) -> None:

@@ -4,7 +4,8 @@ A decoder's cache holds one sequence per row (a slot, `models.blocks.CacheWindow
 requests of different lengths decode together without left padding and a finished request's slot takes the next
 waiting one at once. Each `step()`:
 
-1. retires cancelled requests and admits waiting ones into free slots;
+1. retires cancelled requests and admits waiting ones into free slots, reusing the longest start of the prompt
+   that some row still holds (prefix caching: a shared system prompt is computed once);
 2. prefills: feeds up to `prefill_chunk` prompt tokens (of one or more admitted requests, one forward each), so a
    long prompt is split over several steps and never stalls the running streams for long;
 3. decodes: one forward over the rows that hold a running sequence (`decode_step`), one token for each, sampled
@@ -38,7 +39,7 @@ from torch import Tensor, nn
 from lmforge.errors import UserError
 from lmforge.infer.sampling import apply_repetition_penalty, filter_logits
 from lmforge.infer.static_batch import encoder_decoder_start
-from lmforge.models.blocks import CacheWindow
+from lmforge.models.blocks import CacheWindow, KVCache
 from lmforge.models.registry import GENERATE, Kind, families_that, kind_of, require
 
 # End-of-turn spellings of chat tokenizers: generation stops at them as at EOS.
@@ -83,9 +84,10 @@ class TokenEvent:
     token_ids: list[int]
     logprobs: list[float] | None
     top_logprobs: list[dict[str, float]] | None
-    finish_reason: str | None  # None until the last event: "stop" | "length" | "cancelled"
+    finish_reason: str | None  # None until the last event: "stop" | "length" | "cancelled" | "error"
     prompt_tokens: int
     completion_tokens: int
+    error: str | None = None  # with finish_reason "error": the step failed (a bug or out of memory), why
 
 
 @dataclass
@@ -289,7 +291,7 @@ class Engine:
                  stop_token_ids: Sequence[int] | None = None, pad_id: int | None = None,
                  decoder_start_id: int | None = None, draft: nn.Module | None = None,
                  draft_tokenizer: Tokenizer | None = None, prompt_lookup: bool = False,
-                 num_speculative: int = 4, static_step: bool | None = None) -> None:
+                 num_speculative: int = 4, static_step: bool | None = None, prefix_cache: bool = True) -> None:
         require(model.cfg, GENERATE, needed_for="generation",
                 fix=f"generate from a {', '.join(f.name for f in families_that(GENERATE))} language model (lstm "
                     "models are scored by `lmforge eval`, bert ones embed or export with `lmforge embed` / "
@@ -330,10 +332,19 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._step_fn: Callable[[Tensor, Tensor], Tensor] | None = None
+        # Prefix caching: the tokens whose keys and values each cache row holds, from slot 0. A finished request's
+        # row keeps them until they are overwritten, so a new prompt that starts the same way (a system prompt,
+        # a few-shot preamble, a retried request) copies those slots instead of recomputing them.
+        self.prefix_cache = prefix_cache and not self.seq2seq
+        self._held: list[list[int]] = [[] for _ in range(self.max_batch)]
+        self.prefix_tokens_reused = 0  # prompt tokens taken from the cache instead of computed (for /metrics)
+        self._caches: list[KVCache] = []
         if not self.seq2seq:
             self.model.setup_cache(self.max_batch, self.cache_len)
+            self._caches = [m for m in model.modules() if isinstance(m, KVCache)]
             if self.draft is not None:
-                self.draft.setup_cache(self.max_batch, self.cache_len)
+                self.draft_len = min(self.cache_len, self.draft.cfg.max_seq_len)
+                self.draft.setup_cache(self.max_batch, self.draft_len)
 
     # --- requests -------------------------------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams,
@@ -358,7 +369,16 @@ class Engine:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting) + sum(kind == "submit" for kind, _ in list(self._inbox))
+        return len(self._waiting) + self._unread
+
+    @property
+    def _unread(self) -> int:
+        """Submissions not yet read by the step (the inbox may change under us: another thread appends)."""
+        while True:
+            try:
+                return sum(kind == "submit" for kind, _ in list(self._inbox))
+            except RuntimeError:
+                continue
 
     def _make_request(self, prompt_ids: list[int], params: SamplingParams) -> _Request:
         params = check_params(params)
@@ -421,6 +441,9 @@ class Engine:
         if self._thread is not None:  # the background loop runs them
             for _ in requests:
                 done.acquire()
+            failed = next((e.error for events in results for e in events if e.error), None)
+            if failed:
+                raise RuntimeError(f"the engine's step failed: {failed}")
         else:
             while not all(r.finish_reason for r in requests):
                 self.step()
@@ -438,13 +461,10 @@ class Engine:
         """Stop the loop: after the requests in flight finish (drain), or cancelling them."""
         if self._thread is None:
             return
-        if not drain:
-            for r in [*self._waiting, *(r for r in self._slots if r is not None)]:
-                self.cancel(r.id)
-            for kind, item in list(self._inbox):
-                if kind == "submit":
-                    self.cancel(item.id)
-        while drain and self.busy:
+        if not drain:  # the step's thread cancels everything it holds, and what was submitted before this
+            self._inbox.append(("cancel", None))
+            self._wake.set()
+        while self.busy:
             await asyncio.sleep(0.01)
         self._stopping = True
         self._wake.set()
@@ -461,7 +481,23 @@ class Engine:
                 self._wake.wait(0.1)
                 self._wake.clear()
                 continue
-            self.step()
+            try:
+                self.step()
+            except Exception as err:  # a failed step must not leave streams waiting forever
+                self._fail_all(f"{type(err).__name__}: {err}")
+
+    def _fail_all(self, why: str) -> None:
+        """End every request in flight with finish_reason "error" (the step raised: a bug, or out of memory)."""
+        self._read_inbox()
+        for r in [*self._waiting, *(r for r in self._slots if r is not None)]:
+            if r.finish_reason is None:
+                r.finish_reason, r.pending = "error", None
+                if r.slot >= 0:
+                    self._slots[r.slot] = None
+                event = self._event(r, "", [], "error")
+                event.error = why
+                r.sink(event)
+        self._waiting.clear()
 
     def close(self) -> None:
         """Free the model's cache (the engine owns its lifetime)."""
@@ -495,20 +531,50 @@ class Engine:
                 self._waiting.append(item)
                 continue
             for r in [*self._waiting, *(r for r in self._slots if r is not None)]:
-                if r.id == item and r.finish_reason is None:
+                if (item is None or r.id == item) and r.finish_reason is None:  # None: cancel everything
                     self._finish(r, "cancelled", "")
             self._waiting = deque(r for r in self._waiting if r.finish_reason is None)
 
     def _admit(self) -> None:
-        for slot, occupant in enumerate(self._slots):
-            if not self._waiting:
-                return
-            if occupant is None:
-                request = self._waiting.popleft()
-                request.slot = slot
-                self._slots[slot] = request
-                if self.seq2seq:
-                    self._seq2seq_start(request)
+        free = [slot for slot, occupant in enumerate(self._slots) if occupant is None]
+        while self._waiting and free:
+            request = self._waiting.popleft()
+            slot = self._pick_slot(request, free) if self.prefix_cache else free[0]
+            free.remove(slot)
+            request.slot = slot
+            self._slots[slot] = request
+            if self.seq2seq:
+                self._seq2seq_start(request)
+            elif self.prefix_cache:
+                self._reuse_prefix(request)
+            else:
+                self._held[slot] = []
+
+    def _pick_slot(self, r: _Request, free: list[int]) -> int:
+        """The free row whose reuse loses the fewest held tokens other prompts could still start with (those
+        past what this prompt shares with it); of those, the one sharing most (reused in place, no copy)."""
+        def cost(slot: int) -> tuple[int, int, int]:
+            shared = _common_prefix(self._held[slot], r.prompt)
+            return len(self._held[slot]) - shared, -shared, slot
+
+        return min(free, key=cost)
+
+    def _reuse_prefix(self, r: _Request) -> None:
+        """Start the request's row with the longest start of its prompt some row already holds (copied when it
+        is another row's); at least the prompt's last token is left to compute, for the first logits."""
+        row, n = r.slot, _common_prefix(self._held[r.slot], r.prompt)
+        for other, held in enumerate(self._held):
+            m = _common_prefix(held, r.prompt)
+            if m > n:
+                row, n = other, m
+        n = min(n, len(r.prompt) - 1)
+        if row != r.slot and n > 0:
+            for cache in self._caches:
+                cache.k[r.slot, :, :n] = cache.k[row, :, :n]
+                cache.v[r.slot, :, :n] = cache.v[row, :, :n]
+        self._held[r.slot] = r.prompt[:n]
+        r.fed = n
+        self.prefix_tokens_reused += n
 
     def _prefill(self) -> None:
         budget = self.prefill_chunk
@@ -519,6 +585,7 @@ class Engine:
             budget -= n
             logits = self._forward(r.prompt[r.fed:r.fed + n], r.slot, r.fed)
             r.fed += n
+            self._held[r.slot] = r.prompt[:r.fed]
             if r.fed == len(r.prompt):
                 self._accept(r, self._choose(logits, [r])[0], logits[0])
 
@@ -528,41 +595,55 @@ class Engine:
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
         pos = torch.arange(start, start + n, device=self.device)[None]
         window = CacheWindow(slice(slot, slot + 1), start + n)
-        return self.model(idx, input_pos=pos, window=window)[:, -1]
+        # The head on the last position only: a prompt's other positions' logits would be thrown away.
+        hidden = self.model.hidden(idx, input_pos=pos, window=window)[:, -1:]
+        return self.model.lm_head(hidden)[:, -1]
 
     def _decode(self, decoding: list[_Request]) -> None:
-        rows = max(r.slot for r in decoding) + 1
-        # Rows without a token to feed (free, or mid-prefill) get a dummy token at their next unwritten slot,
-        # which the real next write there overwrites: the step keeps one shape for any mix of rows.
+        # One forward over the rows from the first to the last running one (rows between, free or
+        # mid-prefill, ride along with a dummy token: see `_next_slots`).
+        first = min(r.slot for r in decoding)
+        rows = max(r.slot for r in decoding) + 1 - first
         tokens = [0] * rows
-        positions = [min(r.fed, self.cache_len - 1) if r is not None else 0 for r in self._slots[:rows]]
         for r in decoding:
-            tokens[r.slot] = r.pending
-        logits = self.decode_step(tokens, positions)
-        chosen = logits[[r.slot for r in decoding]]
-        for r, token, row_logits in zip(decoding, self._choose(chosen, decoding), chosen):
+            tokens[r.slot - first] = r.pending
+        logits = self.decode_step(tokens, self._next_slots(first, first + rows), first_row=first)
+        for r in decoding:
+            self._held[r.slot].append(r.pending)
+        at = [r.slot - first for r in decoding]
+        chosen = logits if at == list(range(rows)) else logits[at]
+        for i, (r, token) in enumerate(zip(decoding, self._choose(chosen, decoding))):
             r.fed += 1
-            self._accept(r, token, row_logits)
+            self._accept(r, token, chosen[i] if r.logprobs is not None else None)
 
-    def decode_step(self, tokens: list[int], positions: list[int]) -> Tensor:
-        """One token into each of the first len(tokens) cache rows at its position: next-token logits (B, V).
+    def decode_step(self, tokens: list[int], positions: list[int], first_row: int = 0) -> Tensor:
+        """One token into each cache row from `first_row` on, at its position: next-token logits (B, V).
 
         With `static_step` (the default on CUDA) the step always covers every row and the whole cache row, so
         its shapes never change and `torch.compile(mode="reduce-overhead")` captures it as a CUDA graph.
         """
+        n = len(tokens)
         if self.static_step:
-            B = self.max_batch
-            tokens = tokens + [0] * (B - len(tokens))
-            positions = positions + [min(r.fed, self.cache_len - 1) if r is not None else 0
-                                     for r in self._slots[len(positions):]]
+            every = self._next_slots(0, self.max_batch)
+            tokens = [0] * first_row + tokens + [0] * (self.max_batch - first_row - n)
+            positions = every[:first_row] + positions + every[first_row + n:]
         idx = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)[:, None]
         if self.static_step:
             if self._step_fn is None:
                 self._step_fn = self._compiled_static_step()
-            return self._step_fn(idx, pos)[: len(tokens)]
-        window = CacheWindow(slice(0, len(tokens)), max(positions) + 1)
+            return self._step_fn(idx, pos)[first_row:first_row + n]
+        window = CacheWindow(slice(first_row, first_row + n), max(positions) + 1)
         return self.model(idx, input_pos=pos, window=window)[:, -1]
+
+    def _next_slots(self, start: int, stop: int) -> list[int]:
+        """Each row's next unwritten slot (where a running sequence's next token goes). Rows with nothing to feed
+        (free, or mid-prefill) get a dummy token there, which the real next write overwrites and which nothing
+        attends to before: the step keeps one shape for any mix of rows, and what a row holds stays intact."""
+        for held in self._held[start:stop]:
+            if len(held) >= self.cache_len:  # a full row: give up its last slot to the dummy writes
+                del held[self.cache_len - 1:]
+        return [len(held) for held in self._held[start:stop]]
 
     def _compiled_static_step(self) -> Callable[[Tensor, Tensor], Tensor]:
         window = CacheWindow(slice(0, self.max_batch), self.cache_len)
@@ -588,8 +669,9 @@ class Engine:
                 out[i] = _sample_one(logits[i], r)
         return out
 
-    def _accept(self, r: _Request, token: int, logits: Tensor) -> None:
-        """Record the chosen token: stream its text, or finish the request."""
+    def _accept(self, r: _Request, token: int, logits: Tensor | None) -> None:
+        """Record the chosen token: stream its text, or finish the request (`logits`, the row it was chosen from,
+        is needed only for logprobs)."""
         r.generated += 1
         if r.logprobs is not None:
             self._record_logprobs(r, token, logits)
@@ -624,8 +706,9 @@ class Engine:
 
     def _event(self, r: _Request, text: str, tokens: list[int], finish: str | None) -> TokenEvent:
         n = len(tokens) if tokens else 1
-        lps = r.logprobs[-n:] if r.logprobs is not None and finish != "cancelled" else None
-        tops = r.top_logprobs[-n:] if r.top_logprobs is not None and finish != "cancelled" else None
+        scored = finish not in ("cancelled", "error")
+        lps = r.logprobs[-n:] if r.logprobs is not None and scored else None
+        tops = r.top_logprobs[-n:] if r.top_logprobs is not None and scored else None
         return TokenEvent(text=text, token_ids=tokens, logprobs=lps, top_logprobs=tops, finish_reason=finish,
                           prompt_tokens=len(r.prompt), completion_tokens=r.generated)
 
@@ -654,6 +737,8 @@ class Engine:
 
     # --- speculative decoding (greedy): a draft model or n-gram prompt lookup proposes, the model verifies ------
     def _speculates(self, r: _Request) -> bool:
+        if self.draft is not None and r.fed + self.num_speculative >= self.draft_len:
+            return False  # past the draft's context: plain decoding from here
         return ((self.draft is not None or self.prompt_lookup) and r.params.greedy and not r.params.penalised
                 and r.logprobs is None)
 
@@ -672,6 +757,7 @@ class Engine:
         # The cache now holds `fed`; positions past the accepted ones are overwritten by the next feed.
         for i in range(accepted + 1):
             r.fed += 1
+            self._held[r.slot].append(fed[i])
             self._accept(r, targets[i], logits[i])
             if r.finish_reason is not None:
                 return
@@ -730,17 +816,32 @@ class Engine:
         return out
 
 
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def prompt_lookup_proposal(sequence: list[int], k: int, max_ngram: int = 3) -> list[int]:
-    """n-gram prompt lookup (Saxena 2023, transformers' `prompt_lookup_num_tokens`): find the latest earlier
-    occurrence of the sequence's last n tokens (n = max_ngram down to 1) and propose the k tokens that followed."""
+    """n-gram prompt lookup (Saxena 2023, transformers' `prompt_lookup_num_tokens`): find an earlier occurrence
+    of the sequence's last n tokens (n = max_ngram down to 1) and propose the k tokens that followed it; the
+    latest occurrence with k tokens after it, else the one with the most."""
     n_seq = len(sequence)
     for n in range(min(max_ngram, n_seq - 1), 0, -1):
         tail = sequence[n_seq - n:]
+        best: list[int] = []
         for start in range(n_seq - n - 1, -1, -1):
             if sequence[start:start + n] == tail:
                 follow = sequence[start + n:start + n + k]
-                if follow:
+                if len(follow) == k:
                     return follow
+                if len(follow) > len(best):
+                    best = follow
+        if best:
+            return best
     return []
 
 

@@ -172,9 +172,10 @@ class KVCache(nn.Module):
         """Write k, v (B, H, T, D) of rows `window.rows` at their own positions input_pos (B, T); return views of
         those rows' first `window.span` slots."""
         k_rows, v_rows = self.k[window.rows], self.v[window.rows]  # views: the writes land in the cache
-        row = torch.arange(k.shape[0], device=k.device)[:, None]  # (B, 1), broadcast against input_pos
-        k_rows[row, :, input_pos] = k.transpose(1, 2).to(self.k.dtype)  # indexed as (B, T, H, D)
-        v_rows[row, :, input_pos] = v.transpose(1, 2).to(self.v.dtype)
+        B, H, T, D = k.shape
+        index = input_pos[:, None, :, None].expand(B, H, T, D)
+        k_rows.scatter_(2, index, k if k.dtype == k_rows.dtype else k.to(k_rows.dtype))
+        v_rows.scatter_(2, index, v if v.dtype == v_rows.dtype else v.to(v_rows.dtype))
         return k_rows[:, :, :window.span], v_rows[:, :, :window.span]
 
     def reorder(self, index: Tensor) -> None:
