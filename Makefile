@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PIP := $(VENV)/bin/python -m pip
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: quickstart test lint bench clean
+.PHONY: quickstart test lint bench browser clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ test: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(VENV)/bin/python benchmarks/prepare_throughput.py
+
+# Headless Chromium for the chat page's browser test (tests/serve/test_chat_page.py skips, saying so, without it):
+# Debian's package where apt can install it, else the build Playwright downloads.
+browser: $(VENV)/.dev
+	command -v chromium >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		apt-get install -y -q chromium) || $(VENV)/bin/python -m playwright install chromium
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

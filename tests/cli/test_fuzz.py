@@ -28,6 +28,7 @@ SAFE = {
     "export": [MISSING, "--out", "hf"],
     "import": [MISSING, "--out", "ckpt"],
     "quickstart": ["--corpus", f"{MISSING}/corpus.txt", "--out", "qs"],
+    "serve": [MISSING, "--port", "0"],
 }
 EXTREMES = ["-1", "0", "1", "-0.5", "0.5", "2", "1e308", "-1e308", "1e-320", "nan", "inf", "-inf", "",
             "99999999999999999999", "abc", "1.5"]
