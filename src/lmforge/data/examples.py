@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from lmforge.errors import UserError
+
+if TYPE_CHECKING:
+    from lmforge.models.config import ModelConfig
 
 PAIRS_SPLIT_SEED = 0x9A1E5  # the held-out pairs depend on the file alone, never on the run's seed
 
@@ -166,6 +169,22 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], frame: tuple[Sequence[int
     return out
 
 
+def seq2seq_source(model: ModelConfig, special_ids: Mapping[str, int], source: Sequence[int]) -> list[int]:
+    """How a sequence-to-sequence model reads a source, in training and generation alike: the one prompt template.
+
+    An encoder-decoder's encoder reads `source <eos>`. A decoder reads `frame source <sep>` (its text frame,
+    `models.registry.text_frame`: `<eos>`, as documents follow one in pretraining), then writes the target and
+    ends it with `<eos>`; its training loss is masked to the target. Special tokens, not words, mark the parts, so
+    no text of the user's can be mistaken for the separator and no language is assumed. The caller checks the
+    tokenizer has `<eos>` (and, for a decoder, `<sep>`).
+    """
+    from lmforge.models.registry import Kind, kind_of, text_frame
+
+    if kind_of(model) == Kind.ENCODER_DECODER:
+        return [*source, special_ids["eos"]]
+    return [*text_frame(model, special_ids)[0], *source, special_ids["sep"]]
+
+
 def pad(seqs: Sequence[Sequence[int]], pad_id: int, value: int | None = None) -> tuple[Tensor, Tensor]:
     """Right-pad id lists into (B, T) int64 ids (padded with `value`, default pad_id) and a (B, T) bool mask."""
     T = max(len(s) for s in seqs)
@@ -176,4 +195,4 @@ def pad(seqs: Sequence[Sequence[int]], pad_id: int, value: int | None = None) ->
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
-__all__ = ["EpochSampler", "encode_texts", "held_out", "pad", "read_pairs"]
+__all__ = ["EpochSampler", "encode_texts", "held_out", "pad", "read_pairs", "seq2seq_source"]

@@ -189,3 +189,54 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
         for ours, theirs in ROUGE_TYPES.items():
             totals[ours] += scores[theirs].fmeasure
     return {k: v / len(predictions) for k, v in totals.items()}
+
+
+# Additive statistics of generated text, for evaluation passes that sum over batches and processes: sacrebleu's
+# own sufficient statistics (n-gram matches and totals, lengths) summed give exactly its corpus BLEU and chrF, and
+# ROUGE is a mean of per-example F-measures. sacrebleu exposes the statistics only through underscored methods
+# (`_extract_corpus_statistics`, `_compute_score_from_stats`, used by its own corpus_score); they are read here
+# rather than re-implementing its tokenisation and n-gram counting. `text_scores(text_sums(h, r))` equals
+# `bleu(h, r)`, `chrf(h, r)` and `rouge(h, r)` (tested).
+TEXT_SCORES = ("bleu", "chrf", *ROUGE_TYPES)
+
+
+def text_sums(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Additive statistics of a batch of generated texts against one reference each: `bleu/i`, `chrf/i`,
+    `rouge_*` (summed F-measures) and `texts` (how many)."""
+    from rouge_score import rouge_scorer
+    from sacrebleu.metrics import BLEU, CHRF
+
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+    sums: dict[str, float] = {"texts": float(len(hypotheses))}
+    if not hypotheses:
+        return sums
+    for name, metric in (("bleu", BLEU()), ("chrf", CHRF())):
+        stats = metric._extract_corpus_statistics(list(hypotheses), [list(references)])
+        for i, value in enumerate(map(sum, zip(*stats, strict=True))):
+            sums[f"{name}/{i}"] = float(value)
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES.values()), use_stemmer=True)
+    for ours in ROUGE_TYPES:
+        sums[ours] = 0.0
+    for hyp, ref in zip(hypotheses, references, strict=True):
+        scores = scorer.score(ref, hyp)
+        for ours, theirs in ROUGE_TYPES.items():
+            sums[ours] += scores[theirs].fmeasure
+    return sums
+
+
+def text_scores(sums: Mapping[str, float]) -> dict[str, float]:
+    """{bleu, chrf (0-100), rouge_1, rouge_2, rouge_l (0-1)} from the totals of `text_sums`."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    n = sums.get("texts", 0.0)
+    if not n:
+        return {}
+    out = {}
+    for name, metric in (("bleu", BLEU()), ("chrf", CHRF())):
+        stats = [sums[f"{name}/{i}"] for i in range(sum(k.startswith(f"{name}/") for k in sums))]
+        if name == "bleu":
+            stats = [round(s) for s in stats]
+        out[name] = float(metric._compute_score_from_stats(stats).score)
+    out.update({k: sums[k] / n for k in ROUGE_TYPES})
+    return out
