@@ -18,7 +18,7 @@ from typing import Any
 
 from lmforge.errors import UserError
 
-SKIP_FIX = "correct answer_start, or pass --objective-options.skip-bad-rows to skip such questions (with a count)"
+SKIP_FIX = "correct answer_start, or pass {flag} to skip such questions (with a count)"
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,10 @@ class SquadFile:
     version: str
 
 
-def read_squad(path: str | Path, *, skip_bad: bool = False) -> SquadFile:
-    """The questions of a SQuAD v1.1 / v2.0 JSON file, in file order; one line per mistake."""
+def read_squad(path: str | Path, *, skip_bad: bool = False,
+               skip_flag: str = "--objective-options.skip-bad-rows") -> SquadFile:
+    """The questions of a SQuAD v1.1 / v2.0 JSON file, in file order; one line per mistake (`skip_flag`: the flag
+    that skips bad answers, for the messages)."""
     path = Path(path)
     if not path.is_file():
         raise UserError("SQuAD file not found", where=path, fix="pass --objective-options.squad FILE (SQuAD JSON)")
@@ -80,7 +82,8 @@ def read_squad(path: str | Path, *, skip_bad: bool = False) -> SquadFile:
                 question = _question(qa, context, f"{at} question {n}", path)
                 if question is None:
                     if not skip_bad:
-                        question = _question(qa, context, f"{at} question {n}", path, raising=True)
+                        question = _question(qa, context, f"{at} question {n}", path, raising=True,
+                                             skip_flag=skip_flag)
                     skipped += 1
                     continue
                 questions.append(question)
@@ -93,7 +96,8 @@ def read_squad(path: str | Path, *, skip_bad: bool = False) -> SquadFile:
 _FORMAT_FIX = "give a SQuAD v1.1 or v2.0 JSON file (data -> paragraphs -> context, qas)"
 
 
-def _question(qa: Any, context: str, at: str, path: Path, raising: bool = False) -> Question | None:
+def _question(qa: Any, context: str, at: str, path: Path, raising: bool = False,
+              skip_flag: str = "--objective-options.skip-bad-rows") -> Question | None:
     """The question, or None when one of its answers is not in the context at its answer_start (raising: the
     error instead). A malformed question is always an error."""
     if not isinstance(qa, dict) or not isinstance(qa.get("question"), str) or not isinstance(qa.get("answers", []),
@@ -113,14 +117,14 @@ def _question(qa: Any, context: str, at: str, path: Path, raising: bool = False)
         if not isinstance(start, int) or isinstance(start, bool):
             if raising:
                 raise UserError(f"question {qid} ({at}): answer {_show(text)} has no integer answer_start (it has "
-                                f"{json.dumps(start)})", where=path, fix=SKIP_FIX)
+                                f"{json.dumps(start)})", where=path, fix=SKIP_FIX.format(flag=skip_flag))
             return None
         if context[start:start + len(text)] != text:
             if raising:
                 there = (f"the context has {_show(context[start:start + len(text)])} there"
                          if 0 <= start < len(context) else f"the context has {len(context)} characters")
                 raise UserError(f"question {qid} ({at}): answer {_show(text)} does not occur in the context at "
-                                f"answer_start {start} ({there})", where=path, fix=SKIP_FIX)
+                                f"answer_start {start} ({there})", where=path, fix=SKIP_FIX.format(flag=skip_flag))
             return None
         answers.append(Answer(text, start))
     return Question(qid, qa["question"], context, tuple(answers))

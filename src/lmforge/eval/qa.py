@@ -127,7 +127,7 @@ def evaluate_qa(checkpoint: str | Path, file: str | Path, *, out: str | Path, ma
     model, cfg = load_model(path, rt.device, verify=verify)
     require(cfg, EXTRACT_SPAN, needed_for="question answering", where=path,
             fix="pass a checkpoint trained with --objective extractive_qa")
-    read = read_squad(file, skip_bad=skip_bad_rows)
+    read = read_squad(file, skip_bad=skip_bad_rows, skip_flag="--skip-bad-rows")
     tok = load_checkpoint_tokenizer(path, cfg)
     special = special_token_ids(tok)
     missing = [f"<{n}>" for n in ("cls", "sep") if n not in special]

@@ -158,6 +158,8 @@ class Seq2SeqOptions(TextPairsOptions):
     generate_eval: bool = field(False, "at each evaluation also generate every held-out target (greedy) and report "
                                        "BLEU, chrF and ROUGE-1/2/L beside the loss (slower; --select-by bleu needs "
                                        "it)")
+    eval_max_new_tokens: int | None = field(None, "with generate-eval: longest generated target (default: twice the "
+                                                  "longest held-out target)", min=1)
 
 
 @register("seq2seq", options=Seq2SeqOptions)
@@ -254,9 +256,9 @@ class Seq2Seq(ExampleBatches, EncoderDecoderObjective):
         from lmforge.eval.seq2seq import generate_targets
 
         plain = getattr(model, "module", model)  # the model itself under DDP: generation needs its cache methods
-        longest = max(len(self.targets[i]) for i in rows)
+        longest = self.opts.eval_max_new_tokens or 2 * max(len(self.targets[i]) for i in self.val_idx)
         texts = generate_targets(plain, self.tokenizer, [self.sources[i] for i in rows], self.special_ids,
-                                 max_new_tokens=2 * longest)
+                                 max_new_tokens=longest)
         return text_sums(texts, [self.target_texts[i] for i in rows])
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
