@@ -133,6 +133,9 @@ class Classification(ExampleBatches, Objective):
             sums.update(class_sums(pred, labels, len(self.labels)))
         return Output(loss=loss_sum / len(labels), sums=sums)
 
+    def metric_names(self) -> tuple[str, ...]:
+        return ("loss", "accuracy", "f1", "examples")
+
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         count = max(sums["count"], 1)
         return {"loss": sums["loss"] / count, "accuracy": sums["correct"] / count,

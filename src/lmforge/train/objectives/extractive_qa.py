@@ -158,6 +158,10 @@ class ExtractiveQA(ExampleBatches, Objective):
                 out[f"empty/{q}"] = 1.0
         return out
 
+    def metric_names(self) -> tuple[str, ...]:
+        v2 = ("best_exact_match", "best_f1", "best_f1_threshold") if self.v2 else ()
+        return ("loss", "windows", "exact_match", "f1", *v2, "questions")
+
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         metrics = {"loss": sums["loss"] / max(sums["count"], 1), "windows": sums["count"]}
         qs = [int(k[3:]) for k in sums if k.startswith("em/")]

@@ -261,6 +261,11 @@ class Seq2Seq(ExampleBatches, EncoderDecoderObjective):
                                  max_new_tokens=longest)
         return text_sums(texts, [self.target_texts[i] for i in rows])
 
+    def metric_names(self) -> tuple[str, ...]:
+        from lmforge.eval.metrics import TEXT_SCORES
+
+        return ("loss", "ppl", "accuracy", "target_tokens", *(TEXT_SCORES if self.opts.generate_eval else ()))
+
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         from lmforge.eval.metrics import text_scores
 
