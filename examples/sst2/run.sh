@@ -5,7 +5,7 @@
 set -euo pipefail
 DATA=${SHARED_DATA:-../shared/data}/sst2
 OUT=${1:-runs/sst2}
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-2000}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-400}
 FINETUNE_STEPS=${FINETUNE_STEPS:-1500}
 mkdir -p "$OUT"
 start=$(date +%s)
@@ -13,11 +13,11 @@ lmforge prepare "$DATA/train.tsv" --read.csv-column sentence --tokenizer.kind wo
     --tokenizer.vocab-size 8000 --val-fraction 0.02 --out "$OUT/data"
 lmforge train --data "$OUT/data" --preset bert-tiny \
     --model.max-seq-len 128 --objective mlm --out "$OUT/bert" --steps "$PRETRAIN_STEPS" --batch-size 64 \
-    --seq-len 64 --optim.lr 1e-3 --eval-every 500 --eval-batches 20 --log-every 100
+    --seq-len 64 --optim.lr 1e-3 --eval-every 200 --eval-batches 20 --log-every 50
 lmforge train --data "$OUT/data" --init-from "$OUT/bert" --objective classification --out "$OUT/classifier" \
     --objective-options.pairs "$DATA/train.tsv" --objective-options.text-column sentence \
     --objective-options.pairs-val-fraction 0.02 --steps "$FINETUNE_STEPS" --batch-size 32 --eval-every 500 \
-    --eval-batches 0 --optim.lr 2e-4 --log-every 100 --model.dropout 0.1
+    --eval-batches 0 --optim.lr 5e-4 --log-every 100 --model.dropout 0.1
 lmforge eval --task classification --checkpoint "$OUT/classifier" --file "$DATA/dev.tsv" --text-column content \
     --out "$OUT/dev"
 echo "lmforge pipeline wall time: $(( $(date +%s) - start )) s"

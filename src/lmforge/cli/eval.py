@@ -77,6 +77,8 @@ class EvalConfig(CompareConfig):
                                    "row, or .jsonl; may be gzipped), or for qa a SQuAD JSON file")
     text_column: str = field("text", "with --task classification: column (TSV header / JSON key) of the text")
     label_column: str = field("label", "with --task classification: column of the gold label")
+    label_separator: str = field(",", "with --task classification of a multi-label checkpoint: what separates a "
+                                      "row's labels")
     source_column: str = field("source", "with --task translation / summarisation: column of the source text")
     target_column: str = field("target", "with --task translation / summarisation: column of the reference")
     max_source_len: int | None = field(None, "with --task classification / translation / summarisation: truncate "
@@ -151,7 +153,8 @@ def _run_classification(cfg: EvalConfig, out, verify: bool) -> int:
 
     r = evaluate_classifier(cfg.checkpoint, cfg.file, out=cfg.out or CLASSIFY_OUT, text_column=cfg.text_column,
                             label_column=cfg.label_column, batch_size=cfg.batch_size,
-                            max_source_len=cfg.max_source_len, skip_bad_rows=cfg.skip_bad_rows, device=cfg.device,
+                            max_source_len=cfg.max_source_len, skip_bad_rows=cfg.skip_bad_rows,
+                            label_separator=cfg.label_separator, device=cfg.device,
                             precision=cfg.precision, verify=verify)
     s = r.scores
     skipped = f", {r.skipped:,} skipped (unknown label)" if r.skipped else ""
@@ -214,7 +217,8 @@ COMPARE_ONLY = ("compare", "lstm_checkpoint", "ngram_order", "steps", "lr", "tra
 GENERATION_FLAGS = ("source_column", "target_column", "max_source_len", "max_new_tokens", "num_beams",
                     "length_penalty", "no_repeat_ngram_size")
 # The settings each task on a file reads; given with another task, they would be silently ignored.
-TASK_FLAGS = {"classification": ("file", "text_column", "label_column", "max_source_len", "skip_bad_rows"),
+TASK_FLAGS = {"classification": ("file", "text_column", "label_column", "label_separator", "max_source_len",
+                                  "skip_bad_rows"),
               "qa": ("file", "skip_bad_rows", "max_len", "doc_stride", "max_query_len", "max_answer_len",
                      "no_answer_threshold"),
               "translation": ("file", *GENERATION_FLAGS), "summarisation": ("file", *GENERATION_FLAGS)}

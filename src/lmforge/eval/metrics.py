@@ -50,6 +50,14 @@ def class_sums(pred: Tensor, labels: Tensor, n_classes: int) -> dict[str, Tensor
             for c in range(n_classes)}
 
 
+def label_sums(pred: Tensor, gold: Tensor, n_labels: int) -> dict[str, Tensor]:
+    """`class_sums` for multi-label predictions: (B, K) bool predicted and gold label sets; per label, the same
+    additive counts, so `macro_f1` of their totals is the macro-F1 over labels."""
+    tp, predicted, true = (pred & gold).sum(0), pred.sum(0), gold.sum(0)
+    return {f"{name}/{c}": counts[c] for name, counts in (("tp", tp), ("pred", predicted), ("true", true))
+            for c in range(n_labels)}
+
+
 def macro_f1(sums: Mapping[str, float], n_classes: int) -> float:
     """Unweighted mean over classes of F1 = 2 tp / (predicted + true), from `class_sums` totals.
 
@@ -128,6 +136,49 @@ def classification_scores(predictions: Sequence[Hashable], labels: Sequence[Hash
     correct = sum(matrix[i][i] for i in range(len(classes)))
     return ClassificationScores(accuracy=correct / len(labels), macro_f1=macro_f1(sums, len(classes)),
                                 classes=classes, per_class=per_class, confusion=matrix, examples=len(labels))
+
+
+@dataclass
+class MultiLabelScores:
+    """Scores of multi-label predictions (a set of labels per example): subset accuracy (the whole set right),
+    macro-F1 over labels (`macro_f1` of `label_sums`' counts), micro-F1 (of all labels' counts pooled) and per-label
+    precision / recall / F1."""
+
+    accuracy: float
+    macro_f1: float
+    micro_f1: float
+    classes: list[str]
+    per_class: dict[str, ClassScore]
+    examples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "micro_f1": self.micro_f1,
+                "examples": self.examples, "classes": list(self.classes),
+                "per_class": {c: asdict(s) for c, s in self.per_class.items()}}
+
+
+def multilabel_scores(predictions: Sequence[Sequence[str]], labels: Sequence[Sequence[str]],
+                      classes: Sequence[str]) -> MultiLabelScores:
+    """Scores of predicted label sets against gold label sets, over `classes`."""
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
+    if not labels:
+        raise ValueError("no labels to score")
+    sums: dict[str, float] = {}
+    per_class: dict[str, ClassScore] = {}
+    for i, c in enumerate(classes):
+        tp = sum(c in p and c in y for p, y in zip(predictions, labels, strict=True))
+        predicted, true = sum(c in p for p in predictions), sum(c in y for y in labels)
+        sums.update({f"tp/{i}": tp, f"pred/{i}": predicted, f"true/{i}": true})
+        per_class[c] = ClassScore(precision=tp / predicted if predicted else 0.0, recall=tp / true if true else 0.0,
+                                  f1=2 * tp / (predicted + true) if predicted + true else 0.0, support=true,
+                                  predicted=predicted)
+    tp_all = sum(sums[f"tp/{i}"] for i in range(len(classes)))
+    pooled = sum(sums[f"pred/{i}"] + sums[f"true/{i}"] for i in range(len(classes)))
+    subset = sum(set(p) == set(y) for p, y in zip(predictions, labels, strict=True)) / len(labels)
+    return MultiLabelScores(accuracy=subset, macro_f1=macro_f1(sums, len(classes)),
+                            micro_f1=2 * tp_all / pooled if pooled else 0.0, classes=list(classes),
+                            per_class=per_class, examples=len(labels))
 
 
 # ------------------------------------------------------------------------------------------ generated text

@@ -165,7 +165,8 @@ def _flagged(hf: dict[str, Any], *keys: str) -> list[str]:
 def _labels_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     """A classifier's labels as transformers writes them (`num_labels` for readers that look for it)."""
     return {"num_labels": len(cfg.labels), "id2label": {str(i): name for i, name in enumerate(cfg.labels)},
-            "label2id": {name: i for i, name in enumerate(cfg.labels)}}
+            "label2id": {name: i for i, name in enumerate(cfg.labels)},
+            **({"problem_type": "multi_label_classification"} if cfg.multi_label else {})}
 
 
 def _hf_labels(hf: dict[str, Any]) -> list[str]:
