@@ -12,7 +12,8 @@ lmforge prepare "$OUT/train_text.txt" --tokenizer.kind bpe --tokenizer.vocab-siz
 lmforge train --data "$OUT/data" --preset t5-tiny --model.max-seq-len 64 --objective seq2seq \
     --objective-options.pairs "$OUT/train.tsv" --objective-options.pairs-val-fraction 0.01 \
     --objective-options.max-source-len 48 --objective-options.max-target-len 48 --out "$OUT/t5" \
-    --steps "$STEPS" --batch-size 64 --optim.lr 3e-3 --eval-every 500 --eval-batches 0 --log-every 100
+    --steps "$STEPS" --batch-size 64 --optim.lr 3e-3 --eval-every 500 --eval-batches 0 --log-every 50 \
+    --checkpoint-every 100
 lmforge eval --task translation --checkpoint "$OUT/t5" --file "$OUT/test_2016.tsv" --max-new-tokens 64 \
     --max-source-len 48 --batch-size 64 --out "$OUT/test"
 echo "lmforge pipeline wall time: $(( $(date +%s) - start )) s"

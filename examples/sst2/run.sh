@@ -17,7 +17,7 @@ lmforge train --data "$OUT/data" --preset bert-tiny \
 lmforge train --data "$OUT/data" --init-from "$OUT/bert" --objective classification --out "$OUT/classifier" \
     --objective-options.pairs "$DATA/train.tsv" --objective-options.text-column sentence \
     --objective-options.pairs-val-fraction 0.02 --steps "$FINETUNE_STEPS" --batch-size 32 --eval-every 500 \
-    --eval-batches 0 --optim.lr 5e-4 --log-every 100 --model.dropout 0.1
+    --eval-batches 0 --optim.lr 5e-4 --log-every 100 --model.dropout 0.1 --select-by accuracy
 lmforge eval --task classification --checkpoint "$OUT/classifier" --file "$DATA/dev.tsv" --text-column content \
     --out "$OUT/dev"
 echo "lmforge pipeline wall time: $(( $(date +%s) - start )) s"
