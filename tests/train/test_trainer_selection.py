@@ -65,3 +65,12 @@ def test_an_objective_without_declared_metrics_is_checked_at_its_first_evaluatio
     err = capsys.readouterr().err
     assert rc == 2 and "--select-by bleu: this objective's evaluation reports no 'bleu' (it reports: loss, " \
                        "mlm_loss" in err
+
+
+def test_resuming_under_another_select_by_is_one_line(tmp_path, tiny_data, capsys):
+    rc, _ = run_train(tiny_data, tmp_path / "run", "--steps", "2", "--select-by", "bpb")
+    assert rc == 0
+    capsys.readouterr()
+    rc, _ = run_train(tiny_data, tmp_path / "run", "--steps", "4", "--resume", "--select-by", "loss")
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "select_by" in err, err
