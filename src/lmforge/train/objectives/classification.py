@@ -105,6 +105,10 @@ class Classification(ExampleBatches, Objective):
         examples = read_pairs(o.pairs, o.text_column, o.label_column, options="text-column / label-column",
                               label_separator=o.label_separator if o.multi_label else None)
         self.multi_label = o.multi_label
+        if cfg.model.multi_label and not o.multi_label:  # e.g. --init-from a multi-label checkpoint
+            raise UserError("the model is a multi-label classifier (model.multi_label) but the objective reads one "
+                            "label per text", fix="pass --objective-options.multi-label, or --no-model.multi-label "
+                                                  "for a single-label head")
         if o.multi_label:
             sets = [split_labels(label, o.label_separator) for _, label in examples]
             self.labels = self._classes(sorted({name for names in sets for name in names}))
