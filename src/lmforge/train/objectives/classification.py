@@ -54,9 +54,9 @@ COLUMNS_FIX = "name the columns with --objective-options.text-column / label-col
 class ClassificationOptions(ExamplesFileOptions):
     text_column: str = field("text", "column (TSV header / JSON key) of the text")
     label_column: str = field("label", "column of the label (text, or a JSON number or boolean)")
-    multi_label: bool = field(False, "each text has any number of labels, separated by --objective-options."
-                                     "label-separator (an empty label field: none); a sigmoid per label, binary "
-                                     "cross-entropy, a label predicted when its probability is over 0.5")
+    multi_label: bool = field(False, "each text has any number of labels, separated by the label separator (an "
+                                     "empty label field: none); a sigmoid per label, binary cross-entropy, a label "
+                                     "predicted when its probability is over 0.5")
     label_separator: str = field(",", "with multi-label: what separates a text's labels")
     class_weights: str | None = field(None, "weigh the loss of each class: 'balanced' (n / (classes x count), "
                                             "scikit-learn's rule; multi-label: negatives / positives per label) or "
