@@ -44,6 +44,7 @@ LABELS = ["negative", "neutral", "positive"]
 BERT_HEAD_VARIANTS = {
     "bert-classify": dict(head="classify", labels=LABELS),
     "bert-classify-no-bias-no-types": dict(head="classify", labels=LABELS, bias=False, type_vocab_size=0),
+    "bert-classify-multi-label": dict(head="classify", labels=LABELS, multi_label=True),
     "bert-span": dict(head="span"),
 }
 # head -> (transformers Auto class, the class it builds)
@@ -247,12 +248,13 @@ def test_exported_bert_head_loads_in_its_auto_class_with_same_logits(tmp_path, v
     if model.cfg.head == "classify":
         assert config["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"} and config["num_labels"] == 3
         assert hf.config.label2id == {name: i for i, name in enumerate(LABELS)}
+        assert config.get("problem_type") == ("multi_label_classification" if model.cfg.multi_label else None)
     else:
         assert not {"id2label", "label2id", "num_labels"} & config.keys()  # QA: start and end, nothing to name
     assert not (out / "generation_config.json").exists()
 
 
-@pytest.mark.parametrize("variant", ["bert-classify", "bert-span"])
+@pytest.mark.parametrize("variant", ["bert-classify", "bert-classify-multi-label", "bert-span"])
 def test_bert_head_export_then_import_gives_back_the_checkpoint(tmp_path, variant):
     ckpt, model = lmforge_checkpoint(tmp_path, variant)
     loaded, cfg = load_model(import_hf(export_hf(ckpt, tmp_path / "hf"), tmp_path / "back"))
@@ -504,8 +506,8 @@ def test_unsupported_hf_options_are_one_clear_error(tmp_path, config, message):
      "BertForSequenceClassification, BertForQuestionAnswering"),
     ({**BERT_CONFIG, "architectures": ["BertForQuestionAnswering"], "num_labels": 3},
      "num_labels=3 (lmforge's span head has a start and an end logit)"),
-    ({**BERT_CONFIG, "architectures": ["BertForSequenceClassification"],
-      "problem_type": "multi_label_classification"}, "problem_type=multi_label_classification"),
+    ({**BERT_CONFIG, "architectures": ["BertForSequenceClassification"], "problem_type": "regression"},
+     "problem_type=regression"),
 ])
 def test_unsupported_task_heads_are_one_clear_error(tmp_path, config, message):
     (tmp_path / "hf").mkdir()

@@ -52,7 +52,9 @@ examples:
 
 
 # What a run's last evaluation may report beside its loss (whatever the objective), as the summary prints it.
-TASK_METRICS = {"val_bpb": "{:.3f} bits/byte", "val_accuracy": "accuracy {:.4f}", "val_f1": "macro-F1 {:.4f}"}
+TASK_METRICS = {"val_bpb": "{:.3f} bits/byte", "val_accuracy": "accuracy {:.4f}", "val_f1": "macro-F1 {:.4f}",
+                "val_exact_match": "exact match {:.4f}", "val_bleu": "BLEU {:.2f}", "val_chrf": "chrF {:.2f}",
+                "val_rouge_l": "ROUGE-L {:.4f}"}
 
 
 @record  # under torchrun, a rank's exception shows in torchrun's failure summary
@@ -73,14 +75,16 @@ def _main(args: argparse.Namespace) -> int:
     lines = [f"trained {result.step} steps ({result.stopped.replace('_', ' ')})"]
     if result.val:
         val = result.val
+        shown = dict(TASK_METRICS, **({"val_f1": "F1 {:.4f}"} if "val_exact_match" in val else {}))  # QA's token F1
         lines[0] += f": val loss {val['val_loss']:.4f}" + "".join(
-            ", " + shown.format(val[key]) for key, shown in TASK_METRICS.items() if key in val)
+            ", " + form.format(val[key]) for key, form in shown.items() if key in val)
     if result.skipped_steps:
         lines.append(f"  skipped non-finite steps: {result.skipped_steps}")
     lines += [f"  checkpoint:  {result.checkpoint}"]
     if result.best_checkpoint is not None:
-        lines.append(f"  best:        {result.best_checkpoint} (val loss {result.best_val_loss:.4f} at step "
-                     f"{result.best_step})")
+        chosen = (f"val loss {result.best_val_loss:.4f}" if result.select_by == "loss" else
+                  f"val {result.select_by} {result.best_value:.4f}, val loss {result.best_val_loss:.4f}")
+        lines.append(f"  best:        {result.best_checkpoint} ({chosen} at step {result.best_step})")
     lines.append(f"  metrics:     {result.metrics}")
     if result.tensorboard is not None:
         lines.append(f"  tensorboard: {result.tensorboard}")

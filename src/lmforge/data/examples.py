@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from lmforge.errors import UserError
+
+if TYPE_CHECKING:
+    from lmforge.models.config import ModelConfig
 
 PAIRS_SPLIT_SEED = 0x9A1E5  # the held-out pairs depend on the file alone, never on the run's seed
 
@@ -35,11 +38,14 @@ def _open_text(path: Path):
 
 
 def read_pairs(path: str | Path, source_column: str = "source", target_column: str = "target", *,
-               options: str = "source-column / target-column", flags: str | None = None) -> list[tuple[str, str]]:
+               options: str = "source-column / target-column", flags: str | None = None,
+               label_separator: str | None = None) -> list[tuple[str, str]]:
     """(source, target) texts of a TSV (header row) or JSONL pairs file, in file order; one line per mistake.
 
     `options` names the --objective-options flags that choose the two columns, for the messages; `flags` spells
-    them whole instead (a verb's own flags, e.g. "--text-column / --label-column")."""
+    them whole instead (a verb's own flags, e.g. "--text-column / --label-column"). With `label_separator` the
+    targets are multi-label fields: an empty one is allowed (a text with no label), and a JSONL list of labels is
+    joined with the separator."""
     path = Path(path)
     name = path.name.lower().removesuffix(".gz")
     if not path.is_file():
@@ -68,7 +74,7 @@ def read_pairs(path: str | Path, source_column: str = "source", target_column: s
                     if len(fields) != len(header):
                         raise UserError(f"line {n} has {len(fields)} tab-separated fields, the header "
                                         f"{len(header)}", where=path, fix="remove stray tabs from the texts")
-                    pairs.append(_checked(fields[at[0]], fields[at[1]], n, path))
+                    pairs.append(_checked(fields[at[0]], fields[at[1]], n, path, label_separator))
             else:
                 for n, line in enumerate(f, start=1):
                     if not line.strip():
@@ -80,7 +86,7 @@ def read_pairs(path: str | Path, source_column: str = "source", target_column: s
                     if not isinstance(record, dict) or any(c not in record for c in cols):
                         raise UserError(f"line {n} lacks the key(s) {' and '.join(map(repr, cols))}", where=path,
                                         fix=f"name the keys with {flags}")
-                    pairs.append(_checked(record[cols[0]], record[cols[1]], n, path))
+                    pairs.append(_checked(record[cols[0]], record[cols[1]], n, path, label_separator))
     except UnicodeDecodeError as e:
         raise UserError(f"pairs file is not UTF-8 ({e.reason} at byte {e.start})", where=path) from None
     except (EOFError, gzip.BadGzipFile) as e:
@@ -90,12 +96,20 @@ def read_pairs(path: str | Path, source_column: str = "source", target_column: s
     return pairs
 
 
-def _checked(source: Any, target: Any, line: int, path: Path) -> tuple[str, str]:
+def _checked(source: Any, target: Any, line: int, path: Path, label_separator: str | None = None) -> tuple[str, str]:
     if isinstance(target, bool | int | float):  # a JSONL class label given as a number or boolean: 1, true
         target = json.dumps(target)
-    if not isinstance(source, str) or not isinstance(target, str) or not source.strip() or not target.strip():
+    if label_separator is not None and isinstance(target, list) and all(isinstance(t, str | int) for t in target):
+        target = label_separator.join(map(str, target))  # a JSONL list of labels
+    if not isinstance(source, str) or not isinstance(target, str) or not source.strip() or \
+            (not target.strip() and label_separator is None):
         raise UserError(f"line {line}: the source and target must both be non-empty text", where=path)
     return source, target
+
+
+def split_labels(field: str, separator: str = ",") -> list[str]:
+    """A multi-label field's labels: split on `separator`, stripped, empty ones and repeats dropped, in order."""
+    return list(dict.fromkeys(name.strip() for name in field.split(separator) if name.strip()))
 
 
 def held_out(n: int, fraction: float) -> np.ndarray:
@@ -166,6 +180,22 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], frame: tuple[Sequence[int
     return out
 
 
+def seq2seq_source(model: ModelConfig, special_ids: Mapping[str, int], source: Sequence[int]) -> list[int]:
+    """How a sequence-to-sequence model reads a source, in training and generation alike: the one prompt template.
+
+    An encoder-decoder's encoder reads `source <eos>`. A decoder reads `frame source <sep>` (its text frame,
+    `models.registry.text_frame`: `<eos>`, as documents follow one in pretraining), then writes the target and
+    ends it with `<eos>`; its training loss is masked to the target. Special tokens, not words, mark the parts, so
+    no text of the user's can be mistaken for the separator and no language is assumed. The caller checks the
+    tokenizer has `<eos>` (and, for a decoder, `<sep>`).
+    """
+    from lmforge.models.registry import Kind, kind_of, text_frame
+
+    if kind_of(model) == Kind.ENCODER_DECODER:
+        return [*source, special_ids["eos"]]
+    return [*text_frame(model, special_ids)[0], *source, special_ids["sep"]]
+
+
 def pad(seqs: Sequence[Sequence[int]], pad_id: int, value: int | None = None) -> tuple[Tensor, Tensor]:
     """Right-pad id lists into (B, T) int64 ids (padded with `value`, default pad_id) and a (B, T) bool mask."""
     T = max(len(s) for s in seqs)
@@ -176,4 +206,4 @@ def pad(seqs: Sequence[Sequence[int]], pad_id: int, value: int | None = None) ->
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
-__all__ = ["EpochSampler", "encode_texts", "held_out", "pad", "read_pairs"]
+__all__ = ["EpochSampler", "encode_texts", "held_out", "pad", "read_pairs", "seq2seq_source", "split_labels"]

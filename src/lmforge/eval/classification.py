@@ -28,7 +28,7 @@ from lmforge.atomic import atomic_file
 if TYPE_CHECKING:
     from torch import nn
 
-    from lmforge.eval.metrics import ClassificationScores
+    from lmforge.eval.metrics import ClassificationScores, MultiLabelScores
 
 METRICS_FILE, PREDICTIONS_FILE, CONFUSION_PLOT = "metrics.json", "predictions.jsonl", "confusion.png"
 
@@ -37,11 +37,34 @@ METRICS_FILE, PREDICTIONS_FILE, CONFUSION_PLOT = "metrics.json", "predictions.js
 class ClassifierEval:
     checkpoint: Path  # the checkpoint scored (a run directory resolves to its best checkpoint)
     file: Path
-    scores: ClassificationScores
+    scores: ClassificationScores | MultiLabelScores
     skipped: int  # rows left out with skip_bad_rows (gold label unknown to the checkpoint)
     metrics: Path
     predictions: Path
     plot: Path | None  # None when matplotlib is missing
+
+
+def class_probabilities(model: nn.Module, texts: list[list[int]], pad_id: int, *, batch_size: int = 32,
+                        device: Any = None, autocast: Any = None) -> list[list[float]]:
+    """Each framed id list's class probabilities: softmax over the classes, or for a multi-label model
+    (`cfg.multi_label`) a sigmoid per label; `batch_size` at a time, right-padded with `pad_id` and masked as in
+    training."""
+    import contextlib
+
+    import torch
+
+    from lmforge.data.examples import pad
+    from lmforge.runtime import eval_mode
+
+    device = device or next(model.parameters()).device
+    out: list[list[float]] = []
+    with eval_mode(model), torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            ids, mask = pad(texts[start:start + batch_size], pad_id)
+            with autocast() if autocast else contextlib.nullcontext():
+                logits = model(ids.to(device), attention_mask=mask.to(device)).float()  # (B, K)
+            out += (logits.sigmoid() if model.cfg.multi_label else logits.softmax(-1)).tolist()
+    return out
 
 
 def predict(model: nn.Module, texts: list[list[int]], pad_id: int, *, batch_size: int = 32, device: Any = None,
@@ -109,7 +132,7 @@ def plot_confusion(scores: ClassificationScores, path: Path, title: str | None =
 
 def evaluate_classifier(checkpoint: str | Path, file: str | Path, *, out: str | Path, text_column: str = "text",
                         label_column: str = "label", batch_size: int = 32, max_source_len: int | None = None,
-                        skip_bad_rows: bool = False, device: str = "auto",
+                        skip_bad_rows: bool = False, label_separator: str = ",", device: str = "auto",
                         precision: str = "auto", verify: bool = True) -> ClassifierEval:
     """Score the classifier `checkpoint` (or a run directory's best) on the labelled `file`; write into `out`.
 
@@ -137,7 +160,12 @@ def evaluate_classifier(checkpoint: str | Path, file: str | Path, *, out: str | 
     model, cfg = load_model(path, rt.device, verify=verify)
     require(cfg, CLASSIFY, needed_for="classification", where=path,
             fix="pass a checkpoint trained with --objective classification")
-    rows = read_pairs(file, text_column, label_column, flags="--text-column / --label-column")
+    rows = read_pairs(file, text_column, label_column, flags="--text-column / --label-column",
+                      label_separator=label_separator if cfg.multi_label else None)
+    if cfg.multi_label:
+        return _evaluate_multilabel(model, cfg, path, rt, file, rows, out=out, text_column=text_column,
+                                    label_column=label_column, batch_size=batch_size, max_source_len=max_source_len,
+                                    skip_bad_rows=skip_bad_rows, label_separator=label_separator)
 
     known = {name: i for i, name in enumerate(cfg.labels)}
     kept = [(text, label.strip()) for text, label in rows if label.strip() in known]
@@ -181,4 +209,55 @@ def evaluate_classifier(checkpoint: str | Path, file: str | Path, *, out: str | 
                           predictions=predictions, plot=plot)
 
 
-__all__ = ["ClassifierEval", "evaluate_classifier", "plot_confusion", "predict"]
+def _evaluate_multilabel(model: nn.Module, cfg: Any, path: Path, rt: Any, file: Path, rows: list[tuple[str, str]], *,
+                         out: str | Path, text_column: str, label_column: str, batch_size: int,
+                         max_source_len: int | None, skip_bad_rows: bool, label_separator: str) -> ClassifierEval:
+    """`evaluate_classifier` for a multi-label checkpoint: label sets, a label predicted over probability 0.5."""
+    from lmforge.atomic import write_json
+    from lmforge.checkpoints import load_checkpoint_tokenizer
+    from lmforge.data.examples import encode_texts, split_labels
+    from lmforge.data.tokenizer import special_token_ids
+    from lmforge.errors import UserError
+    from lmforge.eval.metrics import multilabel_scores
+    from lmforge.models.registry import text_frame
+
+    names = list(cfg.labels)
+    sets = [split_labels(label, label_separator) for _, label in rows]
+    bad = [(n, [x for x in s if x not in names]) for n, s in enumerate(sets, start=1) if any(x not in names for x in s)]
+    if bad and not skip_bad_rows:
+        unseen = list(dict.fromkeys(x for _, xs in bad for x in xs))
+        raise UserError(f"{len(bad)} row(s) have labels the checkpoint does not know: "
+                        f"{', '.join(map(repr, unseen[:5]))}{' ...' if len(unseen) > 5 else ''} (first at row "
+                        f"{bad[0][0]}; column '{label_column}', labels separated by {label_separator!r}; it knows "
+                        f"{', '.join(map(repr, names))})", where=file,
+                        fix="pass --skip-bad-rows to score the other rows, or --label-separator / --label-column")
+    skip = {n for n, _ in bad}
+    kept = [(text, s) for n, ((text, _), s) in enumerate(zip(rows, sets), start=1) if n not in skip]
+    if not kept:
+        raise UserError("no row of the file has only labels the checkpoint knows", where=file,
+                        fix="name the label column with --label-column")
+    tok = load_checkpoint_tokenizer(path, cfg)
+    special = special_token_ids(tok)
+    texts = encode_texts(tok, [text for text, _ in kept], text_frame(cfg, special), special,
+                         limit=max_source_len or cfg.max_seq_len, truncate=max_source_len is not None, where=file,
+                         fix="truncate texts with --max-source-len N, or shorten the text")
+    probs = class_probabilities(model, texts, special.get("pad", 0), batch_size=batch_size, device=rt.device,
+                                autocast=rt.autocast)
+    guess = [[names[k] for k, p in enumerate(row) if p > 0.5] for row in probs]
+    scores = multilabel_scores(guess, [s for _, s in kept], names)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics, predictions = out / METRICS_FILE, out / PREDICTIONS_FILE
+    write_json(metrics, {"task": "classification", "multi_label": True, "checkpoint": str(path), "file": str(file),
+                         "text_column": text_column, "label_column": label_column, **scores.to_dict(),
+                         "counts": {"rows": len(rows), "scored": len(kept), "skipped": len(skip)}})
+    with atomic_file(predictions, "w") as f:
+        for (text, gold), g, row in zip(kept, guess, probs, strict=True):
+            f.write(json.dumps({"text": text, "gold": gold, "predicted": g,
+                                "probabilities": {n: round(p, 6) for n, p in zip(names, row)}},
+                               ensure_ascii=False) + "\n")
+    return ClassifierEval(checkpoint=path, file=file, scores=scores, skipped=len(skip), metrics=metrics,
+                          predictions=predictions, plot=None)
+
+
+__all__ = ["ClassifierEval", "class_probabilities", "evaluate_classifier", "plot_confusion", "predict"]

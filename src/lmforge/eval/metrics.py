@@ -50,6 +50,14 @@ def class_sums(pred: Tensor, labels: Tensor, n_classes: int) -> dict[str, Tensor
             for c in range(n_classes)}
 
 
+def label_sums(pred: Tensor, gold: Tensor, n_labels: int) -> dict[str, Tensor]:
+    """`class_sums` for multi-label predictions: (B, K) bool predicted and gold label sets; per label, the same
+    additive counts, so `macro_f1` of their totals is the macro-F1 over labels."""
+    tp, predicted, true = (pred & gold).sum(0), pred.sum(0), gold.sum(0)
+    return {f"{name}/{c}": counts[c] for name, counts in (("tp", tp), ("pred", predicted), ("true", true))
+            for c in range(n_labels)}
+
+
 def macro_f1(sums: Mapping[str, float], n_classes: int) -> float:
     """Unweighted mean over classes of F1 = 2 tp / (predicted + true), from `class_sums` totals.
 
@@ -130,6 +138,49 @@ def classification_scores(predictions: Sequence[Hashable], labels: Sequence[Hash
                                 classes=classes, per_class=per_class, confusion=matrix, examples=len(labels))
 
 
+@dataclass
+class MultiLabelScores:
+    """Scores of multi-label predictions (a set of labels per example): subset accuracy (the whole set right),
+    macro-F1 over labels (`macro_f1` of `label_sums`' counts), micro-F1 (of all labels' counts pooled) and per-label
+    precision / recall / F1."""
+
+    accuracy: float
+    macro_f1: float
+    micro_f1: float
+    classes: list[str]
+    per_class: dict[str, ClassScore]
+    examples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "micro_f1": self.micro_f1,
+                "examples": self.examples, "classes": list(self.classes),
+                "per_class": {c: asdict(s) for c, s in self.per_class.items()}}
+
+
+def multilabel_scores(predictions: Sequence[Sequence[str]], labels: Sequence[Sequence[str]],
+                      classes: Sequence[str]) -> MultiLabelScores:
+    """Scores of predicted label sets against gold label sets, over `classes`."""
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
+    if not labels:
+        raise ValueError("no labels to score")
+    sums: dict[str, float] = {}
+    per_class: dict[str, ClassScore] = {}
+    for i, c in enumerate(classes):
+        tp = sum(c in p and c in y for p, y in zip(predictions, labels, strict=True))
+        predicted, true = sum(c in p for p in predictions), sum(c in y for y in labels)
+        sums.update({f"tp/{i}": tp, f"pred/{i}": predicted, f"true/{i}": true})
+        per_class[c] = ClassScore(precision=tp / predicted if predicted else 0.0, recall=tp / true if true else 0.0,
+                                  f1=2 * tp / (predicted + true) if predicted + true else 0.0, support=true,
+                                  predicted=predicted)
+    tp_all = sum(sums[f"tp/{i}"] for i in range(len(classes)))
+    pooled = sum(sums[f"pred/{i}"] + sums[f"true/{i}"] for i in range(len(classes)))
+    subset = sum(set(p) == set(y) for p, y in zip(predictions, labels, strict=True)) / len(labels)
+    return MultiLabelScores(accuracy=subset, macro_f1=macro_f1(sums, len(classes)),
+                            micro_f1=2 * tp_all / pooled if pooled else 0.0, classes=list(classes),
+                            per_class=per_class, examples=len(labels))
+
+
 # ------------------------------------------------------------------------------------------ generated text
 @dataclass
 class CorpusScore:
@@ -189,3 +240,54 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
         for ours, theirs in ROUGE_TYPES.items():
             totals[ours] += scores[theirs].fmeasure
     return {k: v / len(predictions) for k, v in totals.items()}
+
+
+# Additive statistics of generated text, for evaluation passes that sum over batches and processes: sacrebleu's
+# own sufficient statistics (n-gram matches and totals, lengths) summed give exactly its corpus BLEU and chrF, and
+# ROUGE is a mean of per-example F-measures. sacrebleu exposes the statistics only through underscored methods
+# (`_extract_corpus_statistics`, `_compute_score_from_stats`, used by its own corpus_score); they are read here
+# rather than re-implementing its tokenisation and n-gram counting. `text_scores(text_sums(h, r))` equals
+# `bleu(h, r)`, `chrf(h, r)` and `rouge(h, r)` (tested).
+TEXT_SCORES = ("bleu", "chrf", *ROUGE_TYPES)
+
+
+def text_sums(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Additive statistics of a batch of generated texts against one reference each: `bleu/i`, `chrf/i`,
+    `rouge_*` (summed F-measures) and `texts` (how many)."""
+    from rouge_score import rouge_scorer
+    from sacrebleu.metrics import BLEU, CHRF
+
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+    sums: dict[str, float] = {"texts": float(len(hypotheses))}
+    if not hypotheses:
+        return sums
+    for name, metric in (("bleu", BLEU()), ("chrf", CHRF())):
+        stats = metric._extract_corpus_statistics(list(hypotheses), [list(references)])
+        for i, value in enumerate(map(sum, zip(*stats, strict=True))):
+            sums[f"{name}/{i}"] = float(value)
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES.values()), use_stemmer=True)
+    for ours in ROUGE_TYPES:
+        sums[ours] = 0.0
+    for hyp, ref in zip(hypotheses, references, strict=True):
+        scores = scorer.score(ref, hyp)
+        for ours, theirs in ROUGE_TYPES.items():
+            sums[ours] += scores[theirs].fmeasure
+    return sums
+
+
+def text_scores(sums: Mapping[str, float]) -> dict[str, float]:
+    """{bleu, chrf (0-100), rouge_1, rouge_2, rouge_l (0-1)} from the totals of `text_sums`."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    n = sums.get("texts", 0.0)
+    if not n:
+        return {}
+    out = {}
+    for name, metric in (("bleu", BLEU()), ("chrf", CHRF())):
+        stats = [sums[f"{name}/{i}"] for i in range(sum(k.startswith(f"{name}/") for k in sums))]
+        if name == "bleu":
+            stats = [round(s) for s in stats]
+        out[name] = float(metric._compute_score_from_stats(stats).score)
+    out.update({k: sums[k] / n for k in ROUGE_TYPES})
+    return out

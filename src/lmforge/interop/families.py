@@ -165,7 +165,8 @@ def _flagged(hf: dict[str, Any], *keys: str) -> list[str]:
 def _labels_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     """A classifier's labels as transformers writes them (`num_labels` for readers that look for it)."""
     return {"num_labels": len(cfg.labels), "id2label": {str(i): name for i, name in enumerate(cfg.labels)},
-            "label2id": {name: i for i, name in enumerate(cfg.labels)}}
+            "label2id": {name: i for i, name in enumerate(cfg.labels)},
+            **({"problem_type": "multi_label_classification"} if cfg.multi_label else {})}
 
 
 def _hf_labels(hf: dict[str, Any]) -> list[str]:
@@ -177,13 +178,13 @@ def _hf_labels(hf: dict[str, Any]) -> list[str]:
 
 
 def _labels_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
-    return {"labels": _hf_labels(hf)}
+    return {"labels": _hf_labels(hf), "multi_label": hf.get("problem_type") == "multi_label_classification"}
 
 
 def _classify_unsupported_import(hf: dict[str, Any]) -> list[str]:
     problem_type = hf.get("problem_type")
-    if problem_type in ("regression", "multi_label_classification"):
-        return [f"problem_type={problem_type} (lmforge's classify head picks one of two or more labels)"]
+    if problem_type == "regression":
+        return [f"problem_type={problem_type} (lmforge's classify head picks labels, it predicts no number)"]
     id2label = hf.get("id2label") or {}
     if sorted(str(k) for k in id2label) != sorted(str(i) for i in range(len(id2label))):
         return [f"id2label keys {sorted(str(k) for k in id2label)} (needs 0 to num_labels-1)"]

@@ -72,6 +72,9 @@ class ModelConfig(Config):
                               help="class names, in the order of the logits: a sequence classifier over them (as "
                                    "Hugging Face's id2label; the classification objective sets them from its "
                                    "labelled file); empty: a language model")
+    multi_label: bool = field(False, "classify head: the labels are independent (a sigmoid each; a text may have "
+                                     "none, one or several), as Hugging Face's problem_type "
+                                     "multi_label_classification; off: exactly one label per text (softmax)")
 
     def __post_init__(self) -> None:
         if self.labels and self.head == "lm":  # configs written before `head` named a classifier by its labels
@@ -107,6 +110,8 @@ class ModelConfig(Config):
             problems.append("a classify head needs labels (the class names)")
         if self.labels and self.head != "classify":
             problems.append(f"labels are for a classify head, not '{self.head}'")
+        if self.multi_label and self.head != "classify":
+            problems.append(f"multi_label is for a classify head, not '{self.head}'")
         if self.pooling == "first" and family(self.family).kind in (Kind.DECODER, Kind.RECURRENT):
             problems.append("pooling 'first' reads one token in a causal model: use last or mean")
         if self.labels and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels) or not all(self.labels)):

@@ -51,7 +51,8 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 # Options that define the model or the training data stream: a checkpoint resumes only under the same values.
 # batch_size is compared as the global batch, batch_size x processes: a run may resume on another world size.
-RESUME_MUST_MATCH = ("objective", "objective_options", "batch_size", "seq_len", "grad_accum", "finetune")
+# select_by: the best value so far (Progress.best_val) is of that metric.
+RESUME_MUST_MATCH = ("objective", "objective_options", "batch_size", "seq_len", "grad_accum", "finetune", "select_by")
 
 
 def step_dir_name(step: int) -> str:

@@ -81,8 +81,12 @@ class TrainConfig(Config):
     eval_every: int = field(250, "evaluate on the val split every N steps (0 = only at the end)",
                             min=0)
     eval_batches: int = field(100, "batches per evaluation (0 = the whole val split)", min=0)
-    early_stop_patience: int = field(0, "stop after this many evaluations without a better val loss (0 = off)",
-                                    min=0)
+    early_stop_patience: int = field(0, "stop after this many evaluations without a better --select-by metric "
+                                        "(0 = off)", min=0)
+    select_by: str = field("val_loss", "the evaluation metric that picks checkpoints/best and early stopping: "
+                                       "val_loss, or one the objective reports (accuracy, f1, exact_match, bleu, "
+                                       "chrf, rouge_l, ...; the val_ prefix is optional); lower is better for loss, "
+                                       "ppl and bpb, higher for the others")
     checkpoint_every: int = field(500, "save a checkpoint every N steps (and always at the end)",
                                   min=1)
     keep_last: int = field(3, "keep the newest N step checkpoints (0 = keep all); best/ is kept apart", min=0)

@@ -71,8 +71,9 @@ class Progress:
 
     step: int = 0
     tokens: int = 0
-    best_val: float = math.inf
+    best_val: float = math.inf  # the best value of the --select-by metric so far
     best_step: int | None = None
+    best_loss: float | None = None  # the val loss of that evaluation
     bad_evals: int = 0  # evaluations since the best one (early stopping)
     skipped: int = 0  # non-finite steps skipped (on_nonfinite=skip)
     history: dict[str, list] = field(default_factory=lambda: {"train": [], "val": []})  # for the plot
@@ -87,7 +88,7 @@ class TrainResult:
     stopped: str  # "completed" or "early_stop"
     train_loss: float | None  # mean over the last log interval
     val: dict[str, float]  # last evaluation: val_loss, val_ppl, val_bpb, ... (empty without a val split)
-    best_val_loss: float | None
+    best_val_loss: float | None  # the val loss of the best checkpoint's evaluation
     best_step: int | None
     skipped_steps: int
     tokens: int  # training tokens seen by the run (every process's)
@@ -100,6 +101,8 @@ class TrainResult:
     tensorboard: Path | None
     history: dict[str, list]
     rank: int = 0  # of this process (0 without torchrun); rank 0 wrote the files named above
+    select_by: str = "loss"  # the metric that chose the best checkpoint (without the val_ prefix)
+    best_value: float | None = None  # its value there
 
 
 def train(cfg: TrainConfig, verify: bool = True) -> TrainResult:
@@ -128,6 +131,9 @@ def _train(cfg: TrainConfig, rt: Runtime, verify: bool = True) -> TrainResult:
     cfg.model.trained_seq_len = cfg.seq_len
     seed_everything(cfg.seed)
     objective = get_objective(cfg.objective)(cfg, rt)
+    declared = objective.metric_names()
+    if declared is not None:  # else checked at the first evaluation
+        selection_value(dict.fromkeys(declared, 0.0), cfg.select_by)
     ckpt = Checkpointer(out / "checkpoints", cfg.keep_last, objective.tokenizer_dir)
     # Before anything is written: a refusal leaves `out` as it was. Rank 0 alone looks (and cleans up after a
     # save that was killed), then tells the others.
@@ -223,8 +229,10 @@ def _train(cfg: TrainConfig, rt: Runtime, verify: bool = True) -> TrainResult:
                     last_val = {f"val_{k}": v for k, v in metrics.items()}
                     prog.history["val"].append((step, metrics["loss"]))
                     logger.eval({"step": step, **last_val})
-                    if metrics["loss"] < prog.best_val:
-                        prog.best_val, prog.best_step, prog.bad_evals = metrics["loss"], step, 0
+                    value = selection_value(metrics, cfg.select_by)
+                    if prog.best_step is None or is_better(value, prog.best_val, cfg.select_by):
+                        prog.best_val, prog.best_step, prog.bad_evals = value, step, 0
+                        prog.best_loss = metrics["loss"]
                         _save_best(ckpt, cfg, model, {"step": step, **last_val}, rt)
                     else:
                         prog.bad_evals += 1
@@ -232,7 +240,8 @@ def _train(cfg: TrainConfig, rt: Runtime, verify: bool = True) -> TrainResult:
                         stopped = "early_stop"
                         _log_train(logger, prog, train_record, busy)  # the steps since the last log
                         logger.event({"event": "early_stop", "step": step, "best_step": prog.best_step},
-                                     f"early stop at step {step}: no better val loss in {prog.bad_evals} "
+                                     f"early stop at step {step}: no better val {selected(cfg.select_by)} in "
+                                     f"{prog.bad_evals} "
                                      f"evaluations (best {prog.best_val:.4f} at step {prog.best_step})")
 
             if step % cfg.checkpoint_every == 0 or last or stopped != "completed":
@@ -248,14 +257,39 @@ def _train(cfg: TrainConfig, rt: Runtime, verify: bool = True) -> TrainResult:
     return TrainResult(
         out=out, step=prog.step, stopped=stopped,
         train_loss=prog.history["train"][-1][1] if prog.history["train"] else None,
-        val=last_val, best_val_loss=None if prog.best_step is None else prog.best_val, best_step=prog.best_step,
+        val=last_val, best_val_loss=None if prog.best_step is None else prog.best_loss, best_step=prog.best_step,
         skipped_steps=prog.skipped, tokens=prog.tokens,
         tokens_per_s=(prog.tokens - start_tokens) / busy if busy else 0.0,
         checkpoint=last_ckpt, best_checkpoint=best if best.is_dir() else None, metrics=out / "metrics.jsonl",
         plot=plot, config=config_path,
         tensorboard=out / "tensorboard" if cfg.tensorboard and (out / "tensorboard").is_dir() else None,
-        history=prog.history, rank=rt.rank,
+        history=prog.history, rank=rt.rank, select_by=selected(cfg.select_by),
+        best_value=None if prog.best_step is None else prog.best_val,
     )
+
+
+# Metrics for which lower is better; every other metric an objective reports (accuracy, F1, BLEU, ...) is a score.
+LOWER_IS_BETTER = frozenset({"loss", "ppl", "bpb"})
+
+
+def selected(select_by: str) -> str:
+    """The metric `--select-by` names, without its optional val_ prefix."""
+    return select_by.removeprefix("val_")
+
+
+def selection_value(metrics: dict[str, float], select_by: str) -> float:
+    """The value of the --select-by metric in an evaluation's metrics; one line when the objective reports none."""
+    name = selected(select_by)
+    if name not in metrics:
+        raise UserError(f"--select-by {select_by}: this objective's evaluation reports no '{name}' (it reports: "
+                        f"{', '.join(metrics)})", fix="choose one of those (e.g. --select-by val_loss); a seq2seq "
+                                                      "run reports bleu, chrf and rouge_* with "
+                                                      "--objective-options.generate-eval")
+    return metrics[name]
+
+
+def is_better(value: float, best: float, select_by: str) -> bool:
+    return value < best if selected(select_by) in LOWER_IS_BETTER else value > best
 
 
 def _close_up(logger: RunLogger | NullLogger, prog: Progress, out: Path, rt: Runtime) -> Path | None:

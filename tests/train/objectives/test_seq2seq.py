@@ -60,9 +60,8 @@ def test_source_longer_than_the_positions_is_one_line_and_truncation_fixes_it(tm
     ([*T5, "--objective-options.pairs", "missing.tsv"], "missing.tsv: pairs file not found"),
     ([*T5, "--objective-options.pairs", "p.tsv", "--objective-options.max-source-len", "300"],
      "objective_options.max_source_len 300 is longer than the model's max_seq_len 256"),
-    (["--preset", "tiny", "--objective", "seq2seq"],
-     "objective 'seq2seq' trains encoder-decoder models, but the model is a gpt decoder (fix: pass --preset t5-tiny, "
-     "or an objective for decoder models (causal_lm, chat_sft, classification))"),
+    (["--preset", "bert-tiny", "--objective", "seq2seq"],
+     "objective 'seq2seq' trains encoder-decoder or decoder models, but the model is a bert encoder"),
 ])
 def test_bad_input_is_one_line(tmp_path, tiny_data, capsys, flags, message):
     rc, _ = run_train(tiny_data, tmp_path / "run", *flags)
@@ -86,3 +85,46 @@ def test_trains_on_multi30k_translation_pairs(tmp_path, tiny_data, shared_data):
                             "--objective-options.max-target-len", "64", "--steps", "5")
     assert rc == 0
     assert last_eval(records)["val_target_tokens"] > 0
+
+
+GPT = ["--preset", "tiny", "--objective", "seq2seq"]
+
+
+def test_a_decoder_reads_the_prompt_template_with_the_loss_masked_to_the_target(tmp_path, tiny_data):
+    from lmforge.data.examples import seq2seq_source
+
+    pairs = write_tsv(tmp_path / "p.tsv", toy_pairs(40))
+    obj = make_objective(tiny_data, "seq2seq", "tiny", objective_options__pairs=str(pairs))
+    eos, sep = obj.special_ids["eos"], obj.special_ids["sep"]
+    batch = obj.batch([0, 1, 2])
+    for row, (ids, labels) in enumerate(zip(batch["ids"], batch["labels"])):
+        source, target = obj.sources[row], obj.targets[row]
+        assert source[0] == eos and source[-1] == sep and target[-1] == eos
+        assert source == seq2seq_source(obj.cfg.model, obj.special_ids, source[1:-1])
+        n = len(source) + len(target) - 1  # the input: prompt and target but its last token
+        assert ids[:n].tolist() == (source + target)[:-1]
+        scored = labels != IGNORE_INDEX
+        # Only the positions that read <sep> and the target are scored, and they predict the target + <eos>.
+        assert labels[scored].tolist() == target
+        assert not scored[:len(source) - 1].any() and scored[len(source) - 1:n].all() and not scored[n:].any()
+
+
+def test_a_decoder_fine_tunes_for_seq2seq_and_reports_generated_text_scores(tmp_path, tiny_data):
+    pairs = write_tsv(tmp_path / "p.tsv", toy_pairs())
+    rc, records = run_train(tiny_data, tmp_path / "run", *GPT, "--objective-options.pairs", str(pairs),
+                            "--objective-options.generate-eval", "--steps", "20", "--optim.lr", "3e-3",
+                            "--optim.schedule", "constant")
+    assert rc == 0
+    assert_learns(records)
+    val = last_eval(records)
+    assert val["val_target_tokens"] > 0 and 0.0 <= val["val_accuracy"] <= 1.0
+    assert 0.0 <= val["val_bleu"] <= 100.0 and 0.0 <= val["val_chrf"] <= 100.0 and 0.0 <= val["val_rouge_l"] <= 1.0
+
+
+def test_a_decoder_pair_longer_than_the_positions_is_one_line(tmp_path, tiny_data, capsys):
+    pairs = write_tsv(tmp_path / "p.tsv", [("one two", "two one")] * 20 + [("one " * 6, "two " * 6)])
+    rc, _ = run_train(tiny_data, tmp_path / "run", *GPT, "--objective-options.pairs", str(pairs),
+                      "--model.max-seq-len", "20", "--seq-len", "20", "--steps", "2")
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "pair 21 reads" in err and "as `<eos> source <sep> target`, more than the model's max_seq_len 20" in err

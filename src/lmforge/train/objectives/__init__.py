@@ -109,6 +109,11 @@ class Objective:
         """Metrics from the totals of `Output.sums` over an evaluation pass."""
         raise NotImplementedError
 
+    def metric_names(self) -> tuple[str, ...] | None:
+        """The metrics `summarize` reports, so that `--select-by` is checked before training (None: not declared,
+        checked at the first evaluation)."""
+        return None
+
     # Position of the training stream, saved in checkpoints for exact resume.
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -63,6 +63,10 @@ class CausalLM(Objective):
         return Output(loss=loss_sum / count.clamp(min=1),
                       sums={"loss": loss_sum.detach(), "count": count, "tokens": x.numel()})
 
+    def metric_names(self) -> tuple[str, ...]:
+        bpb = ("bpb",) if self.val_ds is not None and self.val_ds.bytes_per_token else ()
+        return ("loss", "ppl", *bpb, "tokens")
+
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         bytes_per_token = self.val_ds.bytes_per_token if self.val_ds is not None else None
         metrics = lm_metrics(sums["loss"] / max(sums["count"], 1), bytes_per_token)

@@ -39,9 +39,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.config import field
-from lmforge.data.examples import encode_texts, pad, read_pairs
+from lmforge.data.examples import encode_texts, pad, read_pairs, split_labels
 from lmforge.errors import UserError
-from lmforge.eval.metrics import class_sums, macro_f1
+from lmforge.eval.metrics import class_sums, label_sums, macro_f1
 from lmforge.models.registry import CLASSIFY, families_that, text_frame
 from lmforge.train.objectives import Objective, Output, register
 from lmforge.train.objectives.options import ExamplesFileOptions, require_vocab
@@ -54,6 +54,28 @@ COLUMNS_FIX = "name the columns with --objective-options.text-column / label-col
 class ClassificationOptions(ExamplesFileOptions):
     text_column: str = field("text", "column (TSV header / JSON key) of the text")
     label_column: str = field("label", "column of the label (text, or a JSON number or boolean)")
+    multi_label: bool = field(False, "each text has any number of labels, separated by the label separator (an "
+                                     "empty label field: none); a sigmoid per label, binary cross-entropy, a label "
+                                     "predicted when its probability is over 0.5")
+    label_separator: str = field(",", "with multi-label: what separates a text's labels")
+    class_weights: str | None = field(None, "weigh the loss of each class: 'balanced' (n / (classes x count), "
+                                            "scikit-learn's rule; multi-label: negatives / positives per label) or "
+                                            "one number per class in the order of the sorted labels, comma-"
+                                            "separated (default: all 1)")
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.class_weights not in (None, "balanced"):
+            try:
+                weights = [float(w) for w in self.class_weights.split(",")]
+            except ValueError:
+                weights = []
+            if not weights or any(not (w > 0 and np.isfinite(w)) for w in weights):
+                out.append(f"class_weights must be 'balanced' or positive numbers separated by commas, got "
+                           f"{self.class_weights!r}")
+        if not self.label_separator.strip():
+            out.append("label_separator must not be blank")
+        return out
 
 
 @register("classification", options=ClassificationOptions)
@@ -80,11 +102,27 @@ class Classification(ExampleBatches, Objective):
         special = train_ds.special_ids
         self.pad_id = special.get("pad", 0)  # padding is masked: its id only must exist
 
-        examples = read_pairs(o.pairs, o.text_column, o.label_column, options="text-column / label-column")
-        names = [label.strip() for _, label in examples]
-        self.labels = self._classes(sorted(set(names)))
-        index = {name: i for i, name in enumerate(self.labels)}
-        self.targets = np.array([index[name] for name in names], dtype=np.int64)
+        examples = read_pairs(o.pairs, o.text_column, o.label_column, options="text-column / label-column",
+                              label_separator=o.label_separator if o.multi_label else None)
+        self.multi_label = o.multi_label
+        if cfg.model.multi_label and not o.multi_label:  # e.g. --init-from a multi-label checkpoint
+            raise UserError("the model is a multi-label classifier (model.multi_label) but the objective reads one "
+                            "label per text", fix="pass --objective-options.multi-label, or --no-model.multi-label "
+                                                  "for a single-label head")
+        if o.multi_label:
+            sets = [split_labels(label, o.label_separator) for _, label in examples]
+            self.labels = self._classes(sorted({name for names in sets for name in names}))
+            cfg.model.multi_label = True
+            index = {name: i for i, name in enumerate(self.labels)}
+            self.targets = np.zeros((len(sets), len(self.labels)), dtype=np.float32)  # multi-hot
+            for row, names in enumerate(sets):
+                self.targets[row, [index[name] for name in names]] = 1.0
+        else:
+            names = [label.strip() for _, label in examples]
+            self.labels = self._classes(sorted(set(names)))
+            index = {name: i for i, name in enumerate(self.labels)}
+            self.targets = np.array([index[name] for name in names], dtype=np.int64)
+        self.weights = self._class_weights()
 
         tok = load_tokenizer(train_ds.tokenizer_path)
         self.texts = encode_texts(tok, [text for text, _ in examples], text_frame(cfg.model, special), special,
@@ -114,28 +152,64 @@ class Classification(ExampleBatches, Objective):
         model.validate()
         return found
 
+    def _class_weights(self) -> Tensor | None:
+        """The loss weight of each class (single-label) or each label's positives (multi-label), or None."""
+        o, k = self.opts, len(self.labels)
+        if o.class_weights is None:
+            return None
+        if o.class_weights == "balanced":
+            if self.multi_label:
+                positives = self.targets.sum(0)
+                weights = (len(self.targets) - positives) / np.maximum(positives, 1)
+            else:
+                counts = np.bincount(self.targets, minlength=k)
+                weights = len(self.targets) / (k * np.maximum(counts, 1))
+        else:
+            weights = np.array([float(w) for w in o.class_weights.split(",")])
+            if len(weights) != k:
+                raise UserError(f"objective_options.class_weights gives {len(weights)} weights for {k} classes "
+                                f"({', '.join(self.labels)})", where=o.pairs,
+                                fix="give one weight per class, in the order of the sorted labels")
+        return torch.tensor(weights, dtype=torch.float32)
+
     # ------------------------------------------------------------------------------------------------ batches
     def batch(self, idx: Iterable[int]) -> dict[str, Tensor]:
         idx = list(idx)
         ids, mask = pad([self.texts[i] for i in idx], self.pad_id)
-        return {"ids": ids, "mask": mask, "labels": torch.from_numpy(self.targets[idx])}
+        return {"ids": ids, "mask": mask, "labels": torch.from_numpy(self.targets[idx])}  # (B,) or (B, K) multi-hot
 
     # ------------------------------------------------------------------------------------------------- loss
     def forward(self, model: nn.Module, batch: Any) -> Output:
         b = self.to_device(batch)
         logits = model(b["ids"], attention_mask=b["mask"]).float()  # (B, K)
         labels = b["labels"]
-        loss_sum = F.cross_entropy(logits, labels, reduction="sum")
-        pred = logits.argmax(-1)
-        sums = {"loss": loss_sum.detach(), "count": float(len(labels)), "correct": (pred == labels).sum(),
-                "tokens": b["mask"].sum()}
+        weights = None if self.weights is None else self.weights.to(logits.device)
+        if self.multi_label:  # (B, K) multi-hot: binary cross-entropy summed over the labels, mean over the texts
+            loss_sum = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum", pos_weight=weights)
+            pred = logits > 0
+            gold = labels > 0.5
+            correct = (pred == gold).all(-1).sum()  # every label of the text right (subset accuracy)
+            divisor: Tensor | float = float(len(labels))
+        else:
+            loss_sum = F.cross_entropy(logits, labels, reduction="sum", weight=weights)
+            pred = logits.argmax(-1)
+            correct = (pred == labels).sum()
+            # A weighted loss is the weighted mean, as torch's reduction="mean" with weights divides.
+            divisor = weights[labels].sum() if weights is not None else float(len(labels))
+        sums = {"loss": loss_sum.detach(), "count": float(len(labels)), "correct": correct, "tokens": b["mask"].sum()}
+        if weights is not None and not self.multi_label:
+            sums["weight"] = divisor
         if not model.training:  # evaluation only: the trainer reads every training sum each step, one sync per key
-            sums.update(class_sums(pred, labels, len(self.labels)))
-        return Output(loss=loss_sum / len(labels), sums=sums)
+            sums.update(label_sums(pred, gold, len(self.labels)) if self.multi_label else
+                        class_sums(pred, labels, len(self.labels)))
+        return Output(loss=loss_sum / divisor, sums=sums)
+
+    def metric_names(self) -> tuple[str, ...]:
+        return ("loss", "accuracy", "f1", "examples")
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         count = max(sums["count"], 1)
-        return {"loss": sums["loss"] / count, "accuracy": sums["correct"] / count,
+        return {"loss": sums["loss"] / max(sums.get("weight", count), 1e-12), "accuracy": sums["correct"] / count,
                 "f1": macro_f1(sums, len(self.labels)), "examples": sums["count"]}
 
 

@@ -29,7 +29,6 @@ is in exactly one batch of one rank, so the summed totals hold every question's 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -40,10 +39,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.config import field
-from lmforge.data.examples import EpochSampler, pad
-from lmforge.data.squad import Question, read_squad
+from lmforge.data.examples import EpochSampler
+from lmforge.data.squad import Question, Window, question_windows, read_squad, windows_of
 from lmforge.errors import UserError
 from lmforge.eval import squad
+from lmforge.eval.qa import best_spans, question_answers, window_inputs
 from lmforge.models.registry import Kind
 from lmforge.train.objectives import Objective, Options, Output, register
 from lmforge.train.objectives.options import require_special, require_vocab
@@ -65,53 +65,6 @@ class ExtractiveQAOptions(Options):
                                             "more than this", finite=True)
     skip_bad_rows: bool = field(False, "skip (and count) questions whose answer is not in the context at its "
                                        "answer_start, instead of stopping")
-
-
-@dataclass(frozen=True)
-class Window:
-    """One model input: a question and a stretch of its context's tokens."""
-
-    question: int  # index into the questions
-    ids: list[int]  # <cls> question <sep> context[first:first + length] <sep>
-    ctx: int  # position of the first context token in ids
-    first: int  # index of that token among the context's tokens
-    length: int
-    start: int  # target positions in ids (0, 0: no answer in this window)
-    end: int
-
-
-def windows_of(q_ids: list[int], ctx_ids: list[int], ctx_offsets: list[tuple[int, int]], question: int,
-               answer: tuple[int, int] | None, cls: int, sep: int, max_len: int, stride: int) -> list[Window]:
-    """The windows of one question over its context's tokens; `answer` is its (start, end) character span."""
-    ctx, room = len(q_ids) + 2, max_len - len(q_ids) - 3
-    span = None
-    if answer is not None:  # the context tokens the answer's characters cover
-        covering = [k for k, (s, e) in enumerate(ctx_offsets) if e > answer[0] and s < answer[1] and e > s]
-        span = (covering[0], covering[-1]) if covering else None
-    out, first = [], 0
-    while True:
-        length = min(room, len(ctx_ids) - first)
-        start = end = 0
-        if span is not None and first <= span[0] and span[1] < first + length:
-            start, end = ctx + span[0] - first, ctx + span[1] - first
-        out.append(Window(question, [cls, *q_ids, sep, *ctx_ids[first:first + length], sep], ctx, first, length,
-                          start, end))
-        if first + length >= len(ctx_ids):
-            return out
-        first += min(length, stride)
-
-
-def best_spans(start: Tensor, end: Tensor, valid: Tensor, max_answer_len: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per window (rows of the (W, T) logits, `valid` marking context positions): the best span's score, start and
-    end position, over spans with start <= end < start + max_answer_len both in the context."""
-    W, T = start.shape
-    scores = start[:, :, None] + end[:, None, :]  # (W, T, T): [w, i, j] = start i, end j
-    i = torch.arange(T, device=start.device)
-    band = (i[None, :] >= i[:, None]) & (i[None, :] - i[:, None] < max_answer_len)  # (T, T)
-    ok = band[None] & valid[:, :, None] & valid[:, None, :]
-    scores = scores.masked_fill(~ok, float("-inf")).flatten(1)
-    best, at = scores.max(-1)
-    return best, at // T, at % T
 
 
 @register("extractive_qa", options=ExtractiveQAOptions)
@@ -154,25 +107,10 @@ class ExtractiveQA(ExampleBatches, Objective):
         self.skipped = read.skipped
         self.v2 = any(not q.answerable for q in self.questions)
 
-        tok = load_tokenizer(train_ds.tokenizer_path)
-        contexts = list(dict.fromkeys(q.context for q in self.questions))
-        encoded = dict(zip(contexts, tok.encode_batch(contexts, add_special_tokens=False)))
-        self.offsets = {c: enc.offsets for c, enc in encoded.items()}
-        q_enc = tok.encode_batch([q.question for q in self.questions], add_special_tokens=False)
-        self.windows: list[Window] = []
-        self.windows_of: list[list[int]] = []  # question -> its windows' indices
-        for n, (q, qe) in enumerate(zip(self.questions, q_enc)):
-            enc = encoded[q.context]
-            q_ids = qe.ids[:o.max_query_len]
-            if max_len - len(q_ids) - 3 < 1:
-                raise UserError(f"question {q.id} has {len(q_ids)} tokens: a window of {max_len} tokens leaves no "
-                                f"room for its context after it and 3 special tokens", where=o.squad,
-                                fix="lower --objective-options.max-query-len or raise --objective-options.max-len")
-            answer = (q.answers[0].start, q.answers[0].end) if q.answerable else None
-            ws = windows_of(q_ids, enc.ids, enc.offsets, n, answer, self.cls_id, self.sep_id,
-                            max_len, o.doc_stride)
-            self.windows_of.append(list(range(len(self.windows), len(self.windows) + len(ws))))
-            self.windows.extend(ws)
+        built = question_windows(load_tokenizer(train_ds.tokenizer_path), self.questions, cls=self.cls_id,
+                                 sep=self.sep_id, max_len=max_len, stride=o.doc_stride,
+                                 max_query_len=o.max_query_len, where=o.squad)
+        self.windows, self.windows_of, self.offsets = built.windows, built.of_question, built.offsets
 
         self.split_examples(len(self.questions), o.val_fraction, "questions", o.squad)
         self.val_questions = self.val_idx
@@ -184,13 +122,8 @@ class ExtractiveQA(ExampleBatches, Objective):
     def batch(self, idx: Iterable[int]) -> dict[str, Tensor]:
         """The windows `idx` (indices into `self.windows`), padded."""
         ws = [self.windows[i] for i in idx]
-        ids, mask = pad([w.ids for w in ws], self.pad_id)
-        b = {"ids": ids, "mask": mask, "starts": torch.tensor([w.start for w in ws]),
-             "ends": torch.tensor([w.end for w in ws]), "windows": torch.tensor(list(idx), dtype=torch.int64)}
-        if self.segments:
-            types, _ = pad([[0] * w.ctx + [1] * (len(w.ids) - w.ctx) for w in ws], 0)
-            b["token_types"] = types
-        return b
+        return {**window_inputs(ws, self.pad_id, self.segments), "starts": torch.tensor([w.start for w in ws]),
+                "ends": torch.tensor([w.end for w in ws]), "windows": torch.tensor(list(idx), dtype=torch.int64)}
 
     def eval_batches(self) -> Iterable[Any] | None:
         """Batches of `batch_size` held-out questions, each with all its windows."""
@@ -213,34 +146,21 @@ class ExtractiveQA(ExampleBatches, Objective):
 
     def _answers(self, start: Tensor, end: Tensor, windows: list[int]) -> dict[str, float]:
         """Per question of these windows: the exact match and F1 of its best span, and its no-answer margin."""
-        valid = torch.zeros_like(start, dtype=torch.bool)
-        for r, w in enumerate(windows):
-            win = self.windows[w]
-            valid[r, win.ctx:win.ctx + win.length] = True
-        best, i, j = (t.tolist() for t in best_spans(start, end, valid, self.opts.max_answer_len))
-        null = (start[:, 0] + end[:, 0]).tolist()
-        per_question: dict[int, tuple[float, int, float]] = {}  # q -> best span score, its row, smallest null
-        for r, w in enumerate(windows):
-            q = self.windows[w].question
-            score, row, low = per_question.get(q, (float("-inf"), -1, float("inf")))
-            if best[r] > score:
-                score, row = best[r], r
-            per_question[q] = (score, row, min(low, null[r]))
+        answers = question_answers([self.windows[w] for w in windows], start, end, self.questions, self.offsets,
+                                   self.opts.max_answer_len)
         out: dict[str, float] = {}
-        for q, (score, row, low) in per_question.items():
-            text = ""
-            if row >= 0 and math.isfinite(score):
-                win = self.windows[windows[row]]
-                offsets = self.offsets[self.questions[q].context]
-                first, last = win.first + i[row] - win.ctx, win.first + j[row] - win.ctx
-                text = self.questions[q].context[offsets[first][0]:offsets[last][1]].strip()
+        for q, (text, margin) in answers.items():
             golds = [a.text for a in self.questions[q].answers]
             out[f"em/{q}"] = squad.best_over_golds(squad.exact_match, text, golds)
             out[f"f1/{q}"] = squad.best_over_golds(squad.token_f1, text, golds)
-            out[f"na/{q}"] = low - score if math.isfinite(score) else float("inf")
+            out[f"na/{q}"] = margin
             if not text:
                 out[f"empty/{q}"] = 1.0
         return out
+
+    def metric_names(self) -> tuple[str, ...]:
+        v2 = ("best_exact_match", "best_f1", "best_f1_threshold") if self.v2 else ()
+        return ("loss", "windows", "exact_match", "f1", *v2, "questions")
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         metrics = {"loss": sums["loss"] / max(sums["count"], 1), "windows": sums["count"]}

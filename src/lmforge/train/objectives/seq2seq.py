@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,12 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmforge.config import field
 from lmforge.data.examples import EpochSampler, held_out, pad, read_pairs
 from lmforge.data.tokenizer import decoder_start_id
 from lmforge.errors import UserError
-from lmforge.eval.metrics import IGNORE_INDEX
-from lmforge.models.registry import Kind
+from lmforge.eval.metrics import IGNORE_INDEX, next_token_nll
+from lmforge.models.registry import Kind, kind_of
 from lmforge.train.objectives import Objective, Output, register
 from lmforge.train.objectives.options import (
     TextPairsOptions,
@@ -151,43 +153,123 @@ class EncoderDecoderObjective(Objective):
                 "target_tokens": sums["count"]}
 
 
-@register("seq2seq", options=TextPairsOptions)
+@dataclass
+class Seq2SeqOptions(TextPairsOptions):
+    generate_eval: bool = field(False, "at each evaluation also generate every held-out target (greedy) and report "
+                                       "BLEU, chrF and ROUGE-1/2/L beside the loss (slower; --select-by bleu needs "
+                                       "it)")
+    eval_max_new_tokens: int | None = field(None, "with generate-eval: longest generated target (default: twice the "
+                                                  "longest held-out target)", min=1)
+
+
+@register("seq2seq", options=Seq2SeqOptions)
 class Seq2Seq(ExampleBatches, EncoderDecoderObjective):
-    """Cross-entropy of each pair's target given its source (translation, summarisation, ...)."""
+    """Cross-entropy of each pair's target given its source (translation, summarisation, ...).
+
+    An encoder-decoder encodes the source and decodes the target (teacher-forced). A decoder reads the prompt
+    template `<eos> source <sep>` followed by `target <eos>`, with the loss masked to the target
+    (`data.examples.seq2seq_source`, the one template of training and generation).
+    """
+
+    kinds = (Kind.ENCODER_DECODER, Kind.DECODER)
+    opts: Seq2SeqOptions
 
     def __init__(self, cfg, rt) -> None:
+        from lmforge.data.examples import seq2seq_source
         from lmforge.data.tokenizer import load_tokenizer
 
         super().__init__(cfg, rt)
-        o: TextPairsOptions = self.opts
+        o = self.opts
         if not o.pairs:
             raise UserError("objective 'seq2seq' trains on text pairs, but no pairs file is given",
                             fix="pass --objective-options.pairs FILE (.tsv with a header row, or .jsonl)")
+        self.decoder_only = kind_of(cfg.model) == Kind.DECODER
+        if self.decoder_only:
+            require_special(self.special_ids, ("sep",), self.name, cfg.data,
+                            why="(a decoder reads `source <sep> target`)")
         max_len = cfg.model.max_seq_len
         require_pair_lengths(cfg)
-        tok = load_tokenizer(self.train_ds.tokenizer_path)
+        self.tokenizer = load_tokenizer(self.train_ds.tokenizer_path)
         texts = read_pairs(o.pairs, o.source_column, o.target_column)
-        src_ids = tok.encode_batch([s for s, _ in texts], add_special_tokens=False)
-        tgt_ids = tok.encode_batch([t for _, t in texts], add_special_tokens=False)
+        src_ids = self.tokenizer.encode_batch([s for s, _ in texts], add_special_tokens=False)
+        tgt_ids = self.tokenizer.encode_batch([t for _, t in texts], add_special_tokens=False)
         fix = ("shorten the texts, or truncate with --objective-options.max-source-len / max-target-len, or raise "
                "--model.max-seq-len")
+        framing = len(seq2seq_source(cfg.model, self.special_ids, []))
         self.sources: list[list[int]] = []
         self.targets: list[list[int]] = []
+        self.target_texts = [t for _, t in texts]
         for i, (s, t) in enumerate(zip(src_ids, tgt_ids)):
-            s = fit_length(s.ids, o.max_source_len or max_len, o.max_source_len is not None, reserved=1,
-                           what=f"the source of pair {i + 1} (with <eos>)", where=o.pairs, fix=fix)
+            s = fit_length(s.ids, o.max_source_len or max_len, o.max_source_len is not None, reserved=framing,
+                           what=f"the source of pair {i + 1} (with {self._framing_words()})", where=o.pairs, fix=fix)
             # The decoder reads <start> + target and predicts target + <eos>: both as long as target + 1.
             t = fit_length(t.ids, o.max_target_len or max_len, o.max_target_len is not None, reserved=1,
                            what=f"the target of pair {i + 1} (with <eos>)", where=o.pairs, fix=fix)
-            self.sources.append([*s, self.eos_id])
+            source = seq2seq_source(cfg.model, self.special_ids, s)
+            # A decoder reads the prompt and the target but the last token: one sequence of the model's positions.
+            if self.decoder_only and len(source) + len(t) > max_len:
+                raise UserError(f"pair {i + 1} reads {len(source) + len(t)} tokens as `<eos> source <sep> target`, "
+                                f"more than the model's max_seq_len {max_len}", where=o.pairs, fix=fix)
+            self.sources.append(source)
             self.targets.append([*t, self.eos_id])
         self.split_examples(len(texts), o.pairs_val_fraction, "pairs", o.pairs)
 
-    def batch(self, idx: Iterable[int]) -> dict[str, Tensor]:
+    def _framing_words(self) -> str:
+        return "<eos> before and <sep> after" if self.decoder_only else "<eos>"
+
+    def batch(self, idx: Iterable[int]) -> dict[str, Any]:
         idx = list(idx)
-        src, src_mask = pad([self.sources[i] for i in idx], self.pad_id)
-        tgt_in, labels = self.decoder_io([self.targets[i] for i in idx])
-        return {"src": src, "src_mask": src_mask, "tgt_in": tgt_in, "labels": labels}
+        if self.decoder_only:
+            # `prompt target <eos>` shifted by one; only the positions that predict the target are scored.
+            seqs = [self.sources[i] + self.targets[i] for i in idx]
+            ids, _ = pad([s[:-1] for s in seqs], self.pad_id)
+            labels, _ = pad([[IGNORE_INDEX] * (len(self.sources[i]) - 1) + self.targets[i] for i in idx],
+                            self.pad_id, value=IGNORE_INDEX)
+            out: dict[str, Any] = {"ids": ids, "labels": labels}
+        else:
+            src, src_mask = pad([self.sources[i] for i in idx], self.pad_id)
+            tgt_in, labels = self.decoder_io([self.targets[i] for i in idx])
+            out = {"src": src, "src_mask": src_mask, "tgt_in": tgt_in, "labels": labels}
+        if self.opts.generate_eval:
+            out["rows"] = idx  # which pairs: their sources and reference texts, for generation at evaluation
+        return out
+
+    def forward(self, model: nn.Module, batch: Any) -> Output:
+        if self.decoder_only:
+            b = self.to_device(batch)
+            logits = model(b["ids"])  # (B, T, V)
+            labels = b["labels"]
+            loss_sum, count = next_token_nll(logits, labels)
+            real = labels != IGNORE_INDEX
+            out = Output(loss=loss_sum / count.clamp(min=1), sums={
+                "loss": loss_sum.detach(), "count": count, "correct": ((logits.argmax(-1) == labels) & real).sum(),
+                "tokens": b["ids"].numel()})
+        else:
+            out = super().forward(model, batch)
+        if not model.training and self.opts.generate_eval:
+            out.sums.update(self._generated_sums(model, batch["rows"]))
+        return out
+
+    def _generated_sums(self, model: nn.Module, rows: list[int]) -> dict[str, float]:
+        """BLEU / chrF / ROUGE statistics of the greedy outputs for these held-out pairs (additive)."""
+        from lmforge.eval.metrics import text_sums
+        from lmforge.eval.seq2seq import generate_targets
+
+        plain = getattr(model, "module", model)  # the model itself under DDP: generation needs its cache methods
+        longest = self.opts.eval_max_new_tokens or 2 * max(len(self.targets[i]) for i in self.val_idx)
+        texts = generate_targets(plain, self.tokenizer, [self.sources[i] for i in rows], self.special_ids,
+                                 max_new_tokens=longest)
+        return text_sums(texts, [self.target_texts[i] for i in rows])
+
+    def metric_names(self) -> tuple[str, ...]:
+        from lmforge.eval.metrics import TEXT_SCORES
+
+        return ("loss", "ppl", "accuracy", "target_tokens", *(TEXT_SCORES if self.opts.generate_eval else ()))
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        from lmforge.eval.metrics import text_scores
+
+        return {**super().summarize(sums), **text_scores(sums)}
 
 
-__all__ = ["EncoderDecoderObjective", "ExampleBatches", "Seq2Seq", "decoder_start_id", "fit_length"]
+__all__ = ["EncoderDecoderObjective", "ExampleBatches", "Seq2Seq", "Seq2SeqOptions", "decoder_start_id", "fit_length"]

@@ -1,0 +1,84 @@
+"""`lmforge predict CHECKPOINT --file F`: labels, answers or generated targets for each row, as JSON lines."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from lmforge.cli.main import main
+from lmforge.models import build_model, get_preset
+from lmforge.models.io import save_model
+
+
+def predict(capsys, *argv):
+    code = main(["predict", *map(str, argv), "--device", "cpu"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def tiny(tiny_data, tmp_path, preset, **kw):
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(get_preset(preset), vocab_size=512, d_model=32, n_layer=1, max_seq_len=64, **kw)
+    return save_model(tmp_path / preset, build_model(cfg), cfg, tokenizer_dir=tiny_data)
+
+
+def test_a_classifier_labels_every_row_as_eval_does(capsys, tiny_data, tmp_path):
+    ckpt = tiny(tiny_data, tmp_path, "lstm-tiny", labels=["neg", "pos"], head="classify")
+    (tmp_path / "in.tsv").write_text("sentence\nA fine film .\nDull and long .\nOkay .\n", encoding="utf-8")
+    code, out, err = predict(capsys, ckpt, "--file", tmp_path / "in.tsv", "--text-column", "sentence", "--out",
+                             tmp_path / "p.jsonl")
+    assert code == 0 and "wrote labels for 3 rows" in out, err
+    rows = lines(tmp_path / "p.jsonl")
+    assert [r["sentence"] for r in rows] == ["A fine film .", "Dull and long .", "Okay ."]
+    # The same labels `eval --task classification` predicts for the same texts.
+    (tmp_path / "gold.tsv").write_text("sentence\tlabel\n" + "".join(f"{r['sentence']}\tneg\n" for r in rows))
+    assert main(["eval", "--task", "classification", "--checkpoint", str(ckpt), "--file", str(tmp_path / "gold.tsv"),
+                 "--text-column", "sentence", "--out", str(tmp_path / "e"), "--device", "cpu"]) == 0
+    scored = lines(tmp_path / "e" / "predictions.jsonl")
+    assert [r["predicted"] for r in rows] == [s["predicted"] for s in scored]
+    assert [r["probability"] for r in rows] == pytest.approx([s["probability"] for s in scored])
+
+
+def test_a_seq2seq_model_generates_a_target_for_every_source(capsys, tiny_data, tmp_path):
+    ckpt = tiny(tiny_data, tmp_path, "t5-tiny")
+    (tmp_path / "in.jsonl").write_text('{"en": "A man rides a bike."}\n{"en": "Two dogs."}\n', encoding="utf-8")
+    code, out, err = predict(capsys, ckpt, "--file", tmp_path / "in.jsonl", "--source-column", "en",
+                             "--max-new-tokens", "5", "--out", tmp_path / "p.jsonl")
+    assert code == 0 and "wrote generated targets for 2 rows" in out, err
+    rows = lines(tmp_path / "p.jsonl")
+    assert [r["en"] for r in rows] == ["A man rides a bike.", "Two dogs."] and all("generated" in r for r in rows)
+
+
+def test_a_span_model_answers_each_question_from_its_context(capsys, tiny_data, tmp_path):
+    ckpt = tiny(tiny_data, tmp_path, "bert-tiny", head="span")
+    context = "the function returns a value"
+    (tmp_path / "in.jsonl").write_text(json.dumps({"question": "what is returned?", "context": context}) + "\n",
+                                       encoding="utf-8")
+    code, _, err = predict(capsys, ckpt, "--file", tmp_path / "in.jsonl", "--no-answer-threshold", "1e9",
+                           "--out", tmp_path / "p.jsonl")
+    assert code == 0, err
+    (row,) = lines(tmp_path / "p.jsonl")
+    assert row["predicted"] == row["span"] and row["span"] and row["span"] in context
+
+
+def test_bad_input_is_one_line(capsys, tiny_data, tmp_path):
+    clf = tiny(tiny_data, tmp_path, "lstm-tiny", labels=["neg", "pos"], head="classify")
+    lm = tiny(tiny_data, tmp_path / "lm", "lstm-tiny")
+    (tmp_path / "in.tsv").write_text("text\nfine\n", encoding="utf-8")
+    cases = [
+        ([clf, "--file", tmp_path / "in.tsv", "--text-column", "review"], "no column 'review'"),
+        ([clf, "--file", tmp_path / "missing.tsv"], "input file not found"),
+        ([clf], "no input file given"),
+        ([lm, "--file", tmp_path / "in.tsv"], "predict needs a checkpoint that classifies"),
+    ]
+    for argv, expected in cases:
+        code, out, err = predict(capsys, *argv, "--out", tmp_path / "p.jsonl")
+        assert code == 2 and out == "" and err.count("\n") == 1 and expected in err, (argv, err)
+    assert not (tmp_path / "p.jsonl").exists()
