@@ -36,11 +36,13 @@ def _main(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint
     cfg = resolve(PruneConfig, argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "checkpoint"}))
     rows = prune_checkpoint(checkpoint, cfg)
-    table = Table(title=f"validation split of {cfg.data}, magnitude pruning {cfg.scope}", title_justify="left")
-    columns = ["pruned", "sparsity", "perplexity", "bits/byte"]
     recovered = any(r.recovered_ppl is not None for r in rows)
+    title = f"validation split of {cfg.data} (magnitude pruning: {cfg.scope}" + (
+        f"; recovered: {cfg.recover_steps} fine-tune steps, then the zeros put back)" if recovered else ")")
+    table = Table(title=title, title_justify="left")
+    columns = ["pruned", "sparsity", "perplexity", "bits/byte"]
     if recovered:
-        columns += [f"perplexity after {cfg.recover_steps} steps", "bits/byte after"]
+        columns += ["recovered", "bits/byte"]
     for col in columns:
         table.add_column(col, justify="left" if col == "pruned" else "right")
     for r in rows:
