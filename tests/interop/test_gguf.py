@@ -168,3 +168,14 @@ def test_an_output_that_is_not_gguf_is_never_replaced(tmp_path, tiny_data, capsy
     assert "is a directory" in err
     with pytest.raises(UserError, match="unknown GGUF type 'q4_k'"):
         export_gguf(ckpt, tmp_path / "m.gguf", "q4_k")
+
+
+def test_a_quantised_checkpoint_is_refused_in_one_line(tmp_path, tiny_data, capsys):
+    from lmforge.checkpoints import load_model
+    from lmforge.compress.quantize import QuantizationSpec, quantize_model, save_quantized
+
+    ckpt, _ = checkpoint(tmp_path, tiny_data, "gpt")
+    model, cfg = load_model(ckpt)
+    q8 = save_quantized(tmp_path / "q8", model, cfg, quantize_model(model, QuantizationSpec()), ckpt)
+    err = one_line_error(capsys, "export", str(q8), "--format", "gguf", "--out", str(tmp_path / "x.gguf"))
+    assert "quantised by `lmforge quantize`" in err and "export the float checkpoint" in err

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from lmforge.checkpoints import is_sharded_checkpoint, load_model, resolve_checkpoint, verify_checksums
+from lmforge.compress.quantize import read_spec
 from lmforge.errors import UserError
 from lmforge.interop.families import Family
 from lmforge.interop.hf import _load_tensors, _meta_model, family_for_lmforge, special_tokens, to_hf_state
@@ -246,6 +247,10 @@ def export_gguf(checkpoint_dir: str | Path, out_file: str | Path, gguf_type: str
     ckpt, out = resolve_checkpoint(checkpoint_dir), Path(out_file)
     cfg = ModelConfig.load(ckpt / CONFIG)
     family, target = _gguf_family(cfg, ckpt)
+    if read_spec(ckpt) is not None:
+        raise UserError("this checkpoint is quantised by `lmforge quantize`; GGUF export reads float weights",
+                        where=ckpt, fix="export the float checkpoint it came from (--gguf-type q8_0 quantises it "
+                                        "the way llama.cpp runs)")
     _check_out_file(out)
     vocab = read_vocabulary(ckpt, cfg.vocab_size)
     hf_state = to_hf_state(family, cfg, _read_state(ckpt, cfg))
