@@ -101,24 +101,26 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="training steps when no --checkpoint is given")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--skip-124m", action="store_true")
+    ap.add_argument("--skip-124m", action="store_true", help="leave out part 2")
+    ap.add_argument("--skip-quality", action="store_true", help="leave out part 1")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()[0]:.1f} at start")
     with tempfile.TemporaryDirectory(prefix="lmforge-quantize-bench-") as tmp:
         work = Path(tmp)
-        if args.checkpoint:
-            ckpt, data = Path(args.checkpoint), Path(args.data)
-        else:
-            t0 = time.perf_counter()
-            ckpt, data = prepare_and_train(work, args.steps)
-            print(f"prepared and trained in {time.perf_counter() - t0:.0f} s")
-        print(table(quality(ckpt, data, work, args.new_tokens),
-                    f"quickstart data, `tiny` GPT ({ckpt}), whole val split; decode: batch 1, greedy, "
-                    f"{args.new_tokens} new tokens"))
+        if not args.skip_quality:
+            if args.checkpoint:
+                ckpt, data = Path(args.checkpoint), Path(args.data)
+            else:
+                t0 = time.perf_counter()
+                ckpt, data = prepare_and_train(work, args.steps)
+                print(f"prepared and trained in {time.perf_counter() - t0:.0f} s")
+            print(table(quality(ckpt, data, work, args.new_tokens),
+                        f"quickstart data, `tiny` GPT ({ckpt}), whole val split; decode: batch 1, greedy, "
+                        f"{args.new_tokens} new tokens"), flush=True)
     if not args.skip_124m:
         print(table(speed_124m(args.new_tokens), "GPT-2 124M shape, vocab 4,096 (89M parameters), random weights: "
-                                                 f"batch 1, greedy, {args.new_tokens} new tokens"))
+                                                 f"batch 1, greedy, {args.new_tokens} new tokens"), flush=True)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
