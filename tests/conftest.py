@@ -89,3 +89,25 @@ def torchrun_two():
         return proc.returncode, log
 
     return run
+
+
+@pytest.fixture(scope="session")
+def trained_lms(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A gpt and a llama (2 layers, 64 wide) trained 120 steps on `tiny_data`: peaked enough next-token
+    distributions that compression's effect on greedy tokens and perplexity means something. Read-only."""
+    import torch
+
+    from lmforge.cli.main import main
+
+    out = tmp_path_factory.mktemp("trained_lms")
+    before = torch.get_num_threads()
+    runs = {}
+    for family, preset in (("gpt", "tiny"), ("llama", "llama-tiny")):
+        assert main(["train", "--data", str(tiny_data), "--out", str(out / family), "--preset", preset,
+                     "--steps", "120", "--model.n-layer", "2", "--model.d-model", "64", "--model.n-head", "4",
+                     "--model.max-seq-len", "64", "--seq-len", "64", "--batch-size", "8", "--optim.lr", "3e-3",
+                     "--eval-every", "0", "--eval-batches", "4", "--log-every", "60", "--no-tensorboard",
+                     "--device", "cpu", "--seed", "0"]) == 0
+        runs[family] = out / family / "checkpoints" / "best"
+    torch.set_num_threads(before)
+    return runs

@@ -52,8 +52,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     its shards are read into the one whole model, whatever number of processes wrote them. `dtype` casts the
     floating-point weights after loading (integer buffers keep theirs); None keeps the checkpoint's dtype.
     `verify`: check the weights (a sharded checkpoint: every file) against the checkpoint's `checksums.json` first
-    (when it has one).
+    (when it has one). A quantised checkpoint (`lmforge quantize`: a `quantization.json` beside the config) gets
+    its quantised layers swapped in before its integer weights load.
     """
+    from lmforge.compress.quantize import apply_layout, read_spec
     from lmforge.models import build_model
 
     path = Path(path)
@@ -64,6 +66,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
         return load_adapted(path, device=device, dtype=dtype, verify=verify)
     cfg = ModelConfig.load(path / CONFIG)
     model = build_model(cfg)
+    quantization = read_spec(path)
+    if quantization is not None:
+        apply_layout(model, quantization, path)
     if is_sharded_checkpoint(path):
         from lmforge.parallel.checkpoint import read_model_shards  # torch.distributed.checkpoint only when needed
 
@@ -73,7 +78,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     else:
         if verify:
             verify_checksums(path, [WEIGHTS])
-        load_state(model, path / WEIGHTS)
+        try:
+            load_state(model, path / WEIGHTS)
+        except UserError as e:
+            if e.where is None:  # a quantised layer's dtype check knows the tensor, not the directory
+                raise UserError(e.what, where=path / WEIGHTS, fix=e.fix) from None
+            raise
     return model.to(device=device, dtype=dtype).eval(), cfg
 
 

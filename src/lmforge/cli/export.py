@@ -1,4 +1,5 @@
-"""`lmforge export`: an lmforge checkpoint as a Hugging Face model directory (see docs/interop.md)."""
+"""`lmforge export`: an lmforge checkpoint as a Hugging Face model directory (see docs/interop.md), or as a GGUF file
+for llama.cpp and Ollama (docs/compression.md)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,12 @@ examples:
 
 Options the Hugging Face class cannot express (post-norm GPT, sinusoidal BERT positions, ...) are refused with
 the reason, and nothing is written. See docs/interop.md.
+
+--format gguf writes one .gguf file for llama.cpp and Ollama (gpt and llama language models with a byte-level BPE
+tokenizer; weights f32, f16 or q8_0 with --gguf-type):
+  lmforge export runs/train --format gguf --gguf-type q8_0 --out model-q8_0.gguf
+  llama-cli -m model-q8_0.gguf -p "The list" -n 64 --temp 0     # llama.cpp
+See docs/compression.md.
 """
 
 
@@ -40,10 +47,12 @@ class ExportOptions(Config):
     out: str | None = field(None, "output directory (an earlier model directory there is replaced, "
                                   "anything else is refused)")
     format: str = field("hf", "output format: hf (a model directory; a LoRA adapter checkpoint is merged into its "
-                              "base first), or peft (a LoRA adapter checkpoint as a peft adapter for the hf "
-                              "export of its base)", choices=("hf", "peft"))
+                              "base first), peft (a LoRA adapter checkpoint as a peft adapter for the hf export of "
+                              "its base) or gguf (one file for llama.cpp)", choices=("hf", "peft", "gguf"))
     base_hf: str | None = field(None, "peft: the Hugging Face export of the adapter's base, recorded in "
                                       "adapter_config.json as base_model_name_or_path")
+    gguf_type: str = field("f16", "--format gguf: weight type of the matrices (norms and biases stay f32)",
+                           choices=("f32", "f16", "q8_0"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,7 +64,17 @@ def run(args: argparse.Namespace) -> int:
     options = resolve(ExportOptions, argparse.Namespace(**{k: v for k, v in vars(args).items()
                                                              if k != "checkpoint"}))
     if not options.out:
-        raise UserError("no output directory given", fix="pass --out DIR")
+        raise UserError("no output path given", fix="pass --out DIR (--format gguf: --out FILE.gguf)")
+    if options.format == "gguf":
+        from lmforge.atomic import format_bytes
+        from lmforge.interop.gguf import export_gguf, gguf_summary
+
+        out = export_gguf(checkpoint, options.out, options.gguf_type)
+        summary = gguf_summary(out)
+        print(f"exported {checkpoint} to {out} ({summary['architecture']}, {options.gguf_type}, "
+              f"{summary['tensors']} tensors, {summary['vocabulary']:,} tokens, {format_bytes(summary['bytes'])}; "
+              f"run with llama.cpp: llama-cli -m {out})")
+        return 0
     if options.format == "peft":
         from lmforge.interop.peft import export_peft
 
@@ -68,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    parser = add_verb(sub, "export", ExportOptions, run, help="export a checkpoint as a Hugging Face model",
+    parser = add_verb(sub, "export", ExportOptions, run,
+                      help="export a checkpoint as a Hugging Face model or a GGUF file",
                       description=DESCRIPTION)
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="lmforge checkpoint directory")

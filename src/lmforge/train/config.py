@@ -66,7 +66,8 @@ class TrainConfig(Config):
     objective: str = field("causal_lm", "training objective: causal_lm (decoders, recurrent), mlm / mlm_nsp "
                                         "(encoders), span_corruption / seq2seq (encoder-decoders), contrastive "
                                         "(encoders), classification (families with a classify head), chat_sft "
-                                        "(decoders: conversations, loss on the answers)")
+                                        "(decoders: conversations, loss on the answers), distill (a student of a "
+                                        "teacher checkpoint: --objective-options.teacher)")
     objective_options: Options = field(default_factory=Options, variants=("objective", options_classes),
                                        help="options of the chosen objective (each objective takes only its own)")
     steps: int = field(1000, "optimizer steps to train for", min=1)
