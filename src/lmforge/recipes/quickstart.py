@@ -55,6 +55,9 @@ class QuickstartConfig(Config):
     samples: int = field(3, "continuations to sample at the end", min=0)
     max_new_tokens: int = field(60, "tokens per sample", min=1)
     device: str = field("auto", "device to train on", choices=DEVICES)
+    compile: bool | None = field(None, "torch.compile the model (default: on for a time budget of a minute or more, "
+                                       "where it pays even on a CPU: benchmarks/compile_cpu.py measured 1.55x "
+                                       "faster steps for ~15 s of compilation on 2 cores; off with --steps)")
     seed: int = field(0, "seed for data split, initialisation and sampling")
 
 
@@ -107,6 +110,8 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     console.print("\n".join(prepared.summary), highlight=False)
 
     recipe = {} if cfg.recipe == "none" else {"recipe": cfg.recipe}
+    # Compiling costs seconds up front (paid again by the run after the probe) and pays back within a minute.
+    compiled = cfg.compile if cfg.compile is not None else (not cfg.steps and cfg.minutes * 60 >= COMPILE_PAYS_S)
     lr = cfg.lr if cfg.lr is not None else (None if recipe else 2e-3)
 
     def train_config(steps: int, out: Path, **kw: Any) -> TrainConfig:
@@ -114,6 +119,7 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
                        log_every=max(steps // 60, 1))
         return resolve(TrainConfig, data=str(data_dir), out=str(out), preset=cfg.preset, steps=steps,
                        batch_size=cfg.batch_size, seq_len=cfg.seq_len, device=cfg.device, seed=cfg.seed,
+                       compile=compiled,
                        **recipe, **({"optim__lr": lr} if lr is not None else {}), **{**options, **kw})
 
     def probe(n: int, out: Path) -> Any:
@@ -153,6 +159,7 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     return result
 
 
+COMPILE_PAYS_S = 60  # the budget from which torch.compile is on by default (benchmarks/compile_cpu.py: ~42 s)
 MARKER = ".lmforge-quickstart"  # says a directory was made by quickstart, so a new run may replace its contents
 
 
@@ -174,31 +181,48 @@ def _start_over(out: Path) -> None:
     (out / MARKER).write_text("made by `lmforge quickstart`; a new quickstart run replaces data/ and train/\n")
 
 
+PROBE_STEPS = 16
+
+
+def probe_speed(metrics: Path) -> tuple[float, float]:
+    """(tokens/s, seconds of overhead) from the metrics of a PROBE_STEPS run logged at its half and its end.
+
+    The speed of the second half: the first steps pay for allocation, warm-up and compilation. The overhead is
+    what the first half took beyond steady steps, which a new run pays again.
+    """
+    import json
+
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    first, second = [r for r in records if r.get("event") == "train"][-2:]
+    speed = second["tokens_per_s"]
+    return speed, max(0.0, first["tokens"] / first["tokens_per_s"] - first["tokens"] / speed)
+
+
+def fit_steps(budget_s: float, speed: float, overhead: float, tokens_per_step: int) -> int:
+    """Optimizer steps that fit in `budget_s` at `speed` tokens/s after `overhead` seconds; evaluations and
+    checkpoints take about a tenth of the time on top."""
+    return int(max(0.0, budget_s - overhead) * speed / tokens_per_step / 1.1)
+
+
 def _steps_for_budget(cfg: QuickstartConfig, run: Any) -> int:
     """Steps that fit in `cfg.minutes` on this machine, from the speed of a few real training steps."""
-    import json
     import tempfile
 
-    probe = 16
     console.print("measuring training speed on this machine ...", highlight=False)
     quiet = os.environ.get("LMFORGE_QUIET")
     os.environ["LMFORGE_QUIET"] = "1"  # the probe's own log lines would only be noise
     try:
         with tempfile.TemporaryDirectory(prefix="lmforge-probe-") as tmp:
-            result = run(probe, Path(tmp) / "run")
-            # The speed of the second half: the first steps pay for allocation and warm-up.
-            records = [json.loads(line) for line in result.metrics.read_text().splitlines()]
-            speed = [r["tokens_per_s"] for r in records if r.get("event") == "train"][-1]
+            speed, overhead = probe_speed(run(PROBE_STEPS, Path(tmp) / "run").metrics)
     finally:
         if quiet is None:
             del os.environ["LMFORGE_QUIET"]
         else:
             os.environ["LMFORGE_QUIET"] = quiet
-    tokens_per_step = cfg.batch_size * cfg.seq_len
-    # Evaluations (6 passes over the val split) and checkpoints take about a tenth of the time on top.
-    steps = int(cfg.minutes * 60 * speed / tokens_per_step / 1.1)
-    steps = min(cfg.max_steps, max(probe, steps))
-    console.print(f"{speed:,.0f} tokens/s here: {steps} steps fit in about {cfg.minutes:g} minutes "
+    steps = fit_steps(cfg.minutes * 60, speed, overhead, cfg.batch_size * cfg.seq_len)
+    steps = min(cfg.max_steps, max(PROBE_STEPS, steps))
+    warmup = f" after {overhead:.0f} s of compilation and warm-up" if overhead >= 1 else ""
+    console.print(f"{speed:,.0f} tokens/s here: {steps} steps fit in about {cfg.minutes:g} minutes{warmup} "
                   f"(--steps N to choose)", highlight=False)
     return steps
 
@@ -277,4 +301,5 @@ def next_steps(r: QuickstartResult) -> list[str]:
     return lines
 
 
-__all__ = ["QuickstartConfig", "QuickstartResult", "next_steps", "quickstart"]
+__all__ = ["COMPILE_PAYS_S", "QuickstartConfig", "QuickstartResult", "fit_steps", "next_steps", "probe_speed",
+           "quickstart"]
