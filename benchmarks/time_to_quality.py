@@ -53,9 +53,10 @@ QUICKSTART_SHAPE = {"batch_size": 16, "seq_len": 128}
 
 
 def run_config(data: Path, out: Path, row: dict[str, Any], steps: int, seed: int, **kw: Any) -> TrainConfig:
+    options = dict(eval_every=0, eval_batches=0, checkpoint_every=steps, keep_last=1, log_every=max(steps // 10, 1),
+                   tensorboard=False)
     return resolve(TrainConfig, data=str(data), out=str(out), steps=steps, seed=seed, device="cpu",
-                   eval_every=0, eval_batches=0, checkpoint_every=steps, keep_last=1, log_every=max(steps // 10, 1),
-                   tensorboard=False, **row, **kw)
+                   **{**options, **row, **kw})
 
 
 def steps_for(budget_s: float, data: Path, work: Path, row: dict[str, Any], seed: int, **kw: Any) -> tuple[int, float]:
