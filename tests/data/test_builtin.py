@@ -112,3 +112,32 @@ def test_fingerprint_is_stable():
 def test_stdlib_dir_is_the_base_install():
     assert (builtin.stdlib_dir() / "os.py").is_file()
     assert Path(sys.base_prefix) in builtin.stdlib_dir().parents
+
+
+def shakespeare_documents(spec: str) -> list[str]:
+    return [d.text for d in iter_documents([spec], ReadOptions(), ReadStats())]
+
+
+def test_tinyshakespeare_is_shipped_and_reads_as_the_plays_by_paragraph():
+    from lmforge.data.corpus import resolve_sources, source_fingerprint
+
+    assert resolve_sources([builtin.TINYSHAKESPEARE]) == [builtin.TINYSHAKESPEARE]
+    docs = shakespeare_documents(builtin.TINYSHAKESPEARE)
+    assert len(docs) > 7000 and docs[0].startswith("First Citizen:\nBefore we proceed any further")
+    assert 1_100_000 < sum(len(d) for d in docs) < 1_120_000
+    fp = source_fingerprint(builtin.TINYSHAKESPEARE)
+    assert fp["path"] == builtin.TINYSHAKESPEARE and fp == source_fingerprint(builtin.TINYSHAKESPEARE)
+
+
+def test_tinyshakespeare_gives_the_documents_of_the_original_file(shared_data):
+    original = shared_data / "tinyshakespeare.txt"
+    assert shakespeare_documents(builtin.TINYSHAKESPEARE) == shakespeare_documents(str(original))
+
+
+def test_an_unknown_builtin_corpus_is_one_line_naming_the_ones_there_are():
+    from lmforge.data.corpus import resolve_sources
+    from lmforge.errors import UserError
+
+    with pytest.raises(UserError, match="did you mean builtin:tinyshakespeare") as err:
+        resolve_sources(["builtin:tinyshakespear"])
+    assert "builtin:python-docs" in err.value.line()

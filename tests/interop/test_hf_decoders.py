@@ -32,6 +32,7 @@ LMFORGE_VARIANTS = {
     "gpt-tied": dict(family="gpt"),
     "gpt-untied-gelu": dict(family="gpt", tie_embeddings=False, activation="gelu"),
     "gpt-no-bias": dict(family="gpt", bias=False),  # exported with zero biases
+    "gpt-relu2-untied": dict(family="gpt", activation="relu2", tie_embeddings=False),  # transformers' `relu2`
     "llama-gqa-untied": dict(family="llama", norm="rmsnorm", mlp="gated", activation="silu", pos="rope",
                              bias=False, tie_embeddings=False, n_kv_head=2, rope_theta=500.0, d_ff=48),
     "llama-mha-tied-bias": dict(family="llama", norm="rmsnorm", mlp="gated", activation="silu", pos="rope",
@@ -244,6 +245,9 @@ def test_unsupported_hf_options_are_one_clear_error(tmp_path, config, message):
     (dict(pos="sinusoidal"), "pos=sinusoidal"),
     (dict(n_kv_head=2), "no grouped-query attention"),
     (dict(family="llama", pos="rope", mlp="gated", norm="layernorm"), "norm=layernorm"),
+    (dict(qk_norm=True), "qk_norm=True"),
+    (dict(logit_softcap=15.0), "logit_softcap=15.0"),
+    (dict(family="llama", norm="rmsnorm", mlp="gated", pos="rope", qk_norm=True), "qk_norm=True"),
 ])
 def test_unsupported_lmforge_options_are_one_clear_error(tmp_path, overrides, message):
     cfg = lmforge_config(**overrides)

@@ -11,6 +11,9 @@ VARIANTS = {
     "llama-gqa": dict(family="llama", norm="rmsnorm", mlp="gated", activation="silu", pos="rope", bias=False,
                       tie_embeddings=False, n_kv_head=2),
     "sinusoidal-post-norm": dict(pos="sinusoidal", norm_position="post"),
+    # The fast training recipe's options together: QK-norm before RoPE, ReLU², untied head, logit soft-cap.
+    "recipe-fast": dict(norm="rmsnorm", pos="rope", bias=False, activation="relu2", qk_norm=True,
+                        tie_embeddings=False, logit_softcap=5.0),
 }
 
 
@@ -132,3 +135,39 @@ def test_packed_documents_see_only_themselves(pos):
         out = model(packed, positions=positions, segments=segments)
         torch.testing.assert_close(out[:, :7], model(a), atol=1e-5, rtol=0)
         torch.testing.assert_close(out[:, 7:], model(b), atol=1e-5, rtol=0)
+
+
+def test_logit_softcap_bounds_the_logits_and_is_tanh_of_the_uncapped_ones():
+    torch.manual_seed(0)
+    capped = DecoderLM(tiny(init_std=0.5, logit_softcap=3.0)).eval()
+    plain = DecoderLM(tiny(init_std=0.5))
+    plain.load_state_dict(capped.state_dict())
+    idx = torch.randint(0, 97, (2, 8))
+    raw, out = plain.eval()(idx), capped(idx)
+    assert raw.abs().max() > 3.0  # the cap has something to do
+    assert out.abs().max() <= 3.0
+    assert torch.allclose(out, 3.0 * torch.tanh(raw / 3.0), atol=1e-5)
+
+
+def test_qk_norm_adds_one_learned_scale_per_head_channel_and_changes_attention():
+    cfg = tiny(qk_norm=True)
+    model = DecoderLM(cfg)
+    names = [n for n, _ in model.named_parameters() if "q_norm" in n or "k_norm" in n]
+    assert len(names) == 2 * cfg.n_layer
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in DecoderLM(tiny()).parameters()) + 2 * cfg.n_layer * cfg.head_dim
+    attn = model.blocks[0].attn
+    q = torch.randn(2, cfg.n_head, 5, cfg.head_dim) * 7
+    assert torch.allclose(attn.q_norm(q).pow(2).mean(-1), torch.ones(2, cfg.n_head, 5), atol=1e-3)
+
+
+def test_relu2_is_relu_squared():
+    from lmforge.models.blocks import ACTIVATIONS
+
+    x = torch.linspace(-3, 3, 13)
+    assert torch.equal(ACTIVATIONS["relu2"](x), torch.relu(x) ** 2)
+
+
+def test_recipe_options_are_refused_on_families_they_do_not_apply_to():
+    with pytest.raises(UserError, match="decoder options"):
+        ModelConfig(family="bert", qk_norm=True)

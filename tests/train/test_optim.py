@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 
@@ -110,3 +111,80 @@ def test_schedule_past_the_end_stays_at_the_floor():
     cfg = OptimConfig(schedule="cosine", warmup_steps=0, min_lr_ratio=0.1)
     assert lr_factor(150, 100, cfg) == pytest.approx(0.1)
     assert lr_factor(0, 100, OptimConfig(schedule="linear", warmup_steps=0)) == 1.0
+
+
+def test_wsd_is_flat_after_warmup_then_falls_linearly_to_the_floor_over_the_decay_fraction():
+    f = factors("wsd", steps=100, decay_fraction=0.2, min_lr_ratio=0.0)
+    assert f[10:80] == [1.0] * 70  # stable
+    tail = f[80:]
+    assert all(a > b for a, b in itertools.pairwise(tail))
+    assert tail[0] == pytest.approx(1 - 1 / 20) and tail[-1] == pytest.approx(0.0, abs=1e-12)
+    assert factors("wsd", steps=100, decay_fraction=0.5, min_lr_ratio=0.1)[-1] == pytest.approx(0.1)
+
+
+def tiny_decoder(**kw) -> DecoderLM:
+    return DecoderLM(ModelConfig(**{**dict(vocab_size=50, max_seq_len=16, n_layer=2, n_head=2, d_model=16), **kw}))
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_muon_takes_the_blocks_matrices_and_adamw_everything_else_once(tie):
+    from lmforge.train.optim import MuonWithAdamW
+
+    model = tiny_decoder(tie_embeddings=tie)
+    opt = build_optimizer(model, OptimConfig(name="muon", muon_lr=0.05, lr=0.003), torch.device("cpu"))
+    assert isinstance(opt, MuonWithAdamW) and isinstance(opt.muon, torch.optim.Muon)
+    muon, decay, no_decay = opt.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in muon["params"]) == sorted(
+        f"blocks.{i}.{m}.weight" for i in range(2) for m in ("attn.wqkv", "attn.wo", "mlp.up", "mlp.down"))
+    assert muon["lr"] == 0.05 and decay["lr"] == no_decay["lr"] == 0.003
+    adamw_names = {names[id(p)] for p in decay["params"] + no_decay["params"]}
+    assert "embed.tok.weight" in adamw_names and ("lm_head.weight" in adamw_names) is (not tie)
+    every = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert len(every) == len(set(every)) == len(list(model.parameters()))
+
+
+def test_muon_update_of_a_matrix_is_orthogonalised():
+    """From zero momentum the first update is NS5(grad): its singular values all near 1 (about 0.7-1.2 by
+    design) where the gradient's spread tenfold, scaled by lr * sqrt(max(1, rows / cols))."""
+    model = tiny_decoder()
+    opt = build_optimizer(model, OptimConfig(name="muon", muon_lr=0.1), torch.device("cpu"))
+    w = model.blocks[0].mlp.up.weight  # (64, 16)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    torch.manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(64, 16))
+    v, _ = torch.linalg.qr(torch.randn(16, 16))
+    w.grad = u @ torch.diag(torch.logspace(0, -1, 16)) @ v.T  # singular values spread tenfold
+    before = w.detach().clone()
+    opt.step()
+    update = (before - w.detach()) / (0.1 * 2.0)  # sqrt(64 / 16) = 2
+    s = torch.linalg.svdvals(update)
+    assert s.min() > 0.5 and s.max() < 1.3, s
+
+
+def test_muon_state_saves_and_loads_by_parameter_name_and_keeps_stepping_identically():
+    from lmforge.parallel import load_optimizer_state, optimizer_state
+
+    def run(steps: int, model: DecoderLM, opt: torch.optim.Optimizer) -> None:
+        for s in range(steps):
+            torch.manual_seed(s)
+            model(torch.randint(0, 50, (2, 8))).logsumexp(-1).mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    cfg = OptimConfig(name="muon")
+    torch.manual_seed(0)
+    a = tiny_decoder()
+    b = tiny_decoder()
+    b.load_state_dict(a.state_dict())
+    opt_a = build_optimizer(a, cfg, torch.device("cpu"))
+    run(3, a, opt_a)
+    saved = copy.deepcopy(optimizer_state(a, opt_a))  # as from a checkpoint: no tensor shared with opt_a
+    assert "blocks.0.attn.wqkv.weight" in saved["state"]
+    b.load_state_dict(a.state_dict())
+    opt_b = build_optimizer(b, cfg, torch.device("cpu"))
+    load_optimizer_state(b, opt_b, saved)
+    run(2, a, opt_a)
+    run(2, b, opt_b)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

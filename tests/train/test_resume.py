@@ -158,6 +158,7 @@ def test_resume_with_more_steps_and_new_optimizer_options_follows_them(finished)
     ("other family", "holds a 'gpt' model but the config asks for 'llama'"),
     ("other config", "config does not match the checkpoint (model.n_layer 1 -> 2)"),
     ("other batch", "config does not match the checkpoint (batch_size 4 -> 8)"),
+    ("other optimizer", "config does not match the checkpoint (optim.name 'adamw' -> 'muon')"),
 ])
 def test_unresumable_checkpoint_is_one_clear_line_and_changes_nothing(finished, damage, message):
     ckpt = finished / "checkpoints" / f"step_{2 * N:06d}"
@@ -168,6 +169,8 @@ def test_unresumable_checkpoint_is_one_clear_line_and_changes_nothing(finished, 
             if k in ("n_layer", "d_model", "n_head", "n_kv_head", "dropout", "vocab_size")}}
     elif damage == "other config":
         overrides = {"model__n_layer": 2}
+    elif damage == "other optimizer":
+        overrides = {"optim__name": "muon"}
     else:
         overrides = {"batch_size": 8}
     before = {p: p.read_bytes() for p in finished.rglob("*") if p.is_file()}

@@ -21,7 +21,8 @@ OUT gets tokenizer.json (loadable by `tokenizers` and `transformers`), {train,va
 without it is incomplete), report.json and config.yaml (the effective options).
 
 inputs: files, directories (read recursively) or globs of .txt .md .jsonl .csv .tsv .parquet, any of them .gz;
-or builtin:python-docs, Python's own documentation (present on every machine; the default).
+or builtin:python-docs, Python's own documentation (present on every machine; the default), or
+builtin:tinyshakespeare, Tiny Shakespeare (1.1 MB, shipped in the package).
 
 examples:
   lmforge prepare                                                     # built-in corpus -> runs/data
@@ -47,4 +48,5 @@ def register(sub) -> None:
     parser = add_verb(sub, "prepare", PrepareConfig, _main, help="clean a corpus, train a tokenizer, encode shards",
                       description=DESCRIPTION)
     parser.add_argument("input_args", nargs="*", metavar="INPUT",
-                        help="corpus files, directories, globs or builtin:python-docs (default: the built-in corpus)")
+                        help="corpus files, directories, globs, builtin:python-docs or builtin:tinyshakespeare "
+                             "(default: builtin:python-docs)")

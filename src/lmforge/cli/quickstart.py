@@ -15,10 +15,12 @@ The whole pipeline in about five minutes on a laptop CPU, with nothing to downlo
 
   1. prepare   clean Python's own documentation (present on every machine), train a 4096-token byte-level BPE
                tokenizer, encode train/val token shards
-  2. train     a tiny GPT (4 layers, 128 wide) for as many steps as fit in --minutes (3.5) on this machine,
-               measured with a few real steps first; validation along the way; loss curve PNG
-  3. baseline  unigram and bigram Kneser-Ney models on the same tokens: the Transformer must clearly beat the
-               unigram; the bigram shows how far a few CPU minutes get
+  2. train     a tiny GPT (4 layers, 128 wide) under the fast recipe (--recipe: Muon, QK-norm, ReLU², untied
+               head, logit soft-cap, warmup-stable-decay; `lmforge train --recipe`) for as many steps as fit in
+               --minutes (3.5) on this machine, measured with a few real steps first (compiled with
+               torch.compile for budgets of a minute or more); validation along the way; loss curve PNG
+  3. baseline  unigram, bigram and trigram Kneser-Ney models on the same tokens: the Transformer must clearly
+               beat the unigram; the bigram and trigram show how far a few CPU minutes get
   4. generate  a few samples from the best checkpoint
 
 Outputs go to OUT (default runs/quickstart; replaced on every run): data/, train/ and summary.json.
@@ -27,7 +29,8 @@ examples:
   lmforge quickstart                                   # the default: about 4 minutes on 2 CPU cores
   lmforge quickstart --minutes 15                      # train longer
   lmforge quickstart --steps 3000 --preset small       # a fixed number of steps, a bigger model (GPU)
-  lmforge quickstart --corpus ../shared/data/tinyshakespeare.txt --out runs/qs-shakespeare
+  lmforge quickstart --recipe none                     # lmforge train's defaults instead of the fast recipe
+  lmforge quickstart --corpus builtin:tinyshakespeare --out runs/qs-shakespeare
 """
 
 

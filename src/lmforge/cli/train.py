@@ -17,8 +17,11 @@ DESCRIPTION = """\
 Train a language model on a directory made by `lmforge prepare`.
 
 The model starts from a preset (--preset, default tiny); any model.* option overrides the preset's value, and the
-vocabulary size comes from the data's tokenizer. AdamW with linear warmup then a schedule (--optim.schedule),
-gradient accumulation (--grad-accum) and clipping (--optim.grad-clip). On CUDA the run uses bf16 autocast (fp16
+vocabulary size comes from the data's tokenizer. --recipe NAME starts from a named set of options shipped with
+lmforge (fast: Muon for the hidden matrices, QK-norm, ReLU², untied head, logit soft-cap, warmup-stable-decay;
+nanogpt-cpu: nanoGPT's README CPU run); --config and flags override it (docs/recipes.md). AdamW (or Muon with
+AdamW: --optim.name muon) with linear warmup then a schedule (--optim.schedule, wsd included), gradient
+accumulation (--grad-accum) and clipping (--optim.grad-clip). On CUDA the run uses bf16 autocast (fp16
 with loss scaling on GPUs without bf16) and torch.compile (--no-compile to skip it); on a CPU, fp32.
 
 Outputs in OUT: checkpoints/step_NNNNNN (weights, config, tokenizer and the training state; the newest
@@ -40,6 +43,7 @@ examples:
   lmforge train --data data/prepared --out runs/deeper --model.n-layer 6 --model.dropout 0.1
   lmforge train --data data/prepared --preset llama-tiny --steps 5000 --optim.lr 3e-4 --optim.schedule linear
   lmforge train --data data/prepared --batch-size 8 --grad-accum 4 --eval-every 100 --early-stop-patience 5
+  lmforge train --data data/prepared --out runs/fast --recipe fast --steps 800   # Muon, QK-norm, WSD, ...
   lmforge train --out runs/tiny --resume                                   # continue a run (its config.yaml)
   lmforge train --out runs/tiny --resume --steps 4000                      # ... and train it for longer
   lmforge train --config my_run.yaml --batch-size 32                       # YAML file, flags override it

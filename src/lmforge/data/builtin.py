@@ -1,6 +1,7 @@
-"""The built-in corpus `builtin:python-docs`: English prose that every Python install already holds.
+"""The built-in corpora: `builtin:python-docs`, English prose that every Python install already holds, and
+`builtin:tinyshakespeare`, the char-rnn classic shipped in the package.
 
-It is the default corpus, so quickstart needs no download: the language reference as pydoc renders it
+`builtin:python-docs` is the default corpus, so quickstart needs no download: the language reference as pydoc renders it
 (`pydoc_data.topics`) followed by the docstrings of the standard library's modules, classes and functions.
 The docstrings are read from the source files with `ast`, never by importing the modules: importing runs
 their code (some open windows, start threads or print), is slow, and would leave hundreds of modules loaded
@@ -18,6 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 NAME = "builtin:python-docs"
+# Tiny Shakespeare (Karpathy's char-rnn data set: 40,000 lines of the plays, public domain, 1.1 MB), gzipped into
+# the package (0.4 MB) so the guided path and the benchmarks run on a fresh machine; read as the .txt.gz file it
+# is, so it splits into documents exactly as the same file given by path does.
+TINYSHAKESPEARE = "builtin:tinyshakespeare"
+NAMES = (NAME, TINYSHAKESPEARE)
 
 # Bump when the extraction below changes what it yields, so fingerprints (and caches keyed on them) change.
 _EXTRACTOR_VERSION = 1
@@ -31,6 +37,20 @@ _SKIP_DIRS = frozenset({
     "test", "tests", "idlelib", "turtledemo", "site-packages", "dist-packages", "__pycache__", "encodings",
     "lib-dynload", "pydoc_data", "__phello__", "_bundled",
 })
+
+
+def packaged_file(name: str) -> Path:
+    """The file in the package that holds built-in corpus `name` (one of the shipped ones, not python-docs)."""
+    from importlib import resources
+
+    stem = name.removeprefix("builtin:")
+    return Path(str(resources.files("lmforge.data").joinpath("corpora", f"{stem}.txt.gz")))
+
+
+def packaged_fingerprint(name: str) -> dict[str, object]:
+    """{"path", "bytes", "sha256"} of a shipped corpus: its name, and the size and hash of its compressed file."""
+    data = packaged_file(name).read_bytes()
+    return {"path": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def stdlib_dir() -> Path:

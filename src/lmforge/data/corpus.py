@@ -35,7 +35,7 @@ ENCODING_ERRORS = ("replace", "skip", "fail")
 _KINDS = {".txt": "text", ".md": "text", ".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv",
           ".parquet": "parquet"}
 SUPPORTED = (".txt .md .jsonl .csv .tsv .parquet, each optionally gzipped (.jsonl.gz, ...), "
-             "or builtin:python-docs")
+             "or builtin:python-docs / builtin:tinyshakespeare")
 
 # How much of a file is sniffed for binary content, and what share of undecodable bytes in it means "binary"
 # rather than "text with a few bad bytes" (Latin-1 prose has a few percent at most).
@@ -164,14 +164,17 @@ def _expand(spec: str) -> list[str]:
 
 
 def resolve_sources(specs: list[str]) -> list[str]:
-    """Expand files, directories (recursively), globs and builtin:python-docs into sorted sources."""
+    """Expand files, directories (recursively), globs and built-in corpora (builtin:NAME) into sorted sources."""
     if not specs:
         raise UserError("no corpus given", fix=f"name files, directories or globs ({SUPPORTED})")
     found: set[str] = set()
     for spec in specs:
         if spec.startswith("builtin:"):
-            if spec != builtin.NAME:
-                raise UserError(f"unknown built-in corpus '{spec}'", fix=f"the built-in corpus is {builtin.NAME}")
+            if spec not in builtin.NAMES:
+                from lmforge.config import suggest
+
+                raise UserError(f"unknown built-in corpus '{spec}'{suggest(spec, builtin.NAMES)}",
+                                fix=f"the built-in corpora are {', '.join(builtin.NAMES)}")
             found.add(spec)
         else:
             found.update(os.path.normpath(f) for f in _expand(spec))
@@ -182,6 +185,8 @@ def source_fingerprint(source: str) -> dict[str, Any]:
     """{"path", "bytes", "sha256"} of a source file (streamed), or the built-in corpus's cheap fingerprint."""
     if source == builtin.NAME:
         return builtin.fingerprint()
+    if source in builtin.NAMES:
+        return builtin.packaged_fingerprint(source)
     h = hashlib.sha256()
     size = 0
     try:
@@ -469,6 +474,10 @@ def _read_parquet(path: str, gz: bool, opts: ReadOptions, decode: _Decoder) -> I
 def _read_source(source: str, opts: ReadOptions, stats: ReadStats) -> Iterator[str]:
     if source == builtin.NAME:
         yield from builtin.python_docs()
+        return
+    if source in builtin.NAMES:  # a text file shipped in the package, read as that file
+        path = str(builtin.packaged_file(source))
+        yield from _read_text(path, True, opts, _Decoder(path, True, opts, stats))
         return
     kind_gz = source_kind(source)
     if kind_gz is None:

@@ -48,7 +48,8 @@ SPOOL_DIR = ".spool"
 class PrepareConfig(Config):
     inputs: list[str] = field(default_factory=lambda: ["builtin:python-docs"],
                               help="corpus files, directories (recursive) or globs: .txt .md .jsonl .csv .tsv "
-                                   ".parquet, optionally .gz; or builtin:python-docs (the default)")
+                                   ".parquet, optionally .gz; or builtin:python-docs (the default) / "
+                                   "builtin:tinyshakespeare")
     out: str = field("runs/data", "output directory: tokenizer.json, shards, manifest.json, report.json")
     read: ReadOptions = field(default_factory=ReadOptions, help="how files become documents")
     clean: CleanOptions = field(default_factory=CleanOptions, help="cleaning steps (each optional)")

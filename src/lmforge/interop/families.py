@@ -134,7 +134,7 @@ def _weight(ours: str, *theirs: str, split: Callable[[ModelConfig], list[int]] |
 
 # Activation names: Hugging Face `ACT2FN` keys <-> lmforge `ModelConfig.activation`.
 ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "silu": "silu",
-               "swish": "silu", "relu": "relu"}
+               "swish": "silu", "relu": "relu", "relu2": "relu2"}
 
 
 def _act_to_hf(activation: str, tanh_name: str) -> str:
@@ -147,8 +147,9 @@ def _mismatches(cfg: ModelConfig, **wanted: str) -> list[str]:
 
 
 # Options of the shared ModelConfig that belong to other families (BERT, T5): a decoder export needs defaults.
+# qk_norm and logit_softcap (training-recipe options) have no GPT-2 or Llama equivalent at all.
 _DECODER_DEFAULTS: dict[str, Any] = {"type_vocab_size": 0, "embed_norm": False, "scale_decoder_output": False,
-                                     "attn_scale": None}
+                                     "attn_scale": None, "qk_norm": False, "logit_softcap": None}
 
 
 def _foreign_options(cfg: ModelConfig) -> list[str]:

@@ -26,7 +26,15 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
     return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
 
 
+class ReLUSquared(nn.Module):
+    """relu(x)**2 (So et al., "Primer", 2021; modded-nanogpt's MLP), Hugging Face's `relu2`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x).square()
+
+
 ACTIVATIONS = {
+    "relu2": ReLUSquared(),
     "gelu": nn.GELU(),
     "gelu_tanh": nn.GELU(approximate="tanh"),
     "silu": nn.SiLU(),
@@ -260,6 +268,10 @@ class Attention(nn.Module):
         else:
             self.wqkv = nn.Linear(cfg.d_model, q_dim + 2 * kv_dim, bias=cfg.bias)
         self.wo = nn.Linear(q_dim, cfg.d_model, bias=cfg.bias)
+        # QK-norm (self-attention): one RMSNorm over each head's channels, shared by the heads (OLMo 2 / Qwen3).
+        qk_norm = cfg.qk_norm and not cross
+        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if qk_norm else None
+        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if qk_norm else None
         self.scale = cfg.attn_scale
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
@@ -288,6 +300,8 @@ class Attention(nn.Module):
             q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
             k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
             v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
             if isinstance(self.cache, KVCache) and window is not None:

@@ -39,13 +39,17 @@ class ModelConfig(Config):
                                choices=("pre", "post"))
     mlp: str = field("standard", "MLP kind: standard (up, act, down) or gated (SwiGLU/GeGLU)",
                      choices=("standard", "gated"))
-    activation: str = field("gelu_tanh", "MLP activation", choices=("gelu", "gelu_tanh", "silu", "relu"))
+    activation: str = field("gelu_tanh", "MLP activation (relu2: ReLU squared, as modded-nanogpt's MLP)",
+                            choices=("gelu", "gelu_tanh", "silu", "relu", "relu2"))
     pos: str = field("learned", "position information (relative: T5 bucketed attention biases)",
                      choices=("learned", "sinusoidal", "rope", "relative", "none"))
     rope_theta: float = field(10000.0, "RoPE base", gt=0)
     relative_buckets: int = field(32, "relative positions: number of buckets", min=1)
     relative_max_distance: int = field(128, "relative positions: distance beyond which all share a bucket",
                                        min=1)
+    qk_norm: bool = field(False, "RMS-normalise each head's queries and keys before attention (and before RoPE), "
+                                 "with a learned scale per channel: steadier logits at high learning rates "
+                                 "(modded-nanogpt, OLMo 2, Qwen3); no GPT-2 / Llama equivalent")
     attn_scale: float | None = field(None, "attention score scale (default 1/sqrt(head_dim); T5 uses 1)", gt=0)
     type_vocab_size: int = field(0, "segment (token type) embeddings, as BERT's sentence A/B (0 = none)",
                                  min=0)
@@ -55,6 +59,9 @@ class ModelConfig(Config):
                                               "projection (T5)")
     bias: bool = field(True, "biases in linear and norm layers")
     tie_embeddings: bool = field(True, "share the input embedding and output projection weights")
+    logit_softcap: float | None = field(None, "cap the output logits smoothly at +-this value (cap * tanh(logits / "
+                                              "cap), as Gemma 2 and modded-nanogpt); None: no cap; no GPT-2 / "
+                                              "Llama equivalent", gt=0)
     dropout: float = field(0.0, "dropout on embeddings, attention and residual branches",
                             min=0, lt=1)
     init_std: float = field(0.02, "standard deviation of the weight initialisation", min=0)
@@ -114,6 +121,8 @@ class ModelConfig(Config):
             problems.append(f"multi_label is for a classify head, not '{self.head}'")
         if self.pooling == "first" and family(self.family).kind in (Kind.DECODER, Kind.RECURRENT):
             problems.append("pooling 'first' reads one token in a causal model: use last or mean")
+        if (self.qk_norm or self.logit_softcap is not None) and family(self.family).kind is not Kind.DECODER:
+            problems.append(f"qk_norm and logit_softcap are decoder options (a {self.family} model takes neither)")
         if self.labels and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels) or not all(self.labels)):
             problems.append(f"labels must be two or more distinct non-empty names, got {self.labels}")
         if problems:

@@ -81,7 +81,11 @@ class DecoderLM(nn.Module):
                         window=window)
         if self.cfg.head == "classify":
             return self.score(pool(h, attention_mask, self.pooling))
-        return self.lm_head(h)
+        logits = self.lm_head(h)
+        if self.cfg.logit_softcap is not None:  # smooth cap at +-c (Gemma 2): tanh keeps gradients alive near it
+            cap = self.cfg.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
+        return logits
 
     def hidden(self, idx: Tensor, *, input_pos: Tensor | None = None, positions: Tensor | None = None,
                key_mask: Tensor | None = None, segments: Tensor | None = None,

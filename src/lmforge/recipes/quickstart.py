@@ -1,11 +1,12 @@
 """`quickstart`: the whole path from raw text to a model that writes, in about five minutes on a laptop CPU.
 
 1. prepare the built-in corpus (Python's own documentation): clean it, train a byte-level BPE tokenizer, encode;
-2. train a small GPT on it (the `tiny` preset) with periodic validation, for as many steps as fit in a time
-   budget on this machine (measured with a few real steps first);
-3. fit unigram and bigram Kneser-Ney models on the same training tokens and compare validation perplexity and
-   bits per byte: a Transformer that cannot clearly beat the unigram has learned nothing worth keeping, and the
-   bigram shows how far a few minutes of CPU training get;
+2. train a small GPT on it (the `tiny` preset under the `fast` training recipe: Muon, QK-norm, ReLU², untied
+   head, logit soft-cap, warmup-stable-decay) with periodic validation, for as many steps as fit in a time budget
+   on this machine (measured with a few real steps first);
+3. fit unigram, bigram and trigram Kneser-Ney models on the same training tokens and compare validation
+   perplexity and bits per byte: a Transformer that cannot clearly beat the unigram has learned nothing worth
+   keeping, and the bigram and trigram show how far a few minutes of CPU training get;
 4. sample a few continuations, and say where everything is and what to try next.
 
 Every step is the same library call the individual verbs use (`prepare`, `train`, `generate`), so the
@@ -37,19 +38,26 @@ class QuickstartConfig(Config):
     out: str = field("runs/quickstart", "where data/, train/ and summary.json go (replaced on every run)")
     vocab_size: int = field(4096, "byte-level BPE vocabulary size", min=1)
     preset: str = field("tiny", "model preset (tiny: 4 layers, 128 wide)")
+    recipe: str = field("fast", "training recipe (as `lmforge train --recipe`): fast, nanogpt-cpu, ...; none: "
+                                "`lmforge train`'s defaults (AdamW, cosine, the GPT-2-style preset)")
     minutes: float = field(3.5, "training time budget: the number of steps is set from the speed measured on "
                                 "this machine in a few warm-up steps", gt=0)
     steps: int = field(0, "training steps (0 = as many as fit in --minutes)", min=0)
     max_steps: int = field(3000, "upper bound on the steps chosen from --minutes", min=1)
     batch_size: int = field(16, "sequences per step", min=1)
     seq_len: int = field(128, "tokens per sequence", min=1)
-    lr: float = field(2e-3, "peak learning rate", min=0)
-    baseline_orders: list[int] = field(default_factory=lambda: [1, 2],
-                                       help="n-gram baselines fitted on the same tokens (1 = unigram, 2 = bigram "
-                                            "Kneser-Ney); the Transformer must clearly beat the first", min=1)
+    lr: float | None = field(None, "peak learning rate (of AdamW; default: the recipe's, or 2e-3 without one)",
+                             min=0)
+    baseline_orders: list[int] = field(default_factory=lambda: [1, 2, 3],
+                                       help="n-gram baselines fitted on the same tokens (1 = unigram, 2 = bigram, "
+                                            "3 = trigram Kneser-Ney); the Transformer must clearly beat the first",
+                                       min=1)
     samples: int = field(3, "continuations to sample at the end", min=0)
     max_new_tokens: int = field(60, "tokens per sample", min=1)
     device: str = field("auto", "device to train on", choices=DEVICES)
+    compile: bool | None = field(None, "torch.compile the model (default: on for a time budget of a minute or more, "
+                                       "where it pays even on a CPU: benchmarks/compile_cpu.py measured 1.55x "
+                                       "faster steps for ~15 s of compilation on 2 cores; off with --steps)")
     seed: int = field(0, "seed for data split, initialisation and sampling")
 
 
@@ -101,18 +109,24 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
                                tokenizer__vocab_size=cfg.vocab_size))
     console.print("\n".join(prepared.summary), highlight=False)
 
+    recipe = {} if cfg.recipe == "none" else {"recipe": cfg.recipe}
+    # Compiling costs seconds up front (paid again by the run after the probe) and pays back within a minute.
+    compiled = cfg.compile if cfg.compile is not None else (not cfg.steps and cfg.minutes * 60 >= COMPILE_PAYS_S)
+    lr = cfg.lr if cfg.lr is not None else (None if recipe else 2e-3)
+
     def train_config(steps: int, out: Path, **kw: Any) -> TrainConfig:
         options = dict(eval_every=max(steps // 6, 1), eval_batches=0, checkpoint_every=steps, keep_last=1,
                        log_every=max(steps // 60, 1))
         return resolve(TrainConfig, data=str(data_dir), out=str(out), preset=cfg.preset, steps=steps,
-                       batch_size=cfg.batch_size, seq_len=cfg.seq_len, optim__lr=cfg.lr, device=cfg.device,
-                       seed=cfg.seed, **{**options, **kw})
+                       batch_size=cfg.batch_size, seq_len=cfg.seq_len, device=cfg.device, seed=cfg.seed,
+                       compile=compiled,
+                       **recipe, **({"optim__lr": lr} if lr is not None else {}), **{**options, **kw})
 
     def probe(n: int, out: Path) -> Any:
         return train(train_config(n, out, eval_every=0, log_every=n // 2, tensorboard=False))
 
     steps = cfg.steps or _steps_for_budget(cfg, probe)
-    _step(2, f"train: a '{cfg.preset}' GPT for {steps} steps")
+    _step(2, f"train: a '{cfg.preset}' GPT for {steps} steps" + (f" (recipe {cfg.recipe})" if recipe else ""))
     trained = train(train_config(steps, run_dir))
     if trained.best_checkpoint is None or not trained.val:
         raise UserError("the run produced no validated checkpoint", where=run_dir,
@@ -145,6 +159,7 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     return result
 
 
+COMPILE_PAYS_S = 60  # the budget from which torch.compile is on by default (benchmarks/compile_cpu.py: ~42 s)
 MARKER = ".lmforge-quickstart"  # says a directory was made by quickstart, so a new run may replace its contents
 
 
@@ -166,31 +181,48 @@ def _start_over(out: Path) -> None:
     (out / MARKER).write_text("made by `lmforge quickstart`; a new quickstart run replaces data/ and train/\n")
 
 
+PROBE_STEPS = 16
+
+
+def probe_speed(metrics: Path) -> tuple[float, float]:
+    """(tokens/s, seconds of overhead) from the metrics of a PROBE_STEPS run logged at its half and its end.
+
+    The speed of the second half: the first steps pay for allocation, warm-up and compilation. The overhead is
+    what the first half took beyond steady steps, which a new run pays again.
+    """
+    import json
+
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    first, second = [r for r in records if r.get("event") == "train"][-2:]
+    speed = second["tokens_per_s"]
+    return speed, max(0.0, first["tokens"] / first["tokens_per_s"] - first["tokens"] / speed)
+
+
+def fit_steps(budget_s: float, speed: float, overhead: float, tokens_per_step: int) -> int:
+    """Optimizer steps that fit in `budget_s` at `speed` tokens/s after `overhead` seconds; evaluations and
+    checkpoints take about a tenth of the time on top."""
+    return int(max(0.0, budget_s - overhead) * speed / tokens_per_step / 1.1)
+
+
 def _steps_for_budget(cfg: QuickstartConfig, run: Any) -> int:
     """Steps that fit in `cfg.minutes` on this machine, from the speed of a few real training steps."""
-    import json
     import tempfile
 
-    probe = 16
     console.print("measuring training speed on this machine ...", highlight=False)
     quiet = os.environ.get("LMFORGE_QUIET")
     os.environ["LMFORGE_QUIET"] = "1"  # the probe's own log lines would only be noise
     try:
         with tempfile.TemporaryDirectory(prefix="lmforge-probe-") as tmp:
-            result = run(probe, Path(tmp) / "run")
-            # The speed of the second half: the first steps pay for allocation and warm-up.
-            records = [json.loads(line) for line in result.metrics.read_text().splitlines()]
-            speed = [r["tokens_per_s"] for r in records if r.get("event") == "train"][-1]
+            speed, overhead = probe_speed(run(PROBE_STEPS, Path(tmp) / "run").metrics)
     finally:
         if quiet is None:
             del os.environ["LMFORGE_QUIET"]
         else:
             os.environ["LMFORGE_QUIET"] = quiet
-    tokens_per_step = cfg.batch_size * cfg.seq_len
-    # Evaluations (6 passes over the val split) and checkpoints take about a tenth of the time on top.
-    steps = int(cfg.minutes * 60 * speed / tokens_per_step / 1.1)
-    steps = min(cfg.max_steps, max(probe, steps))
-    console.print(f"{speed:,.0f} tokens/s here: {steps} steps fit in about {cfg.minutes:g} minutes "
+    steps = fit_steps(cfg.minutes * 60, speed, overhead, cfg.batch_size * cfg.seq_len)
+    steps = min(cfg.max_steps, max(PROBE_STEPS, steps))
+    warmup = f" after {overhead:.0f} s of compilation and warm-up" if overhead >= 1 else ""
+    console.print(f"{speed:,.0f} tokens/s here: {steps} steps fit in about {cfg.minutes:g} minutes{warmup} "
                   f"(--steps N to choose)", highlight=False)
     return steps
 
@@ -217,17 +249,20 @@ def _comparison(val: dict[str, float], baselines: list[dict[str, Any]]) -> Table
 
 
 def _verdict(val: dict[str, float], baselines: list[dict[str, Any]]) -> str | None:
+    """One line under the table: whether the Transformer clearly beats the first baseline, and which of the
+    others it beats in bits per byte."""
     if not baselines:
         return None
     first = baselines[0]
     if first["ppl"] / val["val_ppl"] < 1.2:
         return (f"[red]the Transformer does not clearly beat the {_order_name(first['order'])} baseline: train "
                 f"longer (--minutes) or check the data[/red]")
-    behind = [b for b in baselines[1:] if b["ppl"] < val["val_ppl"]]
+    behind = [b for b in baselines[1:] if b["bpb"] < val["val_bpb"]]
     if behind:
-        return (f"the {', '.join(_order_name(b['order']) for b in behind)} model is still ahead after this short run: "
-                f"train longer (--minutes, or on a GPU) to close the gap")
-    return None
+        return (f"the {', '.join(_order_name(b['order']) for b in behind)} model is still ahead in bits/byte after "
+                f"this short run: train longer (--minutes, or on a GPU) to close the gap")
+    names = ", ".join(_order_name(b["order"]) for b in baselines)
+    return f"[green]the Transformer beats every n-gram baseline here ({names}) in bits/byte[/green]"
 
 
 def _write_summary(r: QuickstartResult, cfg: QuickstartConfig) -> None:
@@ -237,7 +272,7 @@ def _write_summary(r: QuickstartResult, cfg: QuickstartConfig) -> None:
         "seconds": r.seconds, "data": str(r.data), "run": str(r.run), "model": str(r.model),
         "transformer": r.val, "baselines": r.baselines, "samples": r.samples,
         "plot": str(r.plot) if r.plot else None,
-        "config": {k: getattr(cfg, k) for k in ("preset", "batch_size", "seq_len", "vocab_size", "lr")}
+        "config": {k: getattr(cfg, k) for k in ("preset", "recipe", "batch_size", "seq_len", "vocab_size", "lr")}
         | {"steps": r.steps},
     })
 
@@ -266,4 +301,5 @@ def next_steps(r: QuickstartResult) -> list[str]:
     return lines
 
 
-__all__ = ["QuickstartConfig", "QuickstartResult", "next_steps", "quickstart"]
+__all__ = ["COMPILE_PAYS_S", "QuickstartConfig", "QuickstartResult", "fit_steps", "next_steps", "probe_speed",
+           "quickstart"]

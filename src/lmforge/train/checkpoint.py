@@ -274,6 +274,11 @@ def check_compatible(state: dict[str, Any], model_cfg: ModelConfig, train_cfg: d
             diff += _options_diff(old[k] or {}, train_cfg.get(k) or {})
         elif old.get(k) != train_cfg.get(k):
             diff.append(f"{k} {old.get(k)!r} -> {train_cfg.get(k)!r}")
+    # The optimizer's state has the shape of its kind (Muon's momentum is not AdamW's moments): same kind only.
+    old_optimizer = (old.get("optim") or {}).get("name", "adamw")
+    new_optimizer = (train_cfg.get("optim") or {}).get("name", "adamw")
+    if old and old_optimizer != new_optimizer:
+        diff.append(f"optim.name {old_optimizer!r} -> {new_optimizer!r}")
     if diff:
         raise CheckpointMismatch(f"config does not match the checkpoint ({'; '.join(diff[:4])}"
                         f"{' ...' if len(diff) > 4 else ''})", where=where, fix=fix)

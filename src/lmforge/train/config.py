@@ -25,14 +25,21 @@ from lmforge.runtime import PRECISIONS
 from lmforge.train.objectives import Options, options_classes
 from lmforge.train.objectives.options import VOCAB_FIX
 
-SCHEDULES = ("cosine", "linear", "step", "exponential", "constant")
+SCHEDULES = ("cosine", "linear", "step", "exponential", "constant", "wsd")
+OPTIMIZERS = ("adamw", "muon")
 # With --on-nonfinite skip, this many non-finite steps in a row means the run has diverged for good: stop anyway.
 MAX_CONSECUTIVE_SKIPS = 25
 
 
 @dataclass
 class OptimConfig(Config):
-    lr: float = field(1e-3, "peak learning rate (reached at the end of warmup)", min=0)
+    name: str = field("adamw", "optimizer: adamw for every parameter, or muon: Muon (orthogonalised momentum, "
+                               "torch.optim.Muon) for the hidden weight matrices of the blocks and AdamW for the "
+                               "rest (embeddings, output head, norms, biases)", choices=OPTIMIZERS)
+    lr: float = field(1e-3, "peak learning rate (reached at the end of warmup); with muon, AdamW's", min=0)
+    muon_lr: float = field(0.02, "muon: peak learning rate of the hidden matrices", min=0)
+    muon_momentum: float = field(0.95, "muon: momentum (Nesterov)", min=0, lt=1)
+    muon_weight_decay: float = field(0.0, "muon: decoupled weight decay of the hidden matrices", min=0)
     weight_decay: float = field(0.1, "AdamW weight decay, applied to matrices and embeddings only",
                                 min=0)
     betas: tuple[float, float] = field((0.9, 0.95), "AdamW betas", min=0, lt=1)
@@ -43,6 +50,9 @@ class OptimConfig(Config):
                                      min=0)
     min_lr_ratio: float = field(0.1, "lowest learning rate as a fraction of lr (end of cosine/linear; floor of "
                                      "step/exponential)", min=0, max=1)
+    decay_fraction: float = field(0.2, "wsd (warmup-stable-decay) schedule: the last fraction of the steps, over "
+                                       "which the lr falls linearly to min_lr_ratio (constant before)",
+                                  gt=0, max=1)
     step_size: int = field(1000, "step/exponential schedules: steps per decay by gamma", min=1)
     gamma: float = field(0.5, "step/exponential schedules: decay factor per step_size steps",
                          gt=0, max=1)
@@ -56,6 +66,10 @@ def _tensorboard_installed() -> bool:
 class TrainConfig(Config):
     data: str | None = field(None, "prepared data directory (made by `lmforge prepare`)")
     out: str = field("runs/train", "run directory: checkpoints, metrics, plot and the effective config go here")
+    recipe: str | None = field(None, "a named recipe of options to start from (train/recipes/NAME.yaml in the "
+                                     "package: fast = Muon, QK-norm, ReLU², untied head, logit soft-cap, WSD "
+                                     "schedule; nanogpt-cpu = nanoGPT's README CPU run); --config and flags "
+                                     "override it")
     preset: str = field("tiny", f"model preset to start from, one of {', '.join(PRESETS)}; model.* options "
                                 "override its fields")
     init_from: str | None = field(None, "start from this checkpoint's weights and architecture (fine-tuning): an "
@@ -133,6 +147,9 @@ class TrainConfig(Config):
         problems = []
         if len(self.optim.betas) != 2:
             problems.append(f"optim.betas needs two values, got {list(self.optim.betas)}")
+        if self.optim.name == "muon" and self.parallel.strategy == "fsdp":
+            problems.append("optim.name muon orthogonalises whole matrices, which FSDP shards (use --parallel.strategy "
+                            "ddp, or optim.name adamw)")
         if problems:
             raise UserError("invalid training config: " + "; ".join(problems),
                             fix="see `lmforge train --help`")
@@ -144,6 +161,10 @@ class TrainConfig(Config):
         Called by `lmforge.config.resolve` on the merged YAML + flags, before the dataclass is built.
         """
         data = dict(data)
+        if data.get("recipe"):
+            from lmforge.train.recipe import load_recipe, under_recipe
+
+            data = under_recipe(load_recipe(str(data["recipe"])), data)
         if not isinstance(data.get("model") or {}, dict):
             return data  # from_dict reports the wrong type
         user_model = {k.replace("-", "_"): v for k, v in (data.get("model") or {}).items()}

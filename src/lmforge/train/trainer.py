@@ -542,9 +542,10 @@ def _restore(path: Path, state: dict[str, Any], cfg: TrainConfig, model: nn.Modu
     for group, h in zip(optimizer.param_groups, hyper, strict=True):
         group.update(h)
     scheduler.load_state_dict(state["scheduler"])
-    scheduler.base_lrs = [cfg.optim.lr] * len(optimizer.param_groups)
+    # Each group's peak lr is this run's (`initial_lr`, set from the options when the scheduler was built).
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
     for group in optimizer.param_groups:
-        group["lr"] = cfg.optim.lr * lr_factor(scheduler.last_epoch, cfg.steps, cfg.optim)
+        group["lr"] = group["initial_lr"] * lr_factor(scheduler.last_epoch, cfg.steps, cfg.optim)
     if state.get("scaler") and scaler.is_enabled():
         scaler.load_state_dict(state["scaler"])
     data, rng = _rank_state(state, objective, rt)
