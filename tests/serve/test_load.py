@@ -120,3 +120,24 @@ def test_a_request_past_the_timeout_is_stopped_and_a_client_that_leaves_frees_it
         with httpx.stream("POST", url + "/v1/completions", json={**body, "stream": True}, timeout=30) as r:
             next(r.iter_lines())  # the first event, then the client leaves mid-stream
         assert settled()
+
+
+class FailingEngine(Engine):
+    """The real engine whose forward passes fail, as out of memory would."""
+
+    def decode_step(self, tokens, positions):
+        raise RuntimeError("out of memory (simulated)")
+
+    def _forward(self, *args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+
+def test_a_failed_engine_step_is_a_500_in_openais_shape_and_an_error_event(chat_checkpoint):
+    with running(make_app(chat_checkpoint, engine_factory=FailingEngine)) as url:
+        r = httpx.post(url + "/v1/completions", json={"prompt": "The", "max_tokens": 4}, timeout=30)
+        assert r.status_code == 500 and r.json()["error"]["code"] == "engine_error"
+        assert "out of memory" in r.json()["error"]["message"]
+        events = httpx.post(url + "/v1/completions", json={"prompt": "The", "max_tokens": 4, "stream": True},
+                            timeout=30).text
+        assert '"code": "engine_error"' in events and events.rstrip().endswith("data: [DONE]")
+        assert httpx.get(url + "/health").status_code == 200

@@ -374,6 +374,9 @@ class _API:
                     if isinstance(ev, asyncio.CancelledError):
                         continue
                     raise ev
+                if ev.finish_reason == "error":  # the engine's step failed (a bug, or out of memory)
+                    raise APIError(500, f"generation failed in the engine ({getattr(ev, 'error', None) or 'unknown'})",
+                                   code="engine_error")
                 now = time.monotonic()
                 if ev.token_ids:
                     if first:
