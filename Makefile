@@ -29,7 +29,7 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.torch
 quickstart: $(VENV)/.train
 	$(VENV)/bin/lmforge quickstart
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev browser
 	$(VENV)/bin/python -m ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -n 2 -q
@@ -40,8 +40,10 @@ bench: $(VENV)/.dev
 # Headless Chromium for the chat page's browser test (tests/serve/test_chat_page.py skips, saying so, without it):
 # Debian's package where apt can install it, else the build Playwright downloads.
 browser: $(VENV)/.dev
-	command -v chromium >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
-		apt-get install -y -q chromium) || $(VENV)/bin/python -m playwright install chromium
+	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		(apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && \
+		 apt-get install -y -q chromium >/dev/null))) || $(VENV)/bin/python -m playwright install chromium || \
+		echo "no browser could be installed: the chat page's browser test will skip, saying so"
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
