@@ -411,3 +411,31 @@ def test_streamed_text_is_the_decoded_text_for_any_token_sequence(byte_tokenizer
         stream = TextStream(byte_tokenizer, ())
         text = "".join(stream.add(t) for t in ids) + stream.finish()
         assert text == byte_tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_cancelling_the_consuming_task_frees_the_slot_for_concurrent_streams():
+    model = model_of()
+
+    async def main():
+        engine = Engine(model, None, max_batch=2, stop_token_ids=[])
+        await engine.start()
+        try:
+            async def consume(prompt, n):
+                return [t async for e in engine.submit(prompt, SamplingParams(max_tokens=n, **GREEDY))
+                        for t in e.token_ids]
+
+            stuck = asyncio.create_task(consume(PROMPTS[0], 62))
+            await asyncio.sleep(0.05)
+            stuck.cancel()  # as a server does when the client goes away
+            outputs = await asyncio.gather(*(consume(p, 6) for p in PROMPTS[1:]))
+            for _ in range(200):
+                if engine.running == 0:
+                    break
+                await asyncio.sleep(0.01)
+            return stuck.cancelled(), outputs, engine.running
+        finally:
+            await engine.stop()
+
+    cancelled, outputs, running = asyncio.run(main())
+    assert cancelled and running == 0
+    assert outputs == [recompute_greedy(model, p, 6) for p in PROMPTS[1:]]
