@@ -439,3 +439,25 @@ def test_cancelling_the_consuming_task_frees_the_slot_for_concurrent_streams():
     cancelled, outputs, running = asyncio.run(main())
     assert cancelled and running == 0
     assert outputs == [recompute_greedy(model, p, 6) for p in PROMPTS[1:]]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_prompts_prefilled_together_give_the_full_recompute_tokens(family, monkeypatch):
+    """Chunks of several prompts in one right-padded forward, while another row decodes."""
+    model = model_of(**FAMILIES[family])
+    engine = Engine(model, None, max_batch=4, prefill_chunk=64, stop_token_ids=[])
+    packed = []
+    forward_rows = engine._forward_rows
+    monkeypatch.setattr(engine, "_forward_rows", lambda *a: packed.append(a[1:]) or forward_rows(*a))
+    prompts = [[5, 17, 42, 8, 3, 3], [9, 8, 7, 6], [1, 2, 3, 4, 5], [40, 41, 42, 43, 44, 45, 46]]
+    events: dict[int, list[int]] = {}
+    engine.submit(prompts[0], SamplingParams(max_tokens=30, **GREEDY),
+                  sink=lambda e: events.setdefault(0, []).extend(e.token_ids))
+    engine.step()  # the first one runs alone, then three arrive together
+    for i, p in enumerate(prompts[1:], start=1):
+        engine.submit(p, SamplingParams(max_tokens=8, **GREEDY),
+                      sink=lambda e, i=i: events.setdefault(i, []).extend(e.token_ids))
+    while engine.busy:
+        engine.step()
+    assert packed and packed[0][:2] == (1, 4)  # rows 1..3 in one forward
+    assert [events[i] for i in range(4)] == [recompute_greedy(model, p, n) for p, n in zip(prompts, [30, 8, 8, 8])]

@@ -581,17 +581,45 @@ class Engine:
         self.prefix_tokens_reused += n
 
     def _prefill(self) -> None:
-        budget = self.prefill_chunk
+        """Feed the next chunk of each prompt still prefilling, `prefill_chunk` tokens in all this step: in one
+        forward when the chunks pack into few enough padded rows, else one forward per request."""
+        budget, chunks = self.prefill_chunk, []
         for r in self._slots:
             if r is None or r.pending is not None or budget <= 0:
                 continue
             n = min(budget, len(r.prompt) - r.fed)
             budget -= n
-            logits = self._forward(r.prompt[r.fed:r.fed + n], r.slot, r.fed)
+            chunks.append((r, n))
+        if not chunks:
+            return
+        first, last = chunks[0][0].slot, chunks[-1][0].slot
+        T = max(n for _, n in chunks)
+        if len(chunks) > 1 and (last + 1 - first) * T <= 2 * sum(n for _, n in chunks):
+            logits = self._forward_rows(chunks, first, last + 1, T)
+        else:
+            logits = torch.cat([self._forward(r.prompt[r.fed:r.fed + n], r.slot, r.fed) for r, n in chunks])
+        for (r, n), row in zip(chunks, logits):
             r.fed += n
             self._held[r.slot] = r.prompt[:r.fed]
             if r.fed == len(r.prompt):
-                self._accept(r, self._choose(logits, [r])[0], logits[0])
+                self._accept(r, self._choose(row[None], [r])[0], row)
+
+    def _forward_rows(self, chunks: list[tuple[_Request, int]], first: int, stop: int, T: int) -> Tensor:
+        """Several prompts' chunks in one forward over cache rows first..stop-1, right-padded to T tokens: the
+        logits (n_chunks, V) after each chunk's last token. Padding and the rows between (dummy tokens) write
+        only at or past each row's next unwritten slot, which nothing attends to before it is rewritten; the
+        positions are clamped to the cache row, whose last slot is then such a slot too."""
+        starts = self._next_slots(first, stop)
+        idx = torch.zeros(stop - first, T, dtype=torch.long)
+        for r, n in chunks:
+            idx[r.slot - first, :n] = torch.tensor(r.prompt[r.fed:r.fed + n])
+        pos = (torch.tensor(starts)[:, None] + torch.arange(T)[None]).clamp(max=self.cache_len - 1)
+        idx, pos = idx.to(self.device), pos.to(self.device)
+        window = CacheWindow(slice(first, stop), int(pos.max()) + 1)
+        hidden = self.model.hidden(idx, input_pos=pos, window=window)
+        rows = torch.tensor([r.slot - first for r, _ in chunks], device=self.device)
+        ends = torch.tensor([n - 1 for _, n in chunks], device=self.device)
+        return self.model.lm_head(hidden[rows, ends])
 
     def _forward(self, ids: list[int], slot: int, start: int) -> Tensor:
         """Feed `ids` to one cache row from position `start`: the logits (1, V) after the last of them."""
