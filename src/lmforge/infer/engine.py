@@ -6,8 +6,8 @@ waiting one at once. Each `step()`:
 
 1. retires cancelled requests and admits waiting ones into free slots, reusing the longest start of the prompt
    that some row still holds (prefix caching: a shared system prompt is computed once);
-2. prefills: feeds up to `prefill_chunk` prompt tokens (of one or more admitted requests, one forward each), so a
-   long prompt is split over several steps and never stalls the running streams for long;
+2. prefills: feeds up to `prefill_chunk` prompt tokens (of one or more admitted requests, in one padded forward
+   when they pack well), so a long prompt is split over several steps and never stalls the running streams;
 3. decodes: one forward over the rows that hold a running sequence (`decode_step`), one token for each, sampled
    with that request's own parameters and `torch.Generator` (seeded sampling gives the same tokens alone or
    batched); a request retires on EOS / a stop token, a stop string, its max tokens or a full context.
