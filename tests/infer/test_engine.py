@@ -8,9 +8,9 @@ import asyncio
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, models
 
-from lmforge.infer.engine import Engine, EngineError, SamplingParams, TextStream, prompt_lookup_proposal
+from lmforge.infer.engine import Engine, EngineError, SamplingParams, prompt_lookup_proposal
 from lmforge.models import DecoderLM, ModelConfig, build_model, get_preset
 
 GREEDY = dict(temperature=0.0)
@@ -168,28 +168,6 @@ def test_an_encoder_decoder_runs_through_the_same_api():
 
 
 # --- text: streaming, stop strings, logprobs ---------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def byte_tokenizer() -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["the cat sat on the mat, the end. naïve café ünïcödé"] * 10, trainer)
-    return tok
-
-
-def test_text_stream_holds_back_incomplete_utf8_and_a_possible_stop(byte_tokenizer):
-    ids = byte_tokenizer.encode("ab é cd").ids
-    stream = TextStream(byte_tokenizer, ("cd!",))
-    pieces = [stream.add(t) for t in ids]
-    assert "".join(pieces) == "ab é "  # "cd" could still become "cd!"
-    assert all("\ufffd" not in p for p in pieces)
-    assert stream.finish() == "cd"
-    stop = TextStream(byte_tokenizer, (" é",))
-    assert "".join(stop.add(t) for t in ids) + stop.finish() == "ab" and stop.stopped
-
 
 def test_streamed_events_make_the_completion_and_stop_strings_cut(byte_tokenizer):
     model = model_of(vocab_size=byte_tokenizer.get_vocab_size())
@@ -399,18 +377,6 @@ def test_prefix_caching_reuses_a_shared_prompt_start_and_changes_no_token(max_ba
     assert [c.token_ids for c in together] == outputs
     off = Engine(model, None, max_batch=max_batch, stop_token_ids=[], prefix_cache=False)
     assert [c.token_ids for c in off.generate(prompts, params)] == outputs and off.prefix_tokens_reused == 0
-
-
-def test_streamed_text_is_the_decoded_text_for_any_token_sequence(byte_tokenizer):
-    """Incremental detokenisation over windows gives what decoding the whole output gives (random ids, many of
-    them bytes of multi-byte characters cut anywhere)."""
-    rng = torch.Generator().manual_seed(0)
-    V = byte_tokenizer.get_vocab_size()
-    for _ in range(200):
-        ids = torch.randint(2, V, (int(torch.randint(1, 30, (1,), generator=rng)),), generator=rng).tolist()
-        stream = TextStream(byte_tokenizer, ())
-        text = "".join(stream.add(t) for t in ids) + stream.finish()
-        assert text == byte_tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def test_cancelling_the_consuming_task_frees_the_slot_for_concurrent_streams():

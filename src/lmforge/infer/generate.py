@@ -17,9 +17,10 @@ from torch import nn
 
 from lmforge.config import field
 from lmforge.errors import UserError
-from lmforge.infer.engine import Engine, SamplingParams, TextStream
+from lmforge.infer.engine import Engine, SamplingParams
 from lmforge.infer.sampling import SamplingConfig
 from lmforge.infer.static_batch import start
+from lmforge.infer.text import TextStream
 from lmforge.models.blocks import CrossKVCache, KVCache
 from lmforge.models.registry import GENERATE, Kind, families_that, kind_of, require
 
