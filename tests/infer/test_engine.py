@@ -8,9 +8,9 @@ import asyncio
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, models
 
-from lmforge.infer.engine import Engine, EngineError, SamplingParams, TextStream, prompt_lookup_proposal
+from lmforge.infer.engine import Engine, EngineError, SamplingParams, prompt_lookup_proposal
 from lmforge.models import DecoderLM, ModelConfig, build_model, get_preset
 
 GREEDY = dict(temperature=0.0)
@@ -168,28 +168,6 @@ def test_an_encoder_decoder_runs_through_the_same_api():
 
 
 # --- text: streaming, stop strings, logprobs ---------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def byte_tokenizer() -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["the cat sat on the mat, the end. naïve café ünïcödé"] * 10, trainer)
-    return tok
-
-
-def test_text_stream_holds_back_incomplete_utf8_and_a_possible_stop(byte_tokenizer):
-    ids = byte_tokenizer.encode("ab é cd").ids
-    stream = TextStream(byte_tokenizer, ("cd!",))
-    pieces = [stream.add(t) for t in ids]
-    assert "".join(pieces) == "ab é "  # "cd" could still become "cd!"
-    assert all("\ufffd" not in p for p in pieces)
-    assert stream.finish() == "cd"
-    stop = TextStream(byte_tokenizer, (" é",))
-    assert "".join(stop.add(t) for t in ids) + stop.finish() == "ab" and stop.stopped
-
 
 def test_streamed_events_make_the_completion_and_stop_strings_cut(byte_tokenizer):
     model = model_of(vocab_size=byte_tokenizer.get_vocab_size())
@@ -401,13 +379,51 @@ def test_prefix_caching_reuses_a_shared_prompt_start_and_changes_no_token(max_ba
     assert [c.token_ids for c in off.generate(prompts, params)] == outputs and off.prefix_tokens_reused == 0
 
 
-def test_streamed_text_is_the_decoded_text_for_any_token_sequence(byte_tokenizer):
-    """Incremental detokenisation over windows gives what decoding the whole output gives (random ids, many of
-    them bytes of multi-byte characters cut anywhere)."""
-    rng = torch.Generator().manual_seed(0)
-    V = byte_tokenizer.get_vocab_size()
-    for _ in range(200):
-        ids = torch.randint(2, V, (int(torch.randint(1, 30, (1,), generator=rng)),), generator=rng).tolist()
-        stream = TextStream(byte_tokenizer, ())
-        text = "".join(stream.add(t) for t in ids) + stream.finish()
-        assert text == byte_tokenizer.decode(ids, skip_special_tokens=True)
+def test_cancelling_the_consuming_task_frees_the_slot_for_concurrent_streams():
+    model = model_of()
+
+    async def main():
+        engine = Engine(model, None, max_batch=2, stop_token_ids=[])
+        await engine.start()
+        try:
+            async def consume(prompt, n):
+                return [t async for e in engine.submit(prompt, SamplingParams(max_tokens=n, **GREEDY))
+                        for t in e.token_ids]
+
+            stuck = asyncio.create_task(consume(PROMPTS[0], 62))
+            await asyncio.sleep(0.05)
+            stuck.cancel()  # as a server does when the client goes away
+            outputs = await asyncio.gather(*(consume(p, 6) for p in PROMPTS[1:]))
+            for _ in range(200):
+                if engine.running == 0:
+                    break
+                await asyncio.sleep(0.01)
+            return stuck.cancelled(), outputs, engine.running
+        finally:
+            await engine.stop()
+
+    cancelled, outputs, running = asyncio.run(main())
+    assert cancelled and running == 0
+    assert outputs == [recompute_greedy(model, p, 6) for p in PROMPTS[1:]]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_prompts_prefilled_together_give_the_full_recompute_tokens(family, monkeypatch):
+    """Chunks of several prompts in one right-padded forward, while another row decodes."""
+    model = model_of(**FAMILIES[family])
+    engine = Engine(model, None, max_batch=4, prefill_chunk=64, stop_token_ids=[])
+    packed = []
+    forward_rows = engine._forward_rows
+    monkeypatch.setattr(engine, "_forward_rows", lambda *a: packed.append(a[1:]) or forward_rows(*a))
+    prompts = [[5, 17, 42, 8, 3, 3], [9, 8, 7, 6], [1, 2, 3, 4, 5], [40, 41, 42, 43, 44, 45, 46]]
+    events: dict[int, list[int]] = {}
+    engine.submit(prompts[0], SamplingParams(max_tokens=30, **GREEDY),
+                  sink=lambda e: events.setdefault(0, []).extend(e.token_ids))
+    engine.step()  # the first one runs alone, then three arrive together
+    for i, p in enumerate(prompts[1:], start=1):
+        engine.submit(p, SamplingParams(max_tokens=8, **GREEDY),
+                      sink=lambda e, i=i: events.setdefault(i, []).extend(e.token_ids))
+    while engine.busy:
+        engine.step()
+    assert packed and packed[0][:2] == (1, 4)  # rows 1..3 in one forward
+    assert [events[i] for i in range(4)] == [recompute_greedy(model, p, n) for p, n in zip(prompts, [30, 8, 8, 8])]

@@ -6,8 +6,8 @@ waiting one at once. Each `step()`:
 
 1. retires cancelled requests and admits waiting ones into free slots, reusing the longest start of the prompt
    that some row still holds (prefix caching: a shared system prompt is computed once);
-2. prefills: feeds up to `prefill_chunk` prompt tokens (of one or more admitted requests, one forward each), so a
-   long prompt is split over several steps and never stalls the running streams for long;
+2. prefills: feeds up to `prefill_chunk` prompt tokens (of one or more admitted requests, in one padded forward
+   when they pack well), so a long prompt is split over several steps and never stalls the running streams;
 3. decodes: one forward over the rows that hold a running sequence (`decode_step`), one token for each, sampled
    with that request's own parameters and `torch.Generator` (seeded sampling gives the same tokens alone or
    batched); a request retires on EOS / a stop token, a stop string, its max tokens or a full context.
@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from lmforge.errors import UserError
 from lmforge.infer.sampling import apply_repetition_penalty, filter_logits
 from lmforge.infer.static_batch import encoder_decoder_start
+from lmforge.infer.text import TextStream
 from lmforge.models.blocks import CacheWindow, KVCache
 from lmforge.models.registry import GENERATE, Kind, families_that, kind_of, require
 
@@ -131,69 +132,6 @@ def check_params(params: SamplingParams) -> SamplingParams:
     if tuple(stop) != params.stop:
         params = SamplingParams(**{**params.__dict__, "stop": tuple(stop)})
     return params
-
-
-class TextStream:
-    """Token ids in, final text out: incremental detokenisation with stop strings.
-
-    Decodes a short window of the latest tokens, not the whole output (as vLLM's `detokenize_incrementally`):
-    text is added only once the window decodes to more than it did without the newest tokens and does not end
-    in U+FFFD (a multi-byte character still incomplete). Of that text, the end that could begin a stop string is
-    held back until it is known not to; a completed stop string ends the stream, its text excluded.
-    """
-
-    def __init__(self, tokenizer: Tokenizer | None, stop: tuple[str, ...]) -> None:
-        self.tok, self.stop = tokenizer, stop
-        self.ids: list[int] = []
-        self.text = ""  # all decoded text so far
-        self.sent = 0  # characters of `text` already handed out
-        self.prefix = self.read = 0  # the window: ids[prefix:read] decoded last time, ids[read:] new
-        self.stopped = False
-        self.longest = max((len(s) for s in stop), default=0)
-
-    def add(self, token_id: int) -> str:
-        """Append one token; the text that became final."""
-        self.ids.append(token_id)
-        if self.tok is None:
-            return ""
-        before = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
-        after = self.tok.decode(self.ids[self.prefix:], skip_special_tokens=True)
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            self.text += after[len(before):]
-            self.prefix, self.read = self.read, len(self.ids)
-        return self._release(final=False)
-
-    def finish(self) -> str:
-        """The rest of the text, at the end of the request (incomplete characters decoded as U+FFFD)."""
-        if self.tok is not None and self.read < len(self.ids) and not self.stopped:
-            before = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
-            after = self.tok.decode(self.ids[self.prefix:], skip_special_tokens=True)
-            self.text += after[len(before):]
-            self.prefix = self.read = len(self.ids)
-        return self._release(final=True)
-
-    def _release(self, final: bool) -> str:
-        if self.stopped:
-            return ""
-        end = len(self.text)
-        if self.stop:
-            start = max(0, self.sent - self.longest + 1)
-            cuts = [c for c in (self.text.find(s, start) for s in self.stop) if c >= 0]
-            if cuts:
-                self.stopped, end = True, min(cuts)
-            elif not final:
-                end -= self._partial_stop()
-        piece = self.text[self.sent:end]
-        self.sent = max(self.sent, end)
-        return piece
-
-    def _partial_stop(self) -> int:
-        """Characters at the end of the text that are the start of some stop string."""
-        for n in range(min(self.longest - 1, len(self.text)), 0, -1):
-            tail = self.text[-n:]
-            if any(s.startswith(tail) for s in self.stop):
-                return n
-        return 0
 
 
 @dataclass(eq=False)
@@ -581,17 +519,45 @@ class Engine:
         self.prefix_tokens_reused += n
 
     def _prefill(self) -> None:
-        budget = self.prefill_chunk
+        """Feed the next chunk of each prompt still prefilling, `prefill_chunk` tokens in all this step: in one
+        forward when the chunks pack into few enough padded rows, else one forward per request."""
+        budget, chunks = self.prefill_chunk, []
         for r in self._slots:
             if r is None or r.pending is not None or budget <= 0:
                 continue
             n = min(budget, len(r.prompt) - r.fed)
             budget -= n
-            logits = self._forward(r.prompt[r.fed:r.fed + n], r.slot, r.fed)
+            chunks.append((r, n))
+        if not chunks:
+            return
+        first, last = chunks[0][0].slot, chunks[-1][0].slot
+        T = max(n for _, n in chunks)
+        if len(chunks) > 1 and (last + 1 - first) * T <= 2 * sum(n for _, n in chunks):
+            logits = self._forward_rows(chunks, first, last + 1, T)
+        else:
+            logits = torch.cat([self._forward(r.prompt[r.fed:r.fed + n], r.slot, r.fed) for r, n in chunks])
+        for (r, n), row in zip(chunks, logits):
             r.fed += n
             self._held[r.slot] = r.prompt[:r.fed]
             if r.fed == len(r.prompt):
-                self._accept(r, self._choose(logits, [r])[0], logits[0])
+                self._accept(r, self._choose(row[None], [r])[0], row)
+
+    def _forward_rows(self, chunks: list[tuple[_Request, int]], first: int, stop: int, T: int) -> Tensor:
+        """Several prompts' chunks in one forward over cache rows first..stop-1, right-padded to T tokens: the
+        logits (n_chunks, V) after each chunk's last token. Padding and the rows between (dummy tokens) write
+        only at or past each row's next unwritten slot, which nothing attends to before it is rewritten; the
+        positions are clamped to the cache row, whose last slot is then such a slot too."""
+        starts = self._next_slots(first, stop)
+        idx = torch.zeros(stop - first, T, dtype=torch.long)
+        for r, n in chunks:
+            idx[r.slot - first, :n] = torch.tensor(r.prompt[r.fed:r.fed + n])
+        pos = (torch.tensor(starts)[:, None] + torch.arange(T)[None]).clamp(max=self.cache_len - 1)
+        idx, pos = idx.to(self.device), pos.to(self.device)
+        window = CacheWindow(slice(first, stop), int(pos.max()) + 1)
+        hidden = self.model.hidden(idx, input_pos=pos, window=window)
+        rows = torch.tensor([r.slot - first for r, _ in chunks], device=self.device)
+        ends = torch.tensor([n - 1 for _, n in chunks], device=self.device)
+        return self.model.lm_head(hidden[rows, ends])
 
     def _forward(self, ids: list[int], slot: int, start: int) -> Tensor:
         """Feed `ids` to one cache row from position `start`: the logits (1, V) after the last of them."""

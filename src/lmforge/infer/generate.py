@@ -17,9 +17,10 @@ from torch import nn
 
 from lmforge.config import field
 from lmforge.errors import UserError
-from lmforge.infer.engine import Engine, SamplingParams, TextStream
+from lmforge.infer.engine import Engine, SamplingParams
 from lmforge.infer.sampling import SamplingConfig
 from lmforge.infer.static_batch import start
+from lmforge.infer.text import TextStream
 from lmforge.models.blocks import CrossKVCache, KVCache
 from lmforge.models.registry import GENERATE, Kind, families_that, kind_of, require
 
@@ -29,7 +30,8 @@ class GenerationConfig(SamplingConfig):
     max_new_tokens: int = field(100, "tokens to generate after each prompt", min=1)
     stop: list[str] = field(default_factory=list, repeat=True,
                             help="stop a sequence when it produces this string (repeat the flag for several)")
-    seed: int | None = field(None, "random seed for sampling (default: nondeterministic)")
+    seed: int | None = field(None, "random seed for sampling; prompt i uses seed + i, so its text does not depend "
+                                   "on the other prompts (default: nondeterministic)")
     num_beams: int = field(1, "beam search with this many beams (1 = sample, or greedy at --temperature 0)", min=1)
     length_penalty: float = field(1.0, "beam search: a finished hypothesis scores sum(log p) / length ** this "
                                        "(> 0 favours longer outputs, < 0 shorter)")
