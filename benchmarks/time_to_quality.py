@@ -16,7 +16,7 @@ bigram and trigram Kneser-Ney models fitted on the same training tokens). Rows:
     nanogpt-cpu  `--recipe nanogpt-cpu`: nanoGPT's README CPU run (4 x 128, batch 12 x 64, lr 1e-3, AdamW, cosine)
     lstm         the `lstm-tiny` preset (1 layer x 256), lmforge train defaults
 
-    PYTHONPATH=src python3 benchmarks/time_to_quality.py                       # everything: ~25 minutes on 2 cores
+    PYTHONPATH=src python3 benchmarks/time_to_quality.py                       # everything: 2 x 4 x 200 s + probes
     PYTHONPATH=src python3 benchmarks/time_to_quality.py --corpora shakespeare --budgets 60 --rows fast nanogpt-cpu
 """
 

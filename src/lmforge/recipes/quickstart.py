@@ -259,8 +259,10 @@ def _verdict(val: dict[str, float], baselines: list[dict[str, Any]]) -> str | No
                 f"longer (--minutes) or check the data[/red]")
     behind = [b for b in baselines[1:] if b["bpb"] < val["val_bpb"]]
     if behind:
-        return (f"the {', '.join(_order_name(b['order']) for b in behind)} model is still ahead in bits/byte after "
-                f"this short run: train longer (--minutes, or on a GPU) to close the gap")
+        names = " and ".join(_order_name(b["order"]) for b in behind)
+        ahead = "models are" if len(behind) > 1 else "model is"
+        return (f"the {names} {ahead} still ahead in bits/byte after this short run: train longer (--minutes, or "
+                f"on a GPU) to close the gap")
     names = ", ".join(_order_name(b["order"]) for b in baselines)
     return f"[green]the Transformer beats every n-gram baseline here ({names}) in bits/byte[/green]"
 
