@@ -111,7 +111,9 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
 
     recipe = {} if cfg.recipe == "none" else {"recipe": cfg.recipe}
     # Compiling costs seconds up front (paid again by the run after the probe) and pays back within a minute.
-    compiled = cfg.compile if cfg.compile is not None else (not cfg.steps and cfg.minutes * 60 >= COMPILE_PAYS_S)
+    # On the CPU, torch.compile writes C++ and needs a compiler: a machine without one trains eagerly.
+    compiled = cfg.compile if cfg.compile is not None else (not cfg.steps and cfg.minutes * 60 >= COMPILE_PAYS_S
+                                                            and _cpp_compiler_found())
     lr = cfg.lr if cfg.lr is not None else (None if recipe else 2e-3)
 
     def train_config(steps: int, out: Path, **kw: Any) -> TrainConfig:
@@ -157,6 +159,11 @@ def _quickstart(cfg: QuickstartConfig) -> QuickstartResult:
                               seconds=time.perf_counter() - t0)
     _write_summary(result, cfg)
     return result
+
+
+def _cpp_compiler_found() -> bool:
+    """Whether inductor can build its CPU kernels here (it runs $CXX, else the first of these it finds)."""
+    return any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c)
 
 
 COMPILE_PAYS_S = 60  # the budget from which torch.compile is on by default (benchmarks/compile_cpu.py: ~42 s)
