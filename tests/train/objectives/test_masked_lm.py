@@ -159,7 +159,7 @@ def no_mask_data(tmp_path_factory):
 @pytest.mark.parametrize(("flags", "message"), [
     (["--preset", "tiny", "--objective", "mlm"],
      "objective 'mlm' trains encoder models, but the model is a gpt decoder (fix: pass --preset bert-tiny, or an "
-     "objective for decoder models (causal_lm, classification))"),
+     "objective for decoder models (causal_lm, classification, seq2seq))"),
     (["--preset", "bert-tiny", "--objective", "mlm_nsp", "--seq-len", "300"],
      "seq_len 300 is longer than the model's max_seq_len 256"),
 ])
