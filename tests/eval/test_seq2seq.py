@@ -113,6 +113,8 @@ def test_bad_input_is_one_line(capsys, trained, tiny_data, tmp_path):
          "--label-column only applies with --task classification"),
         (["--task", "qa", "--checkpoint", runs["tiny"], "--file", good, "--num-beams", "2"],
          "--num-beams only applies with --task translation or summarisation"),
+        (["--task", "translation", "--checkpoint", runs["tiny"], "--file", good, "--no-repeat-ngram-size", "2"],
+         "--no-repeat-ngram-size only applies with --num-beams N (N > 1)"),
     ]
     for argv, expected in cases:
         code, out, err = run(capsys, *argv, "--out", tmp_path / "o", "--device", "cpu")

@@ -91,8 +91,8 @@ class EvalConfig(CompareConfig):
     num_beams: int = field(1, "with --task translation / summarisation: beam search with this many beams (1 = "
                               "greedy)", min=1)
     length_penalty: float = field(1.0, "with --num-beams: a finished hypothesis scores sum(log p) / length ** this")
-    no_repeat_ngram_size: int = field(0, "with --task translation / summarisation: never generate an n-gram of this "
-                                         "size twice (0 = off)", min=0)
+    no_repeat_ngram_size: int = field(0, "with --num-beams: never generate an n-gram of this size twice (0 = off)",
+                                      min=0)
     max_len: int | None = field(None, "with --task qa: tokens per window (default: the model's max_seq_len)", min=8)
     doc_stride: int = field(128, "with --task qa: context tokens between the starts of consecutive windows", min=1)
     max_query_len: int = field(64, "with --task qa: truncate questions to this many tokens", min=1)
@@ -194,6 +194,8 @@ def _run_seq2seq(cfg: EvalConfig, out, verify: bool) -> int:
     from lmforge.infer.generate import GenerationConfig, check_beam_options
 
     check_beam_options(GenerationConfig(temperature=0.0, num_beams=cfg.num_beams))
+    if cfg.num_beams == 1:  # they shape beam search only (greedy decoding would silently ignore them)
+        _refuse_flags(cfg, ("length_penalty", "no_repeat_ngram_size"), "--num-beams N (N > 1)")
     r = evaluate_seq2seq(cfg.checkpoint, cfg.file, task=cfg.task, out=cfg.out or CLASSIFY_OUT,
                          source_column=cfg.source_column, target_column=cfg.target_column,
                          batch_size=cfg.batch_size, max_source_len=cfg.max_source_len,

@@ -86,8 +86,9 @@ def _main(args: argparse.Namespace) -> int:
         lines.append(f"  skipped non-finite steps: {result.skipped_steps}")
     lines += [f"  checkpoint:  {result.checkpoint}"]
     if result.best_checkpoint is not None:
-        chosen = (f"val loss {result.best_val_loss:.4f}" if result.select_by == "loss" else
-                  f"val {result.select_by} {result.best_value:.4f}, val loss {result.best_val_loss:.4f}")
+        loss = "" if result.best_val_loss is None else f"val loss {result.best_val_loss:.4f}"
+        chosen = loss if result.select_by == "loss" else f"val {result.select_by} {result.best_value:.4f}" + (
+            f", {loss}" if loss else "")
         lines.append(f"  best:        {result.best_checkpoint} ({chosen} at step {result.best_step})")
     lines.append(f"  metrics:     {result.metrics}")
     if result.tensorboard is not None:

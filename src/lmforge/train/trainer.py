@@ -257,7 +257,7 @@ def _train(cfg: TrainConfig, rt: Runtime, verify: bool = True) -> TrainResult:
     return TrainResult(
         out=out, step=prog.step, stopped=stopped,
         train_loss=prog.history["train"][-1][1] if prog.history["train"] else None,
-        val=last_val, best_val_loss=None if prog.best_step is None else prog.best_loss, best_step=prog.best_step,
+        val=last_val, best_val_loss=_best_loss(prog, cfg.select_by), best_step=prog.best_step,
         skipped_steps=prog.skipped, tokens=prog.tokens,
         tokens_per_s=(prog.tokens - start_tokens) / busy if busy else 0.0,
         checkpoint=last_ckpt, best_checkpoint=best if best.is_dir() else None, metrics=out / "metrics.jsonl",
@@ -266,6 +266,16 @@ def _train(cfg: TrainConfig, rt: Runtime, verify: bool = True) -> TrainResult:
         history=prog.history, rank=rt.rank, select_by=selected(cfg.select_by),
         best_value=None if prog.best_step is None else prog.best_val,
     )
+
+
+def _best_loss(prog: Progress, select_by: str) -> float | None:
+    """The val loss of the best checkpoint's evaluation (a run resumed from a checkpoint written before it was
+    recorded knows it only when the loss chose)."""
+    if prog.best_step is None:
+        return None
+    if prog.best_loss is None and selected(select_by) == "loss":
+        return prog.best_val
+    return prog.best_loss
 
 
 # Metrics for which lower is better; every other metric an objective reports (accuracy, F1, BLEU, ...) is a score.

@@ -14,6 +14,7 @@ from lmforge.train.config import TrainConfig
 from lmforge.train.objectives import Options
 from lmforge.train.objectives.masked_lm import MaskedLMNextSentenceOptions, MaskedLMOptions
 from lmforge.train.objectives.options import TextPairsOptions
+from lmforge.train.objectives.seq2seq import Seq2SeqOptions
 
 from . import run_train, train_losses
 
@@ -33,7 +34,8 @@ def test_the_objective_chooses_its_options_dataclass(tiny_data):
     assert type(options("causal_lm")) is Options
     assert options("mlm", objective_options__mlm_probability=0.2) == MaskedLMOptions(mlm_probability=0.2)
     assert options("mlm_nsp", objective_options={"nsp": False}) == MaskedLMNextSentenceOptions(nsp=False)
-    assert options("seq2seq", objective_options__source_column="en") == TextPairsOptions(source_column="en")
+    assert options("seq2seq", objective_options__source_column="en") == Seq2SeqOptions(source_column="en")
+    assert isinstance(Seq2SeqOptions(), TextPairsOptions)  # the pairs options, and its own
     # A TrainConfig made in code gets its objective's options too.
     assert type(TrainConfig(data=str(tiny_data), objective="mlm").objective_options) is MaskedLMOptions
     with pytest.raises(UserError, match=r"option .objective_options.mlm_probability. is 1.5, but must be in \(0, 1\)"):
@@ -44,11 +46,11 @@ def test_the_objective_chooses_its_options_dataclass(tiny_data):
     (["--preset", "t5-tiny", "--objective", "seq2seq", "--objective-options.mlm-probability", "0.2"], None,
      "option 'objective_options.mlm_probability' is an option of objective mlm, mlm_nsp, not of 'seq2seq' (fix: "
      "options of objective 'seq2seq': pairs, pairs_val_fraction, max_source_len, source_column, target_column, "
-     "max_target_len)"),
+     "max_target_len, generate_eval, eval_max_new_tokens)"),
     (["--preset", "lstm-tiny", "--objective", "classification", "--objective-options.source-column", "en"], None,
      "option 'objective_options.source_column' is an option of objective contrastive, seq2seq, not of "
      "'classification' (fix: options of objective 'classification': pairs, pairs_val_fraction, max_source_len, "
-     "text_column, label_column)"),
+     "text_column, label_column, multi_label, label_separator, class_weights)"),
     ([], {"sentinels": 50},
      "option 'objective_options.sentinels' is an option of objective span_corruption, not of 'causal_lm' (fix: "
      "objective 'causal_lm' takes none)"),
