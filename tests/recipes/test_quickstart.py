@@ -56,7 +56,8 @@ def test_verdict_is_in_bits_per_byte_and_says_when_every_baseline_is_beaten():
     val = {"val_ppl": 40.0, "val_bpb": 1.50}
     uni = {"order": 1, "ppl": 700.0, "bpb": 2.6}
     bigram, trigram = {"order": 2, "ppl": 100.0, "bpb": 1.8}, {"order": 3, "ppl": 46.0, "bpb": 1.45}
-    assert "trigram model is still ahead in bits/byte" in _verdict(val, [uni, bigram, trigram])
+    assert ("beats the unigram and bigram in bits/byte; the trigram model is still ahead"
+            in _verdict(val, [uni, bigram, trigram]))
     assert "beats every n-gram baseline here (unigram, bigram)" in _verdict(val, [uni, bigram])
     assert "bigram and trigram models are still ahead" in _verdict({"val_ppl": 120.0, "val_bpb": 1.9},
                                                                    [uni, bigram, trigram])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -48,7 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    code = _run(sys.argv[1:] if argv is None else argv)
+    env = sys.modules.get("lmforge.parallel.env")  # loaded by the verbs that may run under torchrun
+    if env is not None and env.joined_process_group():
+        # A torchrun rank leaves without the interpreter's finalisation: gloo's worker threads can still hold work
+        # objects then, and tearing them down aborts the rank (SIGABRT, "terminate called without an active
+        # exception"; pytorch/pytorch#179291) after a run that finished and wrote everything, which torchrun then
+        # reports as a failed job. Every file was closed by the verb; only the streams need flushing.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run(argv: list[str]) -> int:
     nul = next((a for a in argv if "\x00" in a), None)
     if nul is not None:  # no path or text can hold one; the OS would refuse it later with a traceback
         sys.stderr.write(f"lmforge: error: argument {nul.split(chr(0))[0]!r}... holds a NUL byte (fix: remove it)\n")

@@ -142,7 +142,16 @@ def setup(device: str = "auto") -> DistEnv:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
                                 timeout=timedelta(seconds=timeout_seconds()))
+        _joined.append(True)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+_joined: list[bool] = []  # set once `setup` joined a process group in this process
+
+
+def joined_process_group() -> bool:
+    """Whether this process joined a torchrun process group (through `setup`) at some point."""
+    return bool(_joined)
 
 
 def teardown(env: Place, clean: bool = True) -> None:
