@@ -20,9 +20,18 @@ WATCH = """() => {
 }"""
 
 
+class PacedEngine(Engine):
+    """The real engine at a reader's pace (30 ms a step): a tiny model on an idle machine writes a whole reply
+    within one of the browser's network reads, and the page could then not be seen streaming it."""
+
+    def step(self) -> None:
+        super().step()
+        time.sleep(0.03)
+
+
 @pytest.fixture(scope="module")
 def keyed_server(chat_checkpoint):
-    with running(make_app(chat_checkpoint, api_keys=("page-key",))) as url:
+    with running(make_app(chat_checkpoint, engine_factory=PacedEngine, api_keys=("page-key",))) as url:
         yield url
 
 
