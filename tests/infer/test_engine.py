@@ -5,6 +5,8 @@ cancellation and bad requests."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 
 import pytest
 import torch
@@ -379,31 +381,49 @@ def test_prefix_caching_reuses_a_shared_prompt_start_and_changes_no_token(max_ba
     assert [c.token_ids for c in off.generate(prompts, params)] == outputs and off.prefix_tokens_reused == 0
 
 
+class PacedEngine(Engine):
+    """The real engine, 5 ms a step: a stream of 62 tokens then lasts long enough to be cancelled midway however
+    fast the machine."""
+
+    def step(self) -> None:
+        super().step()
+        time.sleep(0.005)
+
+
 def test_cancelling_the_consuming_task_frees_the_slot_for_concurrent_streams():
     model = model_of()
 
     async def main():
-        engine = Engine(model, None, max_batch=2, stop_token_ids=[])
+        engine = PacedEngine(model, None, max_batch=2, stop_token_ids=[])
         await engine.start()
         try:
-            async def consume(prompt, n):
-                return [t async for e in engine.submit(prompt, SamplingParams(max_tokens=n, **GREEDY))
-                        for t in e.token_ids]
+            started = asyncio.Event()
 
-            stuck = asyncio.create_task(consume(PROMPTS[0], 62))
-            await asyncio.sleep(0.05)
-            stuck.cancel()  # as a server does when the client goes away
+            async def consume(prompt, n, first=None):
+                tokens = []
+                async for e in engine.submit(prompt, SamplingParams(max_tokens=n, **GREEDY)):
+                    tokens += e.token_ids
+                    if first is not None:
+                        first.set()
+                return tokens
+
+            stuck = asyncio.create_task(consume(PROMPTS[0], 62, started))
+            await started.wait()
+            running_at_cancel = engine.running
+            stuck.cancel()  # as a server does when the client goes away, midway through the stream
             outputs = await asyncio.gather(*(consume(p, 6) for p in PROMPTS[1:]))
             for _ in range(200):
                 if engine.running == 0:
                     break
                 await asyncio.sleep(0.01)
-            return stuck.cancelled(), outputs, engine.running
+            with contextlib.suppress(asyncio.CancelledError):
+                await stuck
+            return running_at_cancel, stuck.cancelled(), outputs, engine.running
         finally:
             await engine.stop()
 
-    cancelled, outputs, running = asyncio.run(main())
-    assert cancelled and running == 0
+    running_at_cancel, cancelled, outputs, running = asyncio.run(main())
+    assert running_at_cancel == 1 and cancelled and running == 0
     assert outputs == [recompute_greedy(model, p, 6) for p in PROMPTS[1:]]
 
 
