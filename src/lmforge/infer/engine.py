@@ -40,6 +40,7 @@ from lmforge.errors import UserError
 from lmforge.infer.sampling import apply_repetition_penalty, filter_logits
 from lmforge.infer.static_batch import encoder_decoder_start
 from lmforge.infer.text import TextStream
+from lmforge.infer.weight_layout import Swap, transpose_linears
 from lmforge.models.blocks import CacheWindow, KVCache
 from lmforge.models.registry import GENERATE, Kind, families_that, kind_of, require
 
@@ -218,7 +219,9 @@ class Engine:
     `max_batch` sequences decode at once (cache rows); `max_seq_len` is the model's context window and
     `cache_len` each row's capacity (the context by default; smaller saves memory and caps prompt + output).
     `draft` (a model of the same tokenizer) or `prompt_lookup=True` turns on speculative decoding of
-    `num_speculative` tokens for greedy requests. Use it from one thread at a time, or `start()` it and submit
+    `num_speculative` tokens for greedy requests. `transposed_weights` (default: on the CPU) swaps the model's
+    larger linear layers for ones with a transposed weight copy while the engine runs (`infer.weight_layout`);
+    `close()` gives the model its own layers back. Use it from one thread at a time, or `start()` it and submit
     from an event loop.
     """
 
@@ -227,7 +230,8 @@ class Engine:
                  stop_token_ids: Sequence[int] | None = None, pad_id: int | None = None,
                  decoder_start_id: int | None = None, draft: nn.Module | None = None,
                  draft_tokenizer: Tokenizer | None = None, prompt_lookup: bool = False,
-                 num_speculative: int = 4, static_step: bool | None = None, prefix_cache: bool = True) -> None:
+                 num_speculative: int = 4, static_step: bool | None = None, prefix_cache: bool = True,
+                 transposed_weights: bool | None = None) -> None:
         require(model.cfg, GENERATE, needed_for="generation",
                 fix=f"generate from a {', '.join(f.name for f in families_that(GENERATE))} language model (lstm "
                     "models are scored by `lmforge eval`, bert ones embed or export with `lmforge embed` / "
@@ -260,6 +264,13 @@ class Engine:
         self.prompt_lookup = prompt_lookup
         self.num_speculative = num_speculative
         self.static_step = self.device.type == "cuda" if static_step is None else static_step
+        # On the CPU, small products run faster through transposed weight copies (`infer.weight_layout`): the
+        # model's linear layers are swapped while the engine runs and put back by `close()`.
+        if transposed_weights is None:
+            transposed_weights = self.device.type == "cpu"
+        self._swaps: list[Swap] = []
+        if transposed_weights:
+            self._swaps = [transpose_linears(m) for m in (self.model, self.draft) if m is not None]
         self._slots: list[_Request | None] = [None] * self.max_batch
         self._waiting: deque[_Request] = deque()
         self._inbox: deque[tuple[str, object]] = deque()  # submissions and cancellations from any thread
@@ -441,7 +452,9 @@ class Engine:
         self._waiting.clear()
 
     def close(self) -> None:
-        """Free the model's cache (the engine owns its lifetime)."""
+        """Free the model's cache (the engine owns its lifetime) and give it back its own linear layers."""
+        for swap in self._swaps:
+            swap.restore()
         if not self.seq2seq:
             self.model.clear_cache()
             if self.draft is not None:
