@@ -93,7 +93,7 @@ class DecoderLM(nn.Module):
         """The backbone: final hidden states (B, T, C), normalised, before any head (arguments as `forward`)."""
         B, T = idx.shape
         if window is not None:
-            pos, mask = input_pos, window_mask(input_pos, window.span)
+            pos, mask = input_pos, None  # additive, in the activations' dtype: built below, once for all layers
         elif input_pos is None:
             if T > self.cfg.max_seq_len:
                 raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
@@ -103,6 +103,8 @@ class DecoderLM(nn.Module):
             pos = positions if positions is not None else input_pos[None]
             mask = cache_mask(input_pos, self.blocks[0].attn.cache.k.shape[2], key_mask)
         x, rope = self.embed(idx, pos)
+        if window is not None:
+            mask = window_mask(input_pos, window.span, x.dtype)
         for block in self.blocks:
             x = block(x, rope=rope, mask=mask, input_pos=input_pos, window=window)
         return self.norm_f(x)
