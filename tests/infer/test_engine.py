@@ -447,3 +447,46 @@ def test_prompts_prefilled_together_give_the_full_recompute_tokens(family, monke
         engine.step()
     assert packed and packed[0][:2] == (1, 4)  # rows 1..3 in one forward
     assert [events[i] for i in range(4)] == [recompute_greedy(model, p, n) for p, n in zip(prompts, [30, 8, 8, 8])]
+
+
+def test_a_short_prompt_admitted_behind_a_long_one_gets_its_first_token_in_its_first_step():
+    """Shortest remaining prefill first: the long prompt's chunks do not hold a new short prompt back."""
+    model = model_of()
+    engine = Engine(model, None, max_batch=2, prefill_chunk=8, stop_token_ids=[])
+    long_prompt, short_prompt = list(range(3, 43)), [5, 17, 42]
+    got: dict[str, list[int]] = {"long": [], "short": []}
+    engine.submit(long_prompt, SamplingParams(max_tokens=4, **GREEDY), sink=lambda e: got["long"].extend(e.token_ids))
+    engine.step()  # 8 of its 40 tokens
+    engine.submit(short_prompt, SamplingParams(max_tokens=4, **GREEDY),
+                  sink=lambda e: got["short"].extend(e.token_ids))
+    engine.step()
+    assert len(got["short"]) == 2  # its first token from the prefill, its second from the same step's decode
+    assert got["long"] == []  # still prefilling, with the 5 tokens of the budget the short prompt left
+    while engine.busy:
+        engine.step()
+    assert got["long"] == recompute_greedy(model, long_prompt, 4)
+    assert got["short"] == recompute_greedy(model, short_prompt, 4)
+
+
+def test_prompts_admitted_into_scattered_rows_are_prefilled_in_one_forward_per_run_of_rows(monkeypatch):
+    """Free rows 0, 1 and 8, 9 between running ones: two padded forwards, not one per prompt, then the decode."""
+    model = model_of()
+    engine = Engine(model, None, max_batch=10, stop_token_ids=[], prefix_cache=False)
+    lengths = [1, 1, 20, 20, 20, 20, 20, 20, 1, 1]  # rows 0, 1, 8 and 9 finish after their first token
+    for i, n in enumerate(lengths):
+        engine.submit([3 + i, 4 + i], SamplingParams(max_tokens=n, **GREEDY))
+    engine.step()
+    assert [r is None for r in engine._slots] == [True, True] + [False] * 6 + [True, True]
+    forwards = []
+    hidden = model.hidden
+    monkeypatch.setattr(model, "hidden", lambda idx, **kw: forwards.append(tuple(idx.shape)) or hidden(idx, **kw))
+    prompts = [[7, 8, 9, 10, 11], [12, 13, 14, 15, 16], [17, 18, 19, 20, 21], [22, 23, 24, 25, 26]]
+    got: dict[int, list[int]] = {i: [] for i in range(4)}
+    for i, p in enumerate(prompts):
+        engine.submit(p, SamplingParams(max_tokens=3, **GREEDY), sink=lambda e, i=i: got[i].extend(e.token_ids))
+    engine.step()
+    assert forwards == [(2, 5), (2, 5), (10, 1)]  # rows 0-1 and 8-9 prefilled, then every row decodes
+    assert all(len(got[i]) == 2 for i in range(4))  # each has its first token, and its second, in this step
+    while engine.busy:
+        engine.step()
+    assert [got[i] for i in range(4)] == [recompute_greedy(model, p, 3) for p in prompts]

@@ -6,8 +6,9 @@ waiting one at once. Each `step()`:
 
 1. retires cancelled requests and admits waiting ones into free slots, reusing the longest start of the prompt
    that some row still holds (prefix caching: a shared system prompt is computed once);
-2. prefills: feeds up to `prefill_chunk` prompt tokens (of one or more admitted requests, in one padded forward
-   when they pack well), so a long prompt is split over several steps and never stalls the running streams;
+2. prefills: feeds up to `prefill_chunk` prompt tokens (of one or more admitted requests, the fewest left first,
+   in as few padded forwards as pack well), so a long prompt is split over several steps and never stalls the
+   running streams, and a short one admitted behind it still gets its first token at once;
 3. decodes: one forward over the rows that hold a running sequence (`decode_step`), one token for each, sampled
    with that request's own parameters and `torch.Generator` (seeded sampling gives the same tokens alone or
    batched); a request retires on EOS / a stop token, a stop string, its max tokens or a full context.
@@ -532,28 +533,34 @@ class Engine:
         self.prefix_tokens_reused += n
 
     def _prefill(self) -> None:
-        """Feed the next chunk of each prompt still prefilling, `prefill_chunk` tokens in all this step: in one
-        forward when the chunks pack into few enough padded rows, else one forward per request."""
+        """Feed the next chunk of each prompt still prefilling, `prefill_chunk` tokens in all this step.
+
+        The prompts with the fewest tokens left go first (shortest remaining prefill first): a short prompt that
+        arrives behind a long one gets its first token in the step that admits it, and the long one takes what is
+        left of the budget, as it would have the whole budget alone. The chunks then run in as few forwards as
+        pack well: neighbouring rows right-padded into one forward while at most half of what it computes is
+        padding (`packed_runs`), so prompts admitted together into scattered free rows do not cost a forward
+        each, which at batch 1 on the CPU is a full read of the weights."""
+        prefilling = [r for r in self._slots if r is not None and r.pending is None]
         budget, chunks = self.prefill_chunk, []
-        for r in self._slots:
-            if r is None or r.pending is not None or budget <= 0:
-                continue
+        for r in sorted(prefilling, key=lambda r: len(r.prompt) - r.fed):
+            if budget <= 0:
+                break
             n = min(budget, len(r.prompt) - r.fed)
             budget -= n
             chunks.append((r, n))
-        if not chunks:
-            return
-        first, last = chunks[0][0].slot, chunks[-1][0].slot
-        T = max(n for _, n in chunks)
-        if len(chunks) > 1 and (last + 1 - first) * T <= 2 * sum(n for _, n in chunks):
-            logits = self._forward_rows(chunks, first, last + 1, T)
-        else:
-            logits = torch.cat([self._forward(r.prompt[r.fed:r.fed + n], r.slot, r.fed) for r, n in chunks])
-        for (r, n), row in zip(chunks, logits):
-            r.fed += n
-            self._held[r.slot] = r.prompt[:r.fed]
-            if r.fed == len(r.prompt):
-                self._accept(r, self._choose(row[None], [r])[0], row)
+        for run in packed_runs(sorted(chunks, key=lambda chunk: chunk[0].slot)):
+            if len(run) > 1:
+                first, last = run[0][0].slot, run[-1][0].slot
+                logits = self._forward_rows(run, first, last + 1, max(n for _, n in run))
+            else:
+                (r, n), = run
+                logits = self._forward(r.prompt[r.fed:r.fed + n], r.slot, r.fed)
+            for (r, n), row in zip(run, logits):
+                r.fed += n
+                self._held[r.slot] = r.prompt[:r.fed]
+                if r.fed == len(r.prompt):
+                    self._accept(r, self._choose(row[None], [r])[0], row)
 
     def _forward_rows(self, chunks: list[tuple[_Request, int]], first: int, stop: int, T: int) -> Tensor:
         """Several prompts' chunks in one forward over cache rows first..stop-1, right-padded to T tokens: the
@@ -811,6 +818,22 @@ class Engine:
                 alts = {self._token_text(i): v for i, v in zip(tops.tolist(), values.tolist())}
             out.append((float(logp[t - 1, ids[t]]), alts))
         return out
+
+
+def packed_runs(chunks: list[tuple[_Request, int]]) -> list[list[tuple[_Request, int]]]:
+    """Prompt chunks (request, tokens), in row order, split into runs of neighbouring rows that one right-padded
+    forward computes with at most half padding: rows spanned x the longest chunk <= 2 x the tokens fed (greedy,
+    left to right; a run may be one chunk)."""
+    runs: list[list[tuple[_Request, int]]] = []
+    for chunk in chunks:
+        if runs:
+            run = [*runs[-1], chunk]
+            rows = chunk[0].slot + 1 - run[0][0].slot
+            if rows * max(n for _, n in run) <= 2 * sum(n for _, n in run):
+                runs[-1] = run
+                continue
+        runs.append([chunk])
+    return runs
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
