@@ -3,10 +3,12 @@
 At batch 1 a decoder's step is a chain of matrix-vector products, bound by how fast the weights stream from
 memory. PyTorch's `F.linear(x, W)` with W stored (out, in) runs markedly slower on the CPU than `x @ Wt` with
 Wt = W.t().contiguous() stored (in, out) (Hugging Face GPT-2's `Conv1D` keeps its weights that way and calls
-addmm). Measured on the 2-core development CPU (torch 2.13, fp32, 2026-12-02, the 25 linear layers of the `small`
-preset, cache-cold, process time): one token (M = 1) 5.5 ms -> 3.9 ms at one thread, 5.1 -> 4.4 ms at two;
-8 rows 8.6 -> 7.3 ms at one thread, 6.6 -> 7.0 ms at two; 128 rows (prefill) within noise either way. So a
-swapped layer uses the copy for few rows and the layer's own weight for more (`max_rows`).
+addmm) for one or two rows, and as fast or faster from four rows on, where it switches to a matrix-matrix kernel.
+Measured on the 2-core development CPU (torch 2.13, fp32, one thread, 2026-12-02, process time, machine shared):
+the 25 linear layers of the `small` preset cache-cold, one row, 5.5 -> 3.9 ms; warm single layers, rows 1 / 2 / 4
+/ 8: 1152 x 384 48 -> 35, 93 -> 70, 104 -> 89, 150 -> 150 us; 4096 x 384 247 -> 137, 482 -> 272, 467 -> 802,
+839 -> 917 us; 4096 x 128 74 -> 42, 171 -> 90, 145 -> 158, 201 -> 228 us. So a swapped layer uses the copy for up
+to `MAX_ROWS` rows and the layer's own weight above (decode of several sequences, prefill).
 
 Applied from outside the model, as quantisation swaps its layers (`lmforge.compress.quantize`): `transpose_linears`
 replaces every plain `nn.Linear` by a `TransposedLinear` that registers the *same* weight and bias parameters under
@@ -15,7 +17,8 @@ and returns a handle whose `restore()` puts the original layers back. The engine
 and restores on `close()`, so a model being trained (training-time generation passes the live model) gets its own
 layers back, and with grad enabled a swapped layer computes through its own weight anyway. The copies are kept per
 layer while its weight is unchanged (same storage, same version counter), so engine after engine on one model
-transposes once; a changed weight (an optimizer step) gets a fresh copy at the next swap. Quantised layers
+transposes once; a changed weight (an optimizer step) gets a fresh copy at the next swap. The price is memory:
+the swapped layers' weights are held twice while their copies live. Quantised layers
 (`Int8Linear`, `Int4Linear`) and LoRA layers are not `nn.Linear`: they are left as they are.
 """
 
@@ -28,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# Up to this many rows (tokens x sequences) a swapped layer multiplies by its transposed copy: decode steps of
-# up to 8 sequences. Above it, prefill-sized products are as fast through the original (out, in) weight.
-MAX_ROWS = 8
+# Up to this many rows (tokens x sequences) a swapped layer multiplies by its transposed copy: the decode step of
+# one or two sequences. Above it the original (out, in) weight is as fast or faster (see the module docstring).
+MAX_ROWS = 2
 # Only layers of at least this many weights are swapped: the swapped forward's few extra Python operations (~3 us)
 # cost more than the layout saves on a small matrix that sits in cache anyway (warm, one row, process time:
 # 128 x 128 12.5 -> 16.5 us, 384 x 128 16.0 -> 19.0 us, 4096 x 128 92.7 -> 57.5 us). So in the `tiny` preset only
