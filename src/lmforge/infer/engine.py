@@ -265,13 +265,6 @@ class Engine:
         self.prompt_lookup = prompt_lookup
         self.num_speculative = num_speculative
         self.static_step = self.device.type == "cuda" if static_step is None else static_step
-        # On the CPU, small products run faster through transposed weight copies (`infer.weight_layout`): the
-        # model's linear layers are swapped while the engine runs and put back by `close()`.
-        if transposed_weights is None:
-            transposed_weights = self.device.type == "cpu"
-        self._swaps: list[Swap] = []
-        if transposed_weights:
-            self._swaps = [transpose_linears(m) for m in (self.model, self.draft) if m is not None]
         self._slots: list[_Request | None] = [None] * self.max_batch
         self._waiting: deque[_Request] = deque()
         self._inbox: deque[tuple[str, object]] = deque()  # submissions and cancellations from any thread
@@ -298,6 +291,13 @@ class Engine:
             if self.draft is not None:
                 self.draft_len = min(self.cache_len, self.draft.cfg.max_seq_len)
                 self.draft.setup_cache(self.max_batch, self.draft_len)
+        # On the CPU, small products run faster through transposed weight copies (`infer.weight_layout`): the
+        # model's linear layers are swapped while the engine runs and put back by `close()`.
+        if transposed_weights is None:
+            transposed_weights = self.device.type == "cpu"
+        self._swaps: list[Swap] = []
+        if transposed_weights:
+            self._swaps = [transpose_linears(m) for m in (self.model, self.draft) if m is not None]
 
     # --- requests -------------------------------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams,
