@@ -27,7 +27,7 @@ speed no implementation can beat when every token reads every weight once.
     PYTHONPATH=src python3 benchmarks/decode.py                          # tiny, small
     PYTHONPATH=src python3 benchmarks/decode.py --presets tiny small gpt2-124m --repeats 2
     PYTHONPATH=src python3 benchmarks/decode.py --presets gpt2-124m --suites precision \
-        --precisions lmforge-fp32 lmforge-int8 llama.cpp-q8_0           # issue 13's rows only
+        --precisions lmforge-int8 llama.cpp-q8_0                        # int8 against llama.cpp q8_0 only
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from lmforge.models import DecoderLM, get_preset
 from lmforge.models.io import WEIGHTS, save_model
 
 VOCAB, PROMPT, NEW = 4096, 16, 128
-# (row name, lmforge quantisation or None, the llama.cpp GGUF type of the same bits): fp32 pairs with f32, ...
+# Batch-1 rows by precision: lmforge's (its quantisation, None for fp32), llama.cpp's (the GGUF type), paired by bits
 LMFORGE_PRECISIONS = {"lmforge-fp32": None, "lmforge-int8": QuantizationSpec(bits=8),
                       "lmforge-int4": QuantizationSpec(bits=4, group_size=64)}
 LLAMACPP_PRECISIONS = {"llama.cpp-f32": "f32", "llama.cpp-q8_0": "q8_0", "llama.cpp-q4_0": "q4_0"}
