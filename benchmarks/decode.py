@@ -193,8 +193,6 @@ def bench_preset(name: str, repeats: int, bandwidth: float, workdir: Path, only:
     cfg.vocab_size = VOCAB
     model = DecoderLM(cfg).eval()
     ckpt = save_model(workdir / name / "ckpt", model, cfg, byte_level_tokenizer(workdir))
-    hf_dir = export_hf(ckpt, workdir / name / "hf")
-    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     params = sum(p.numel() for p in model.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     limit = bandwidth / weight_bytes
@@ -206,9 +204,12 @@ def bench_preset(name: str, repeats: int, bandwidth: float, workdir: Path, only:
     rows = []
     suites = (("batch 1", one, [NEW], 1, False), ("batch 1, prompt lookup (both sides)", one, [NEW], 1, True),
               ("static batch 8", eight, [NEW] * 8, 8, False), ("32 mixed requests", mixed, mixed_new, 32, False))
-    for suite, prompts, news, slots, lookup in suites:
-        if only and not any(suite.startswith(o) for o in only):
-            continue
+    selected = [s for s in suites if not only or any(s[0].startswith(o) for o in only)]
+    hf = None
+    if selected:  # transformers loads the export only for the suites that run it
+        hf = transformers.AutoModelForCausalLM.from_pretrained(export_hf(ckpt, workdir / name / "hf"),
+                                                               dtype=torch.float32).eval()
+    for suite, prompts, news, slots, lookup in selected:
         lmforge_generate(model, prompts[:1], [4], 1)  # warm-up
         hf_generate(hf, prompts[:1], 4)
         got = best_of(repeats, {
@@ -224,7 +225,7 @@ def bench_preset(name: str, repeats: int, bandwidth: float, workdir: Path, only:
         print(" | ".join(rows[-1]), flush=True)
     precision = []
     if not only or any(PRECISION_SUITE.startswith(o) for o in only):
-        del hf  # its copy of the weights, before the quantised copies and llama.cpp's
+        hf = None  # its copy of the weights goes before the quantised copies and llama.cpp's
         precision = precision_rows(name, model, ckpt, one[0], repeats, bandwidth, workdir / name, precisions,
                                    threads)
     return rows, precision
