@@ -236,7 +236,7 @@ async def level(url: str, concurrency: int, requests: int, max_tokens: int, logp
 
 # --- set-up: the same weights in both formats ------------------------------------------------------------------
 
-def build(preset: str, work: Path) -> tuple[Path, Path, Path]:
+def build(preset: str, work: Path, with_gguf: bool = True) -> tuple[Path, Path, Path]:
     import torch
 
     from lmforge.data.builtin import python_docs
@@ -259,7 +259,7 @@ def build(preset: str, work: Path) -> tuple[Path, Path, Path]:
     if not (hf / "config.json").is_file():
         export_hf(ckpt, hf)
     gguf = work / f"{preset}-f32.gguf"
-    if not gguf.is_file() and importlib.util.find_spec("gguf") is not None:
+    if with_gguf and not gguf.is_file():
         from lmforge.interop.gguf import export_gguf
 
         export_gguf(ckpt, gguf, "f32")
@@ -312,7 +312,7 @@ def main() -> None:
           f"{args.requests} requests per client, load average {os.getloadavg()[0]:.1f}")
     rows = []
     for preset in args.presets:
-        ckpt, hf, gguf = build(preset, work)
+        ckpt, hf, gguf = build(preset, work, with_gguf="llama.cpp" in peers)
         for peer in peers:
             if peer == "llama.cpp":
                 from lmforge.models import ModelConfig
