@@ -185,7 +185,8 @@ def precision_rows(name: str, model: DecoderLM, ckpt: Path, prompt: list[int], r
 
 
 def bench_preset(name: str, repeats: int, bandwidth: float, workdir: Path, only: list[str],
-                 precisions: list[str], threads: int) -> tuple[list[list[str]], list[list[str]]]:
+                 precisions: list[str], threads: int, precision_repeats: int
+                 ) -> tuple[list[list[str]], list[list[str]]]:
     import transformers
 
     torch.manual_seed(0)
@@ -226,8 +227,8 @@ def bench_preset(name: str, repeats: int, bandwidth: float, workdir: Path, only:
     precision = []
     if not only or any(PRECISION_SUITE.startswith(o) for o in only):
         hf = None  # its copy of the weights goes before the quantised copies and llama.cpp's
-        precision = precision_rows(name, model, ckpt, one[0], repeats, bandwidth, workdir / name, precisions,
-                                   threads)
+        precision = precision_rows(name, model, ckpt, one[0], precision_repeats, bandwidth, workdir / name,
+                                   precisions, threads)
     return rows, precision
 
 
@@ -242,6 +243,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--precision-repeats", type=int, default=2,
+                    help=f"repeats of the '{PRECISION_SUITE}' suite (six engines: kept short by default)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--suites", nargs="*", default=[], help="run only the suites whose names start so "
                                                             f"(e.g. 'batch 1, prompt', '{PRECISION_SUITE}')")
@@ -272,7 +275,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.presets:
             suite_rows, by_precision = bench_preset(name, args.repeats, bandwidth, Path(tmp), args.suites,
-                                                         args.precisions, torch.get_num_threads())
+                                                         args.precisions, torch.get_num_threads(),
+                                                         args.precision_repeats)
             rows += suite_rows
             precision += by_precision
     print(f"\n{time.perf_counter() - started:.0f} s, load average {os.getloadavg()[0]:.1f} at the end\n")
