@@ -48,7 +48,7 @@ def field_value(reader, key: str):
     return reader.fields[key].contents()
 
 
-@pytest.mark.parametrize("gguf_type", ["f32", "f16", "q8_0"])
+@pytest.mark.parametrize("gguf_type", ["f32", "f16", "q8_0", "q4_0"])
 def test_every_tensor_and_the_vocabulary_read_back(tmp_path, tiny_data, gguf_type):
     ckpt, model = checkpoint(tmp_path, tiny_data, "gpt")
     out = export_gguf(ckpt, tmp_path / "m.gguf", gguf_type)
@@ -66,16 +66,20 @@ def test_every_tensor_and_the_vocabulary_read_back(tmp_path, tiny_data, gguf_typ
         assert tuple(reversed(tensors[name].shape.tolist())) == shape, name  # ggml lists dimensions innermost first
     assert len(tensors) == 4 + 12 * 2  # every tensor: 12 per GPT-2 block; the tied output shares token_embd
     matrix_type = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
-                   "q8_0": gguf.GGMLQuantizationType.Q8_0}[gguf_type]
+                   "q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}[gguf_type]
     assert tensors["blk.0.attn_qkv.weight"].tensor_type == matrix_type
     assert tensors["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
     # values: the qkv matrix as nn.Linear stores it (out, in), within the type's rounding
     qkv = gguf.quants.dequantize(tensors["blk.0.attn_qkv.weight"].data, tensors["blk.0.attn_qkv.weight"].tensor_type)
     ours = model.blocks[0].attn.wqkv.weight.detach().numpy()
-    tol = {"f32": 1e-7, "f16": 1e-3, "q8_0": 2e-2}[gguf_type]
+    # q4_0: up to one step (a block's largest magnitude / 8): the side opposite the largest clips at 7 steps
+    tol = {"f32": 1e-7, "f16": 1e-3, "q8_0": 2e-2, "q4_0": 0.13}[gguf_type]
     np.testing.assert_allclose(qkv.reshape(ours.shape), ours, atol=tol * np.abs(ours).max())
 
     assert field_value(reader, "general.architecture") == "gpt2"
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[gguf_type]
+    assert field_value(reader, "general.file_type") == int(file_type)
     assert field_value(reader, "gpt2.block_count") == 2
     assert field_value(reader, "gpt2.context_length") == 32
     assert field_value(reader, "tokenizer.ggml.model") == "gpt2"

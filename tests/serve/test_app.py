@@ -106,6 +106,19 @@ def test_echo_scores_the_prompt_as_lm_evaluation_harness_asks(client):
     assert len(more.choices[0].logprobs.tokens) == n + more.usage.completion_tokens
 
 
+def test_streamed_echo_with_logprobs_is_the_whole_answer_in_pieces(client):
+    """A stream opens with the echoed prompt and its logprobs, then one chunk per generated token with its own."""
+    kw = dict(model="tiny", prompt="The list of names", max_tokens=4, echo=True, logprobs=1, temperature=0)
+    whole = client.completions.create(**kw).choices[0]
+    chunks = [c for chunk in client.completions.create(**kw, stream=True) for c in chunk.choices]
+    assert chunks[0].text == "The list of names" and chunks[0].finish_reason is None
+    assert "".join(c.text for c in chunks) == whole.text
+    assert [t for c in chunks for t in c.logprobs.tokens] == whole.logprobs.tokens
+    streamed = [x for c in chunks for x in c.logprobs.token_logprobs]
+    assert streamed[0] is None and streamed[1:] == pytest.approx(whole.logprobs.token_logprobs[1:], abs=1e-4)
+    assert chunks[-1].finish_reason == whole.finish_reason
+
+
 def test_token_id_prompts_and_several_prompts(client):
     ids = client.post("/../tokenize", body={"prompt": "The list"}, cast_to=object)["tokens"]
     by_text = client.completions.create(model="tiny", prompt="The list", max_tokens=5, temperature=0)

@@ -35,7 +35,7 @@ Options the Hugging Face class cannot express (post-norm GPT, sinusoidal BERT po
 the reason, and nothing is written. See docs/interop.md.
 
 --format gguf writes one .gguf file for llama.cpp and Ollama (gpt and llama language models with a byte-level BPE
-tokenizer; weights f32, f16 or q8_0 with --gguf-type):
+tokenizer; weights f32, f16, q8_0 or q4_0 with --gguf-type):
   lmforge export runs/train --format gguf --gguf-type q8_0 --out model-q8_0.gguf
   llama-cli -m model-q8_0.gguf -p "The list" -n 64 --temp 0     # llama.cpp
 See docs/compression.md.
@@ -52,7 +52,7 @@ class ExportOptions(Config):
     base_hf: str | None = field(None, "peft: the Hugging Face export of the adapter's base, recorded in "
                                       "adapter_config.json as base_model_name_or_path")
     gguf_type: str = field("f16", "--format gguf: weight type of the matrices (norms and biases stay f32)",
-                           choices=("f32", "f16", "q8_0"))
+                           choices=("f32", "f16", "q8_0", "q4_0"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,8 +17,10 @@ UNUSED) and the bos/eos/pad/unk ids; the pre-tokenizer is named `gpt-2`, the reg
 words with. llama.cpp's own converter cannot do this for an lmforge tokenizer: it recognises a pre-tokenizer only by
 the hash of a known vocabulary's encoding of a test string, and refuses any other.
 
-Weights: f32, f16 or q8_0 (blocks of 32 weights, one f16 scale each). 1-D tensors (norms, biases) stay f32 and a
-matrix whose rows are not a multiple of 32 stays f16 in a q8_0 file, as llama.cpp's converter does.
+Weights: f32, f16, q8_0 (blocks of 32 weights, one f16 scale each) or q4_0 (blocks of 32 4-bit weights, one f16
+scale each; what `llama-quantize` writes for Q4_0, here every matrix in it, the embedding too). 1-D tensors (norms,
+biases) stay f32 and a matrix whose rows are not a multiple of 32 stays f16 in a q8_0 or q4_0 file, as llama.cpp's
+converter does.
 """
 
 from __future__ import annotations
@@ -48,9 +50,9 @@ from lmforge.models.registry import Kind, describe, kind_of
 if TYPE_CHECKING:
     import gguf
 
-GGUF_TYPES = ("f32", "f16", "q8_0")
+GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
 MAGIC = b"GGUF"
-Q8_BLOCK = 32  # weights per q8_0 block: a row must hold a whole number of them
+BLOCK = 32  # weights per q8_0 / q4_0 block: a row must hold a whole number of them
 
 
 @dataclass(frozen=True)
@@ -197,14 +199,15 @@ def read_vocabulary(ckpt: Path, vocab_size: int) -> GGUFVocabulary:
 # --- writing -------------------------------------------------------------------------------------------------
 
 def _tensor_data(t: Tensor, gguf_type: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
-    """A tensor's bytes in the file's type: 1-D tensors f32 always; q8_0 only for rows of whole blocks."""
+    """A tensor's bytes in the file's type: 1-D tensors f32 always; q8_0 / q4_0 only for rows of whole blocks."""
     import gguf
 
     array = t.detach().to(torch.float32).numpy()
     if array.ndim == 1 or gguf_type == "f32":
         return array, gguf.GGMLQuantizationType.F32
-    if gguf_type == "q8_0" and array.shape[-1] % Q8_BLOCK == 0:
-        return gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+    blocked = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}.get(gguf_type)
+    if blocked is not None and array.shape[-1] % BLOCK == 0:
+        return gguf.quants.quantize(array, blocked), blocked
     return array.astype(np.float16), gguf.GGMLQuantizationType.F16
 
 
@@ -212,7 +215,7 @@ def _file_type(gguf_type: str) -> int:
     import gguf
 
     return int({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[gguf_type])
+                "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[gguf_type])
 
 
 def _read_state(ckpt: Path, cfg: ModelConfig) -> dict[str, Tensor]:

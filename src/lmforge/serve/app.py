@@ -23,7 +23,7 @@ import asyncio
 import base64
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -498,34 +498,45 @@ class _API:
         def respond(choices: list[_Choice]) -> dict[str, Any]:
             return self._completion_body(head, choices, owner, prompts, texts, echo, body, prompt_tokens)
 
-        async def chunks(events: AsyncIterator[tuple[int, TokenEvent]]) -> AsyncIterator[bytes]:
-            completion_tokens: dict[int, int] = {}
-            if body.echo:
-                for i, p_index in enumerate(owner):
-                    lp = self._completion_logprobs(prompts[p_index], echo[p_index], 0) if want is not None else None
-                    yield _sse({**head, "choices": [{"index": i, "text": texts[p_index], "logprobs": lp,
-                                                     "finish_reason": None}]})
-            try:
-                async for i, ev in events:
-                    completion_tokens[i] = ev.completion_tokens
-                    if not ev.text and not ev.finish_reason and want is None:
-                        continue
-                    lp = None
-                    if want is not None:
-                        lp = self._completion_logprobs(ev.token_ids, list(zip(*_aligned(ev))), 0)
-                    yield _sse({**head, "choices": [{"index": i, "text": ev.text, "logprobs": lp,
-                                                     "finish_reason": ev.finish_reason}]})
-            except TimeoutError:
-                yield _sse({"error": {"message": f"the request took longer than the server's "
-                                                 f"{self.options.request_timeout_s:g} s limit", "type": "timeout_error",
-                                      "param": None, "code": "timeout"}})
-            except APIError as e:
-                yield _sse(e.body())
-            if body.include_usage():
-                yield _sse({**head, "choices": [], "usage": _usage(prompt_tokens, sum(completion_tokens.values()))})
-            yield _sse("[DONE]")
+        def choice(i: int, ev: TokenEvent) -> dict[str, Any]:
+            lp = self._completion_logprobs(ev.token_ids, list(zip(*_aligned(ev))), 0) if want is not None else None
+            return {"index": i, "text": ev.text, "logprobs": lp, "finish_reason": ev.finish_reason}
+
+        def chunks(events: AsyncIterator[tuple[int, TokenEvent]]) -> AsyncIterator[bytes]:
+            # a generator: the echoed prompts' logprobs are worked out as the stream starts sending
+            echoed = ({"index": i, "text": texts[p_index],
+                       "logprobs": self._completion_logprobs(prompts[p_index], echo[p_index], 0)
+                       if want is not None else None, "finish_reason": None}
+                      for i, p_index in enumerate(owner)) if body.echo else ()
+            return self._sse_stream(events, head, echoed, choice, want is not None, body.include_usage(),
+                                    prompt_tokens)
 
         return await self._answer(jobs, request, started, body.stream, respond, chunks)
+
+    async def _sse_stream(self, events: AsyncIterator[tuple[int, TokenEvent]], head: dict[str, Any],
+                          opening: Iterable[dict[str, Any]], choice: Callable[[int, TokenEvent], dict[str, Any]],
+                          with_logprobs: bool, include_usage: bool, prompt_tokens: int) -> AsyncIterator[bytes]:
+        """The one streaming tail of completions and chat: the `opening` choices (echoed prompts, chat's role
+        deltas), a chunk per event that carries text, a finish reason or (when asked) logprobs, an error event for
+        a timeout or an API error, the usage chunk when asked, then [DONE]."""
+        completion_tokens: dict[int, int] = {}
+        for c in opening:
+            yield _sse({**head, "choices": [c]})
+        try:
+            async for i, ev in events:
+                completion_tokens[i] = ev.completion_tokens
+                if not ev.text and not ev.finish_reason and not with_logprobs:
+                    continue
+                yield _sse({**head, "choices": [choice(i, ev)]})
+        except TimeoutError:
+            yield _sse({"error": {"message": f"the request took longer than the server's "
+                                             f"{self.options.request_timeout_s:g} s limit", "type": "timeout_error",
+                                  "param": None, "code": "timeout"}})
+        except APIError as e:
+            yield _sse(e.body())
+        if include_usage:
+            yield _sse({**head, "choices": [], "usage": _usage(prompt_tokens, sum(completion_tokens.values()))})
+        yield _sse("[DONE]")
 
     async def _answer(self, jobs, request, started, stream, respond, chunks) -> Response:
         answer = self._stream_or_collect(jobs, request, started, stream, respond, chunks)
@@ -592,29 +603,17 @@ class _API:
 
         chunk_head = {**head, "object": "chat.completion.chunk"}
 
-        async def chunks(events: AsyncIterator[tuple[int, TokenEvent]]) -> AsyncIterator[bytes]:
-            completion_tokens: dict[int, int] = {}
-            for k in range(body.n):
-                yield _sse({**chunk_head, "choices": [{"index": k, "delta": {"role": "assistant", "content": ""},
-                                                       "logprobs": None, "finish_reason": None}]})
-            try:
-                async for i, ev in events:
-                    completion_tokens[i] = ev.completion_tokens
-                    if not ev.text and not ev.finish_reason and want is None:
-                        continue
-                    lp = self._chat_logprobs(ev.token_ids, *_aligned(ev)) if want is not None else None
-                    delta = {"content": ev.text} if ev.text or not ev.finish_reason else {}
-                    yield _sse({**chunk_head, "choices": [{"index": i, "delta": delta, "logprobs": lp,
-                                                           "finish_reason": ev.finish_reason}]})
-            except TimeoutError:
-                yield _sse({"error": {"message": f"the request took longer than the server's "
-                                                 f"{self.options.request_timeout_s:g} s limit", "type": "timeout_error",
-                                      "param": None, "code": "timeout"}})
-            except APIError as e:
-                yield _sse(e.body())
-            if body.include_usage():
-                yield _sse({**chunk_head, "choices": [], "usage": _usage(len(ids), sum(completion_tokens.values()))})
-            yield _sse("[DONE]")
+        def choice(i: int, ev: TokenEvent) -> dict[str, Any]:
+            lp = self._chat_logprobs(ev.token_ids, *_aligned(ev)) if want is not None else None
+            delta = {"content": ev.text} if ev.text or not ev.finish_reason else {}
+            return {"index": i, "delta": delta, "logprobs": lp, "finish_reason": ev.finish_reason}
+
+        roles = [{"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                 for k in range(body.n)]
+
+        def chunks(events: AsyncIterator[tuple[int, TokenEvent]]) -> AsyncIterator[bytes]:
+            return self._sse_stream(events, chunk_head, roles, choice, want is not None, body.include_usage(),
+                                    len(ids))
 
         return await self._answer(jobs, request, started, body.stream, respond, chunks)
 
