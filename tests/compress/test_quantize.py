@@ -123,6 +123,11 @@ def test_the_int4_kernel_layout_follows_new_weights():
     first(x)  # builds the kernel layout of the first weights
     first.load_state_dict(second.state_dict())
     torch.testing.assert_close(first(x), second(x), atol=0, rtol=0)
+    first.to(torch.bfloat16)  # a move: the scales are bf16 now, the layout is made again from them
+    bf16_close(first(x.bfloat16()).float(), nn.functional.linear(x, first.dequantized().float()))
+    with torch.inference_mode():  # built and run where the engine and the server run (no version counters)
+        layer = Int4Linear.from_linear(nn.Linear(64, 32), 32)
+        bf16_close(layer(x), nn.functional.linear(x, layer.dequantized(), layer.bias))
 
 
 @pytest.mark.parametrize("family", ["gpt", "llama"])

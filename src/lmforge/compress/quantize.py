@@ -222,13 +222,13 @@ class Int4Linear(_QuantizedLinear):
 
     def kernel_layout(self) -> tuple[Tensor, Tensor]:
         """The weight in `_weight_int4pack_mm_for_cpu`'s layout and its (in / group, out, 2) bf16 scales and zeros,
-        made from the stored tensors on first use and again whenever they change (a load, a move).
+        made from the stored tensors on first use and again after a load or a move (`_load_from_state_dict`,
+        `_apply`; the storage addresses are checked too). Writing into the buffers in place is not tracked.
 
         The kernel computes w = (q - 8) * scale + zero (torchao / gpt-fast's convention); the stored format is
         w = q * scale + offset with the same codes q, so zero = offset + 8 * scale.
         """
-        made_from = tuple(t._version for t in (self.packed, self.scales, self.offsets)) + tuple(
-            t.data_ptr() for t in (self.packed, self.scales, self.offsets))
+        made_from = tuple(t.data_ptr() for t in (self.packed, self.scales, self.offsets))
         if self._kernel_layout is None or self._kernel_layout[0] != made_from:
             weight = torch._convert_weight_to_int4pack_for_cpu(self.codes().to(torch.int32), 1)
             scales = self.scales.float()
@@ -236,6 +236,14 @@ class Int4Linear(_QuantizedLinear):
             scales_and_zeros = torch.stack((scales, zeros), dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
             self._kernel_layout = (made_from, weight, scales_and_zeros)
         return self._kernel_layout[1], self._kernel_layout[2]
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._kernel_layout = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .bfloat16(): the layout is made again from the result
+        self._kernel_layout = None
+        return super()._apply(fn, *args, **kwargs)
 
     def kernel_matmul(self, x_bf16: Tensor) -> Tensor:
         """(M, in) bf16 -> (M, out) bf16 through `torch._weight_int4pack_mm_for_cpu` (gpt-fast's CPU int4 path)."""
