@@ -21,7 +21,8 @@ prepare` with the teacher's tokenizer) with
 (Hinton et al., 2015; the T² keeps the soft term's gradients at the hard term's scale). The teacher (any
 checkpoint that predicts the next token: a decoder or an LSTM, float or quantised) is frozen; the student is
 built like `lmforge train` builds a model: --preset (default tiny), any model.* option, and --student-layers N as
-a shorthand for --model.n-layer N. A student of half the teacher's layers is the usual start.
+a shorthand for --model.n-layer N. A student of half the teacher's layers is the usual start. This verb's own
+flags (--teacher, --temperature, --alpha, --student-layers) are listed last, under "distillation".
 
 Everything else is `lmforge train`'s (steps, batch, optimizer, schedule, evaluation, checkpoints, --resume, several
 processes under torchrun): `lmforge train --help` lists the options, all accepted here. Evaluation reports the

@@ -6,8 +6,8 @@
     spec = quantize_model(model, QuantizationSpec(bits=4, group_size=64))  # int4, a scale and offset per 64 inputs
 
 Every `nn.Linear` of the model (except one whose weight is tied to the embedding, which stays shared) is replaced
-by an `Int8Linear` or `Int4Linear` holding integer weights and their scales as buffers; activations stay in the
-model's float dtype and the weight is dequantised inside `forward`. The model code never knows: it calls
+by an `Int8Linear` or `Int4Linear` holding integer weights and their scales as buffers; the layer's output is in
+the activations' dtype (the model's). The model code never knows: it calls
 `self.wqkv(x)` as before. A quantised model saves as an ordinary checkpoint whose `quantization.json` records the
 spec and the layers swapped; `lmforge.checkpoints.load_model` reads that file, swaps the same layers in (empty)
 and loads the integer tensors, so a quantised checkpoint loads through the one loader like any other.
@@ -18,9 +18,9 @@ On a CPU, `forward` runs PyTorch's own weight-only kernels, the ones gpt-fast's 
 ones the int8 op is several times slower than `F.linear`), so the activations are cast to bf16 for the matmul and
 the output back to the input's dtype. They read the integer weight without materialising a float copy, which is
 what makes them pay: measured on the 2-core development CPU (torch 2.13, 20 distinct GPT-2 124M-shaped weights,
-cache-cold, 2026-12-02, load average about 1), per layer at batch 1, one thread: fp32 `F.linear` 614 µs, the
+cache-cold, 2026-12-02, load average about 1.5), per layer at batch 1, one thread: fp32 `F.linear` 614 µs, the
 cast-then-matmul int8 507 µs, `_weight_int8pack_mm` 287 µs, the dequantise-then-matmul int4 2,049 µs,
-`_weight_int4pack_mm_for_cpu` 132 µs; at 64 rows (a prefill) all are within 10% of fp32 (docs/compression.md).
+`_weight_int4pack_mm_for_cpu` 132 µs; at 64 rows (a prefill) both kernels are within 10% of fp32 (docs/compression.md).
 Elsewhere (CUDA, shapes the kernels refuse: an input width not a multiple of 8 for int8, an output width not a
 multiple of 16 for int4), or when a gradient must flow through the layer, the plain cast / dequantise path runs.
 The checkpoint format is the same for both: the int4 kernel's layout is packed from the stored nibbles on first
@@ -28,7 +28,7 @@ use and kept beside them (not saved).
 
 Plain PyTorch rather than torchao: torchao 0.18's `Int8WeightOnlyConfig` installs against torch 2.13 CPU, but
 its quantised weights are tensor subclasses that safetensors does not save (every lmforge checkpoint is
-safetensors), and on the CPU it ends in the same `aten` kernels called here.
+safetensors); calling the `aten` ops directly keeps the checkpoint format and adds no dependency.
 """
 
 from __future__ import annotations
