@@ -50,7 +50,8 @@ def test_int8_rounds_each_weight_to_within_half_its_rows_step():
     error = (layer.dequantized() - linear.weight).abs()
     assert (error <= layer.scales[:, None] / 2 + 1e-7).all()
     x = torch.randn(3, 5, 64)
-    torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.dequantized(), linear.bias))
+    torch.testing.assert_close(layer.dequantized_matmul(x) + linear.bias,
+                               nn.functional.linear(x, layer.dequantized(), linear.bias))
 
 
 def test_int4_packs_two_values_a_byte_and_rounds_within_half_a_groups_step():
@@ -66,6 +67,67 @@ def test_int4_packs_two_values_a_byte_and_rounds_within_half_a_groups_step():
     again_linear.weight.data.copy_(grid)
     again = Int4Linear.from_linear(again_linear, 32)
     torch.testing.assert_close(again.dequantized(), grid, atol=1e-6, rtol=0)
+
+
+def bf16_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Within what bf16 activations and outputs cost: a few parts in a thousand of the output's scale."""
+    assert actual.dtype == expected.dtype
+    scale = expected.abs().max()
+    assert (actual - expected).abs().max() <= 1e-2 * scale, ((actual - expected).abs().max(), scale)
+
+
+@pytest.mark.parametrize("bits,group_size", [(8, None), (4, 32), (4, 64), (4, 128), (4, 256)])
+def test_the_cpu_kernels_match_the_dequantised_weight(bits, group_size):
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 48)
+    layer = Int8Linear.from_linear(linear) if bits == 8 else Int4Linear.from_linear(linear, group_size)
+    x = torch.randn(2, 7, 256)
+    assert layer._kernel_applies(x)
+    reference = nn.functional.linear(x, layer.dequantized(), linear.bias)
+    bf16_close(layer(x), reference)  # (2, 7, 256) in, fp32 out: the kernel's bf16 is inside the layer
+    bf16_close(layer(x[0, :1]), reference[0, :1])  # batch 1, one token: the decode step
+    assert not torch.equal(layer(x), reference)  # the kernel ran (the portable path would match to fp32 rounding)
+
+
+def test_the_portable_path_runs_where_the_kernels_do_not_apply():
+    torch.manual_seed(0)
+    odd = Int8Linear.from_linear(nn.Linear(36, 16))  # input width not a multiple of 8
+    narrow = Int4Linear.from_linear(nn.Linear(64, 24), 32)  # output width not a multiple of 16
+    for layer in (odd, narrow):
+        x = torch.randn(3, layer.in_features)
+        assert not layer._kernel_applies(x)
+        torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.dequantized(), layer.bias))
+    # a gradient to carry back to the input: the kernels have no backward, so the portable path runs
+    layer = Int8Linear.from_linear(nn.Linear(64, 32))
+    x = torch.randn(3, 64, requires_grad=True)
+    assert not layer._kernel_applies(x)
+    layer(x).sum().backward()
+    torch.testing.assert_close(x.grad, layer.dequantized().sum(0).expand(3, -1))
+    with torch.no_grad():
+        assert layer._kernel_applies(x)
+
+
+def test_a_heads_logits_keep_the_activations_dtype(trained_lms):
+    model, _ = load_model(trained_lms["llama"])
+    q8 = quantized(model, 8)
+    assert q8.lm_head.exact_output and not q8.blocks[0].attn.wqkv.exact_output
+    with torch.no_grad():
+        h = torch.randn(1, 3, q8.lm_head.in_features)
+        torch.testing.assert_close(q8.lm_head(h), nn.functional.linear(h, q8.lm_head.dequantized()))
+
+
+def test_the_int4_kernel_layout_follows_new_weights():
+    torch.manual_seed(0)
+    first, second = (Int4Linear.from_linear(nn.Linear(64, 32, bias=False), 32) for _ in range(2))
+    x = torch.randn(2, 64)
+    first(x)  # builds the kernel layout of the first weights
+    first.load_state_dict(second.state_dict())
+    torch.testing.assert_close(first(x), second(x), atol=0, rtol=0)
+    first.to(torch.bfloat16)  # a move: the scales are bf16 now, the layout is made again from them
+    bf16_close(first(x.bfloat16()).float(), nn.functional.linear(x, first.dequantized().float()))
+    with torch.inference_mode():  # built and run where the engine and the server run (no version counters)
+        layer = Int4Linear.from_linear(nn.Linear(64, 32), 32)
+        bf16_close(layer(x), nn.functional.linear(x, layer.dequantized(), layer.bias))
 
 
 @pytest.mark.parametrize("family", ["gpt", "llama"])

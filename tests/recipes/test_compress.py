@@ -6,10 +6,11 @@ import dataclasses
 import re
 
 import pytest
+import torch
 
 from lmforge.checkpoints import load_model
 from lmforge.cli.main import main
-from lmforge.compress.prune import sparsity
+from lmforge.compress.prune import prunable_layers, sparsity
 from lmforge.eval.perplexity import evaluate_checkpoint
 from lmforge.models import build_model
 from lmforge.models.config import get_preset
@@ -71,15 +72,20 @@ def test_prune_prints_the_table_and_recovers_through_the_trainer(trained_lms, ti
             for cells in [[c.strip() for c in line.split("│")[1:-1]]]}
     base = evaluate_checkpoint(trained_lms["llama"], tiny_data).score.ppl
     assert rows["0%"][1:3] == ["0.0%", f"{base:.2f}"] and rows["0%"][4] == "-"  # the checkpoint's own perplexity
-    assert "recovered: 6 fine-tune steps" in " ".join(table.split())
+    assert "recovered: 6 fine-tune steps, the zeros held" in " ".join(table.split())
     for level in ("50%", "2:4"):
         assert rows[level][1] == "50.0%" and float(rows[level][2]) > base
         assert float(rows[level][4]) < float(rows[level][2])  # the recovery fine-tune won some of it back
+        assert rows[level][6] == "50.0%"  # and kept every pruned weight at zero
     for level in ("sparsity0.50", "2of4"):
         pruned, _ = load_model(out / level / "pruned")
         recovered, _ = load_model(out / level / "recovered")
         assert sparsity(pruned) == pytest.approx(0.5, abs=1e-3)
-        assert sparsity(recovered) >= sparsity(pruned) - 1e-6  # the zeros put back after the fine-tune
+        assert sparsity(recovered) == sparsity(pruned)  # exactly: the zeros held through the fine-tune
+        for name, before in prunable_layers(pruned).items():
+            after = prunable_layers(recovered)[name].weight
+            assert torch.equal(after == 0, before.weight == 0)  # the same weights are zero, no others
+            assert not torch.equal(after, before.weight)  # and the kept ones moved
         assert evaluate_checkpoint(out / level / "pruned", tiny_data).score.ppl > base
     assert not (out / "sparsity0.00" / "recovered").exists()  # nothing to recover at 0%
 

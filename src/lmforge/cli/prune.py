@@ -15,7 +15,8 @@ Prune a checkpoint's linear layers at several levels and print the validation pe
 a sparsity in [0, 1) (magnitude pruning: the smallest weights become zero, with one threshold over every layer, or
 --scope layer for the same fraction of each) or 2:4 (in every 4 consecutive weights of a row, the 2 smallest
 become zero: the pattern sparse tensor cores run). --recover-steps N fine-tunes each pruned model N steps with the
-one trainer (--init-from) and zeroes the pruned weights again, adding a column after recovery.
+one trainer (--init-from) with the pruned weights held at zero throughout (their gradients are masked, so only the
+kept weights move), adding columns after recovery.
 
 examples:
   lmforge prune runs/train --data runs/data
@@ -38,18 +39,19 @@ def _main(args: argparse.Namespace) -> int:
     rows = prune_checkpoint(checkpoint, cfg)
     recovered = any(r.recovered_ppl is not None for r in rows)
     title = f"validation split of {cfg.data} (magnitude pruning: {cfg.scope}" + (
-        f"; recovered: {cfg.recover_steps} fine-tune steps, then the zeros put back)" if recovered else ")")
+        f"; recovered: {cfg.recover_steps} fine-tune steps, the zeros held)" if recovered else ")")
     table = Table(title=title, title_justify="left")
     columns = ["pruned", "sparsity", "perplexity", "bits/byte"]
     if recovered:
-        columns += ["recovered", "bits/byte"]
+        columns += ["recovered", "bits/byte", "sparsity after"]
     for col in columns:
         table.add_column(col, justify="left" if col == "pruned" else "right")
     for r in rows:
         cells = [r.level, f"{r.sparsity:.1%}", f"{r.ppl:.2f}", f"{r.bpb:.3f}" if r.bpb is not None else "-"]
         if recovered:
             cells += [f"{r.recovered_ppl:.2f}" if r.recovered_ppl is not None else "-",
-                      f"{r.recovered_bpb:.3f}" if r.recovered_bpb is not None else "-"]
+                      f"{r.recovered_bpb:.3f}" if r.recovered_bpb is not None else "-",
+                      f"{r.recovered_sparsity:.1%}" if r.recovered_sparsity is not None else "-"]
         table.add_row(*cells)
     console.print(table, highlight=False)
     if cfg.out:

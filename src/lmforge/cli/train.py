@@ -62,7 +62,8 @@ TASK_METRICS = {"val_bpb": "{:.3f} bits/byte", "val_accuracy": "accuracy {:.4f}"
 
 
 @record  # under torchrun, a rank's exception shows in torchrun's failure summary
-def _main(args: argparse.Namespace) -> int:
+def train_and_report(args: argparse.Namespace) -> int:
+    """Train as `args` (the verb's flags) say and print the summary; `lmforge distill` runs it too."""
     from lmforge.train.trainer import train
 
     verify = verify_wanted(args)
@@ -119,6 +120,6 @@ def _next_command(cfg: TrainConfig, out: Path) -> str:
 
 
 def register(sub) -> None:
-    parser = add_verb(sub, "train", TrainConfig, _main, help="train a model on prepared data",
+    parser = add_verb(sub, "train", TrainConfig, train_and_report, help="train a model on prepared data",
                       description=DESCRIPTION)
     add_no_verify(parser, "--resume")

@@ -11,7 +11,8 @@ pruning uses `torch.nn.utils.prune` (L1 = magnitude, `global_unstructured` for o
 makes it permanent; 2:4 (NVIDIA's semi-structured sparsity: in each run of 4 weights of a row, the 2 largest stay)
 has no method there and is the few lines of `_two_of_four`. The pruned weights are zeros in an ordinary dense
 checkpoint: smaller only once compressed or run on sparse kernels (`torch.sparse.to_sparse_semi_structured` is
-CUDA-only), which docs/compression.md says plainly. `masks` (1 = kept) let a recovery fine-tune put the zeros back.
+CUDA-only), which docs/compression.md says plainly. `masks` (True = kept) say which; a recovery fine-tune keeps
+the zeros with `--finetune.keep-zeros` (`lmforge.finetune.masks`).
 """
 
 from __future__ import annotations
@@ -101,14 +102,6 @@ def prune_model(model: nn.Module, spec: PruneSpec) -> dict[str, Tensor]:
     return masks
 
 
-def reapply_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
-    """Zero again what `masks` pruned (after a fine-tune let those weights move)."""
-    layers = prunable_layers(model)
-    with torch.no_grad():
-        for name, mask in masks.items():
-            layers[name].weight.mul_(mask.to(layers[name].weight.device))
-
-
 def sparsity(model: nn.Module) -> float:
     """Fraction of the prunable linear weights that are exactly zero."""
     layers = prunable_layers(model).values()
@@ -116,4 +109,4 @@ def sparsity(model: nn.Module) -> float:
     return zeros / max(sum(m.weight.numel() for m in layers), 1)
 
 
-__all__ = ["SCOPES", "TWO_FOUR", "PruneSpec", "prunable_layers", "prune_model", "reapply_masks", "sparsity"]
+__all__ = ["SCOPES", "TWO_FOUR", "PruneSpec", "prunable_layers", "prune_model", "sparsity"]

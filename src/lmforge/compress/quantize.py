@@ -6,17 +6,29 @@
     spec = quantize_model(model, QuantizationSpec(bits=4, group_size=64))  # int4, a scale and offset per 64 inputs
 
 Every `nn.Linear` of the model (except one whose weight is tied to the embedding, which stays shared) is replaced
-by an `Int8Linear` or `Int4Linear` holding integer weights and their scales as buffers; activations stay in the
-model's float dtype and the weight is dequantised inside `forward`. The model code never knows: it calls
+by an `Int8Linear` or `Int4Linear` holding integer weights and their scales as buffers; the layer's output is in
+the activations' dtype (the model's). The model code never knows: it calls
 `self.wqkv(x)` as before. A quantised model saves as an ordinary checkpoint whose `quantization.json` records the
 spec and the layers swapped; `lmforge.checkpoints.load_model` reads that file, swaps the same layers in (empty)
 and loads the integer tensors, so a quantised checkpoint loads through the one loader like any other.
 
-Plain PyTorch rather than torchao, measured on the 2-core development CPU (torch 2.13, one thread, a 768 x 3072
-matrix-vector product, 2026-12-01): fp32 `nn.Linear` 0.96 ms, this module's int8 (cast, matmul, scale) 1.7 ms,
-torchao 0.18's `Int8WeightOnlyConfig` 2.1 ms, `torch._weight_int8pack_mm` 6.0 ms. torchao's tensor subclasses
-also do not save to safetensors, which every lmforge checkpoint is. Neither int8 path is faster than fp32 on this
-CPU in eager mode; what int8 and int4 buy here is size on disk and in memory (see docs/compression.md).
+On a CPU, `forward` runs PyTorch's own weight-only kernels, the ones gpt-fast's CPU path calls:
+`torch._weight_int8pack_mm` (int8 weight, bf16 activations, per-channel scale) and `torch._weight_int4pack_mm_for_cpu`
+(its packed int4 layout, bf16 activations, a bf16 scale and zero per group). Both need bf16 activations (with fp32
+ones the int8 op is several times slower than `F.linear`), so the activations are cast to bf16 for the matmul and
+the output back to the input's dtype. They read the integer weight without materialising a float copy, which is
+what makes them pay: measured on the 2-core development CPU (torch 2.13, 20 distinct GPT-2 124M-shaped weights,
+cache-cold, 2026-12-02, load average about 1.5), per layer at batch 1, one thread: fp32 `F.linear` 614 µs, the
+cast-then-matmul int8 507 µs, `_weight_int8pack_mm` 287 µs, the dequantise-then-matmul int4 2,049 µs,
+`_weight_int4pack_mm_for_cpu` 132 µs; at 64 rows (a prefill) both kernels are within 10% of fp32 (docs/compression.md).
+Elsewhere (CUDA, shapes the kernels refuse: an input width not a multiple of 8 for int8, an output width not a
+multiple of 16 for int4), or when a gradient must flow through the layer, the plain cast / dequantise path runs.
+The checkpoint format is the same for both: the int4 kernel's layout is packed from the stored nibbles on first
+use and kept beside them (not saved).
+
+Plain PyTorch rather than torchao: torchao 0.18's `Int8WeightOnlyConfig` installs against torch 2.13 CPU, but
+its quantised weights are tensor subclasses that safetensors does not save (every lmforge checkpoint is
+safetensors); calling the `aten` ops directly keeps the checkpoint format and adds no dependency.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ from torch import Tensor, nn
 
 from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig
+from lmforge.models.heads import HEAD_MODULES
 from lmforge.models.io import tied_names
 from lmforge.models.registry import Kind, describe, kind_of
 
@@ -75,6 +88,10 @@ class _QuantizedLinear(nn.Module):
 
     in_features: int
     out_features: int
+    # Set on a head's layers (their outputs are logits): they keep the portable path, in the activations' dtype.
+    # Logits rounded to bf16 flip greedy choices between near-tied tokens: on a llama trained 120 steps, greedy
+    # tokens agreed with fp32 on 94% of positions with the kernel on the head and on 100% with it off (16 prompts).
+    exact_output: bool = False
 
     def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args, **kwargs) -> None:
         for name, buffer in self._buffers.items():
@@ -87,6 +104,29 @@ class _QuantizedLinear(nn.Module):
 
     def _add_bias(self, y: Tensor) -> Tensor:
         return y if self.bias is None else y + self.bias
+
+    def _kernel_applies(self, x: Tensor) -> bool:
+        """Whether `forward` may take the CPU kernel: on a CPU, shapes the kernel takes, and no gradient to carry
+        back to x (the kernels have no backward; the bias is added outside them, so its gradient still flows)."""
+        needs_grad = torch.is_grad_enabled() and x.requires_grad
+        return x.device.type == "cpu" and not needs_grad and not self.exact_output and self._kernel_shape_ok()
+
+    def _kernel_shape_ok(self) -> bool:
+        raise NotImplementedError  # each width's kernel has its own rule
+
+    def kernel_matmul(self, x_bf16: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def dequantized_matmul(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._kernel_applies(x):
+            flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+            y = self.kernel_matmul(flat).reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        else:
+            y = self.dequantized_matmul(x)
+        return self._add_bias(y)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -122,8 +162,16 @@ class Int8Linear(_QuantizedLinear):
     def dequantized(self) -> Tensor:
         return self.weight.to(self.scales.dtype) * self.scales[:, None]
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self._add_bias(F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype))
+    def dequantized_matmul(self, x: Tensor) -> Tensor:
+        """The portable path: cast the int8 weight to x's dtype, multiply, scale each output channel."""
+        return F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
+
+    def _kernel_shape_ok(self) -> bool:
+        return self.in_features % 8 == 0  # the CPU kernel crashes (not raises) on other input widths
+
+    def kernel_matmul(self, x_bf16: Tensor) -> Tensor:
+        """(M, in) bf16 -> (M, out) bf16 through `torch._weight_int8pack_mm` (gpt-fast's CPU int8 path)."""
+        return torch._weight_int8pack_mm(x_bf16, self.weight, self.scales.to(torch.bfloat16))
 
 
 class Int4Linear(_QuantizedLinear):
@@ -139,6 +187,8 @@ class Int4Linear(_QuantizedLinear):
         self.register_buffer("scales", torch.ones(out_features, groups, dtype=dtype, device=device))
         self.register_buffer("offsets", torch.zeros(out_features, groups, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
+        # The CPU kernel's layout of the same weight, made on first use; not a buffer, so never saved.
+        self._kernel_layout: tuple[tuple[int, ...], Tensor, Tensor] | None = None  # (made from, weight, scales)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int) -> Int4Linear:
@@ -155,13 +205,50 @@ class Int4Linear(_QuantizedLinear):
             layer.bias.data.copy_(linear.bias.detach())
         return layer
 
+    def codes(self) -> Tensor:
+        """The 4-bit codes q (out, in), 0..15, unpacked from the stored bytes (low nibble first)."""
+        return torch.stack((self.packed & 0xF, self.packed >> 4), dim=-1).reshape(self.out_features, -1)
+
     def dequantized(self) -> Tensor:
-        q = torch.stack((self.packed & 0xF, self.packed >> 4), dim=-1).reshape(self.out_features, -1)
-        q = q.to(self.scales.dtype).reshape(self.out_features, -1, self.group_size)
+        q = self.codes().to(self.scales.dtype).reshape(self.out_features, -1, self.group_size)
         return (q * self.scales[..., None] + self.offsets[..., None]).reshape(self.out_features, self.in_features)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self._add_bias(F.linear(x, self.dequantized().to(x.dtype)))
+    def dequantized_matmul(self, x: Tensor) -> Tensor:
+        """The portable path: dequantise the whole weight to x's dtype, then multiply."""
+        return F.linear(x, self.dequantized().to(x.dtype))
+
+    def _kernel_shape_ok(self) -> bool:
+        return self.out_features % 16 == 0  # the int4 packing's rule (input widths are multiples of the group)
+
+    def kernel_layout(self) -> tuple[Tensor, Tensor]:
+        """The weight in `_weight_int4pack_mm_for_cpu`'s layout and its (in / group, out, 2) bf16 scales and zeros,
+        made from the stored tensors on first use and again after a load or a move (`_load_from_state_dict`,
+        `_apply`; the storage addresses are checked too). Writing into the buffers in place is not tracked.
+
+        The kernel computes w = (q - 8) * scale + zero (torchao / gpt-fast's convention); the stored format is
+        w = q * scale + offset with the same codes q, so zero = offset + 8 * scale.
+        """
+        made_from = tuple(t.data_ptr() for t in (self.packed, self.scales, self.offsets))
+        if self._kernel_layout is None or self._kernel_layout[0] != made_from:
+            weight = torch._convert_weight_to_int4pack_for_cpu(self.codes().to(torch.int32), 1)
+            scales = self.scales.float()
+            zeros = self.offsets.float() + 8 * scales
+            scales_and_zeros = torch.stack((scales, zeros), dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+            self._kernel_layout = (made_from, weight, scales_and_zeros)
+        return self._kernel_layout[1], self._kernel_layout[2]
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._kernel_layout = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .bfloat16(): the layout is made again from the result
+        self._kernel_layout = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def kernel_matmul(self, x_bf16: Tensor) -> Tensor:
+        """(M, in) bf16 -> (M, out) bf16 through `torch._weight_int4pack_mm_for_cpu` (gpt-fast's CPU int4 path)."""
+        weight, scales_and_zeros = self.kernel_layout()
+        return torch._weight_int4pack_mm_for_cpu(x_bf16, weight, self.group_size, scales_and_zeros)
 
 
 # --- applying it ---------------------------------------------------------------------------------------------
@@ -186,7 +273,8 @@ def _targets(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name not in tied]
 
 
-def _swap(model: nn.Module, name: str, layer: nn.Module) -> None:
+def _swap(model: nn.Module, name: str, layer: _QuantizedLinear) -> None:
+    layer.exact_output = name.split(".")[0] in HEAD_MODULES
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
 

@@ -8,6 +8,10 @@ initialising the model and `parallelize`), with one loop for every method.
   (`lmforge.finetune.lora`); only the adapters train, and a run's checkpoints hold only them
   (`lmforge.finetune.adapter`), with the base checkpoint's hash.
 
+With `keep_zeros` (full or frozen), the weights of linear layers that are exactly zero when training starts (a
+pruned checkpoint's, `lmforge prune`) stay exactly zero: a gradient hook on each such weight zeroes their gradient,
+so the optimizer moves only the kept weights (`lmforge.finetune.masks`).
+
 This package sits beside `data` and `parallel`, above `models` only, so training applies a method, and the
 checkpoint loader, inference and serving load an adapter onto its base, without any of them importing another.
 """
@@ -34,6 +38,9 @@ class FinetuneConfig(Config):
     freeze_blocks: int = field(0, "frozen: freeze the first K blocks of each stack", min=0)
     freeze_all_but_head: bool = field(False, "frozen: train the task head only (a head tied to the embeddings "
                                              "trains them too)")
+    keep_zeros: bool = field(False, "linear weights that are exactly zero at the start (a pruned checkpoint's) stay "
+                                    "zero: their gradients are masked, so only the kept weights train (full or "
+                                    "frozen; with optim.name adamw)")
     lora_rank: int = field(8, "lora: rank r of each adapter", min=1)
     lora_alpha: float = field(16.0, "lora: the update is scaled by alpha / r", gt=0)
     lora_dropout: float = field(0.0, "lora: dropout on the adapters' input", min=0, lt=1)
@@ -48,6 +55,9 @@ class FinetuneConfig(Config):
             raise UserError("finetune.method frozen freezes nothing",
                             fix="add --finetune.freeze-embeddings, --finetune.freeze-blocks K or "
                                 "--finetune.freeze-all-but-head")
+        if self.keep_zeros and self.method == "lora":
+            raise UserError("finetune.keep_zeros keeps a pruned model's zeros, but a LoRA update is dense",
+                            fix="use --finetune.method full (or frozen) with --finetune.keep-zeros")
         if self.method != "frozen" and freezing:
             raise UserError(f"the finetune.freeze_* options apply to method frozen, not {self.method}",
                             fix="pass --finetune.method frozen, or leave the freeze options out")
@@ -85,8 +95,14 @@ def freeze(model: nn.Module, cfg: FinetuneConfig) -> None:
 def apply_method(model: nn.Module, cfg: FinetuneConfig) -> str | None:
     """Apply the fine-tuning method to a built, initialised model; returns the line that reports it (None for
     full fine-tuning)."""
+    masked = ""
+    if cfg.keep_zeros:
+        from lmforge.finetune.masks import keep_zeros
+
+        kept = keep_zeros(model)
+        masked = f"; {kept.zeros:,} zero weights of {kept.layers} linear layers kept at zero"
     if cfg.method == "full":
-        return None
+        return f"finetune: full{masked}" if masked else None
     if cfg.method == "frozen":
         freeze(model, cfg)
         what = ", ".join(w for w, on in (("embeddings", cfg.freeze_embeddings),
@@ -103,7 +119,8 @@ def apply_method(model: nn.Module, cfg: FinetuneConfig) -> str | None:
     every = sum(p.numel() for p in model.parameters())
     if trainable == 0:
         raise UserError("the fine-tuning method leaves no parameter to train", fix="freeze less")
-    return f"finetune: {head}: {trainable:,} of {every:,} parameters train ({100 * trainable / every:.2f}%)"
+    return (f"finetune: {head}: {trainable:,} of {every:,} parameters train ({100 * trainable / every:.2f}%)"
+            + masked)
 
 
 __all__ = ["METHODS", "FinetuneConfig", "apply_method", "freeze"]

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from lmforge.checkpoints import load_model, resolve_checkpoint
-from lmforge.compress.prune import SCOPES, PruneSpec, prune_model, reapply_masks, sparsity
+from lmforge.compress.prune import SCOPES, PruneSpec, prune_model, sparsity
 from lmforge.compress.quantize import QuantizationSpec, check_quantizable, quantize_model, save_quantized
 from lmforge.config import Config, field
 from lmforge.device import DEVICES
@@ -171,7 +171,7 @@ class PruneConfig(Config):
                                   "of each layer (layer)", choices=SCOPES)
     out: str | None = field(None, "write each pruned (and recovered) checkpoint under OUT/<level>/")
     recover_steps: int = field(0, "fine-tune each pruned model this many steps with the trainer (--init-from), "
-                                   "then zero the pruned weights again (0 = no recovery)", min=0)
+                                   "the pruned weights held at zero throughout (0 = no recovery)", min=0)
     recover_lr: float = field(3e-4, "recovery fine-tune: peak learning rate", gt=0)
     batch_size: int = field(8, "recovery fine-tune: sequences per step", min=1)
     max_batches: int = field(0, "val batches to score (0 = the whole split)", min=0)
@@ -187,6 +187,7 @@ class PruneRow:
     bpb: float | None
     recovered_ppl: float | None = None
     recovered_bpb: float | None = None
+    recovered_sparsity: float | None = None
     checkpoint: Path | None = None
 
 
@@ -211,22 +212,23 @@ def prune_checkpoint(checkpoint: str | Path, pc: PruneConfig) -> list[PruneRow]:
     rows = []
     for level, spec in zip(pc.levels, specs):
         pruned = copy.deepcopy(model)
-        masks = prune_model(pruned, spec)
+        prune_model(pruned, spec)
         ppl, bpb = _score(pruned, cfg, data, pc.seq_len, pc.max_batches)
         row = PruneRow(spec.name, sparsity(pruned), ppl, bpb)
         if pc.out:
             row.checkpoint = save_model(Path(pc.out) / _level_dir(level) / "pruned", pruned, cfg, ckpt)
         if pc.recover_steps and (spec.sparsity is None or spec.sparsity > 0):
-            recovered = _recover(row.checkpoint, Path(pc.out) / _level_dir(level), pc, cfg, masks)
+            recovered = _recover(row.checkpoint, Path(pc.out) / _level_dir(level), pc, cfg)
             row.recovered_ppl, row.recovered_bpb = _score(recovered, cfg, data, pc.seq_len, pc.max_batches)
+            row.recovered_sparsity = sparsity(recovered)
         rows.append(row)
     return rows
 
 
-def _recover(pruned: Path, out: Path, pc: PruneConfig, cfg: ModelConfig, masks: dict[str, torch.Tensor]
-             ) -> nn.Module:
-    """Fine-tune a pruned checkpoint with the one trainer (`init_from`), then zero the pruned weights again (the
-    trainer knows no masks, so they move during the run) and save that as OUT/<level>/recovered."""
+def _recover(pruned: Path, out: Path, pc: PruneConfig, cfg: ModelConfig) -> nn.Module:
+    """Fine-tune a pruned checkpoint with the one trainer (`init_from`), its zeros held at zero throughout
+    (`finetune.keep_zeros`: their gradients are masked, so only the kept weights move), and save the result as
+    OUT/<level>/recovered."""
     from lmforge.config import resolve
     from lmforge.train import TrainConfig, train
 
@@ -234,9 +236,9 @@ def _recover(pruned: Path, out: Path, pc: PruneConfig, cfg: ModelConfig, masks: 
     run = train(resolve(TrainConfig, data=str(pc.data), out=str(out / "recovery"), init_from=str(pruned),
                         steps=pc.recover_steps, batch_size=pc.batch_size, seq_len=seq_len, optim__lr=pc.recover_lr,
                         eval_every=0, eval_batches=8, checkpoint_every=pc.recover_steps, keep_last=1,
-                        log_every=max(pc.recover_steps // 4, 1), tensorboard=False, device=pc.device))
+                        log_every=max(pc.recover_steps // 4, 1), tensorboard=False, device=pc.device,
+                        finetune__keep_zeros=True))
     model, _ = load_model(run.checkpoint)
-    reapply_masks(model, masks)
     save_model(out / "recovered", model, cfg, pruned)
     return model
 

@@ -147,6 +147,12 @@ class TrainConfig(Config):
         problems = []
         if len(self.optim.betas) != 2:
             problems.append(f"optim.betas needs two values, got {list(self.optim.betas)}")
+        if self.finetune.keep_zeros and self.optim.name == "muon":
+            problems.append("finetune.keep_zeros masks gradients, but Muon's orthogonalised update moves every "
+                            "weight of a matrix (use optim.name adamw)")
+        if self.finetune.keep_zeros and self.parallel.strategy == "fsdp":
+            problems.append("finetune.keep_zeros hooks the weights before FSDP replaces them by shards (use "
+                            "--parallel.strategy ddp)")
         if self.optim.name == "muon" and self.parallel.strategy == "fsdp":
             problems.append("optim.name muon orthogonalises whole matrices, which FSDP shards (use --parallel.strategy "
                             "ddp, or optim.name adamw)")
