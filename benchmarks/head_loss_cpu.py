@@ -56,6 +56,7 @@ def measure(shape: str, sides: list[str], rounds: int, steps: int) -> dict[str, 
     cfg = get_preset("tiny")
     cfg.n_layer, cfg.d_model, cfg.vocab_size, cfg.max_seq_len, cfg.dropout = n_layer, d_model, vocab, seq, 0.0
     cfg.n_head = cfg.n_kv_head = d_model // 64
+    cfg.d_ff = 4 * d_model  # as GPT2Config's default n_inner
     torch.manual_seed(0)
     models = {"plain": DecoderLM(cfg), "hf": hf_gpt2(cfg)}
     models["chunked"] = DecoderLM(cfg)
