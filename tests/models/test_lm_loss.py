@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import lmforge.models.decoder as decoder
 import lmforge.models.lm_loss as lm_loss
 from lmforge.models import DecoderLM, ModelConfig
 from lmforge.models.lm_loss import IGNORE_INDEX, chunked_lm_loss, next_token_nll
@@ -15,6 +16,12 @@ HEADS = {
     "untied-softcap": dict(tie_embeddings=False, logit_softcap=3.0),  # a low cap, so tanh bends the logits
     "tied-softcap": dict(tie_embeddings=True, logit_softcap=3.0),
 }
+
+
+@pytest.fixture(autouse=True)
+def chunked_at_any_vocabulary(monkeypatch):
+    """The tests' vocabulary (97) is below the one the decoder chunks from; these tests pin the chunked path."""
+    monkeypatch.setattr(decoder, "CHUNKED_FROM_VOCAB", 0)
 
 
 def model_and_batch(seed: int = 0, **kw) -> tuple[DecoderLM, torch.Tensor, torch.Tensor]:
@@ -103,3 +110,16 @@ def test_function_on_raw_tensors_matches_cross_entropy():
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(h.grad, gh)
     torch.testing.assert_close(w.grad, gw)
+
+
+def test_a_small_vocabulary_takes_the_plain_path(monkeypatch):
+    monkeypatch.setattr(decoder, "CHUNKED_FROM_VOCAB", 98)
+    calls = []
+    monkeypatch.setattr(decoder, "chunked_lm_loss", lambda *a: calls.append(a))
+    model, x, y = model_and_batch(**HEADS["untied-softcap"])
+    loss, count = model(x, targets=y)
+    assert not calls
+    assert loss.item() == pytest.approx(next_token_nll(model(x), y)[0].item(), rel=1e-6)
+    monkeypatch.setattr(decoder, "CHUNKED_FROM_VOCAB", 97)
+    model(x, targets=y)
+    assert len(calls) == 1

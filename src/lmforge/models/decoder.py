@@ -24,7 +24,7 @@ from lmforge.models.blocks import (
 )
 from lmforge.models.config import ModelConfig
 from lmforge.models.heads import n_classes, pool, pooling
-from lmforge.models.lm_loss import chunked_lm_loss, next_token_nll
+from lmforge.models.lm_loss import CHUNKED_FROM_VOCAB, chunked_lm_loss, next_token_nll
 
 
 def document_mask(segments: Tensor) -> Tensor:
@@ -72,8 +72,9 @@ class DecoderLM(nn.Module):
         last real token (`attention_mask` (B, T): 1 on real tokens, 0 on right padding).
 
         With `targets` (B, T) (next-token ids, -100 where none), the LM head's loss instead of its logits: (summed
-        cross-entropy, number of targets), computed a chunk of rows at a time without the (B, T, V) logits
-        (`models.lm_loss`); the same values as `next_token_nll(forward(idx), targets)`. Through `forward`, so a
+        cross-entropy, number of targets); from a vocabulary of `CHUNKED_FROM_VOCAB` on, computed a chunk of rows
+        at a time without the (B, T, V) logits (`models.lm_loss`). The same values as
+        `next_token_nll(forward(idx), targets)` either way. Through `forward`, so a
         DDP / FSDP2 / compiled wrapper sees it.
 
         Training: call with idx only. Cached decoding (after `setup_cache`): `input_pos` (T,) are the cache slots
@@ -90,7 +91,8 @@ class DecoderLM(nn.Module):
             return self.score(pool(h, attention_mask, self.pooling))
         if targets is None:
             return self.lm_logits(h)
-        if type(self.lm_head) is nn.Linear:  # the weight is the whole map (not under an adapter such as LoRA)
+        # Chunked where it pays (a large vocabulary) and where the weight is the whole map (no adapter such as LoRA).
+        if type(self.lm_head) is nn.Linear and self.cfg.vocab_size >= CHUNKED_FROM_VOCAB:
             return chunked_lm_loss(h, self.lm_head.weight, targets, self.cfg.logit_softcap)
         return next_token_nll(self.lm_logits(h), targets)
 
