@@ -23,8 +23,9 @@ from torch import Tensor
 IGNORE_INDEX = -100  # the cross-entropy default: targets with this id (padding) are not predicted
 # Where the chunked path pays (benchmarks/head_loss_cpu.py, 2026-12-02, one thread, process CPU time): at a
 # vocabulary of 8,192 the head is about half of a 4 x 256 step and the chunks save 2-4 % of the step (18 % of the
-# head + loss alone); the fast recipe's soft-capped head at 4,096 steps 1.26x faster; at a character vocabulary (65) the logits are small and it saved nothing (-8 % to +5 %
-# across runs), so smaller vocabularies take the plain path.
+# head + loss alone); the fast recipe's soft-capped head at 4,096 makes the step 1.26x faster; at a character
+# vocabulary (65) the logits are small and it saved nothing (-8 % to +5 % across runs), so smaller vocabularies
+# take the plain path.
 CHUNKED_FROM_VOCAB = 2048
 CHUNK_ELEMENTS = 1 << 21  # logits per chunk (8 MiB of float32): rows = this // vocab, at least 32
 
