@@ -2,8 +2,8 @@
 
 Both models are trained by the same harness (same batches, bf16 autocast on CUDA, fused AdamW, the same float32
 next-token cross-entropy, `torch.compile` on CUDA), so the ratio is the models' own speed. lmforge's decoder
-computes that loss as its trainer does, with the chunked head loss that never materialises the logits
-(`model(x, targets=y)`, `lmforge.models.lm_loss`; `--head-loss plain` for logits + `F.cross_entropy` instead);
+computes that loss as its trainer does, `model(x, targets=y)`: from a vocabulary of 2,048 the chunked head loss
+that never materialises the logits (`lmforge.models.lm_loss`; `--head-loss plain` for logits + `F.cross_entropy`);
 the peers compute logits, then the loss. On CUDA the script also measures the bf16
 matmul peak of this GPU and reports MFU against it (FLOPs per token: 6N + 12 L d T, PaLM appendix B).
 
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from lmforge.models import DecoderLM, EncoderModel, get_preset
 from lmforge.models.config import ModelConfig
+from lmforge.models.lm_loss import CHUNKED_FROM_VOCAB
 
 
 def matmul_peak_tflops(device: torch.device, n: int = 8192, iters: int = 20) -> float:
@@ -140,8 +141,8 @@ def main() -> None:
     ap.add_argument("--n-layer", type=int, default=None, help="override the preset's layers")
     ap.add_argument("--d-model", type=int, default=None, help="override the preset's width (heads of 64)")
     ap.add_argument("--vocab", type=int, default=None, help="override the preset's vocabulary")
-    ap.add_argument("--head-loss", choices=["chunked", "plain"], default="chunked",
-                    help="lmforge's decoder loss: its chunked head loss (its trainer's) or logits + F.cross_entropy")
+    ap.add_argument("--head-loss", choices=["model", "plain"], default="model",
+                    help="lmforge's loss: its own (the trainer's; chunked from vocab 2,048) or logits + cross-entropy")
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--seq", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
@@ -183,10 +184,10 @@ def main() -> None:
         warmup = args.warmup or (10 if cuda else 3)
         compile = (cuda or args.compile) and not args.no_compile
         torch.manual_seed(0)
-        chunked = suite == "gpt" and args.head_loss == "chunked"
+        chunked = suite == "gpt" and args.head_loss == "model"
         lmforge_side = (DecoderLM(cfg), lambda m, x, y: m(x, targets=y)) if chunked else ours(cfg)
-        rows = [measure("lmforge" + (" LoRA r=8" if suite == "lora" else "") + (" (chunked head loss)" if chunked
-                                                                                  else ""),
+        via = f" (own loss{', chunked' if cfg.vocab_size >= CHUNKED_FROM_VOCAB else ''})" if chunked else ""
+        rows = [measure("lmforge" + (" LoRA r=8" if suite == "lora" else "") + via,
                         *lmforge_side, cfg, device, batch, seq, steps, warmup, compile, loss_given=chunked),
                 measure(f"hf-transformers {hf_name} (sdpa)", *theirs(cfg), cfg, device, batch, seq, steps, warmup,
                         compile)]
