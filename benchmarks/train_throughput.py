@@ -1,11 +1,15 @@
 """Training throughput: lmforge's decoder against Hugging Face `transformers` in the same run, same shapes.
 
-Both models are trained by the same harness (same batches, bf16 autocast on CUDA, fused AdamW, same loss on the
-logits, `torch.compile` on CUDA), so the ratio is the models' own speed. On CUDA the script also measures the bf16
+Both models are trained by the same harness (same batches, bf16 autocast on CUDA, fused AdamW, the same float32
+next-token cross-entropy, `torch.compile` on CUDA), so the ratio is the models' own speed. lmforge's decoder
+computes that loss as its trainer does, `model(x, targets=y)`: from a vocabulary of 2,048 the chunked head loss
+that never materialises the logits (`lmforge.models.lm_loss`; `--head-loss plain` for logits + `F.cross_entropy`);
+the peers compute logits, then the loss. On CUDA the script also measures the bf16
 matmul peak of this GPU and reports MFU against it (FLOPs per token: 6N + 12 L d T, PaLM appendix B).
 
     PYTHONPATH=src python3 benchmarks/train_throughput.py             # GPU: GPT-2 124M shape; CPU: tiny preset
     PYTHONPATH=src python3 benchmarks/train_throughput.py --device cpu --steps 20
+    PYTHONPATH=src python3 benchmarks/train_throughput.py --device cpu --suites gpt --n-layer 6 --d-model 384 --vocab 65
     PYTHONPATH=src python3 benchmarks/train_throughput.py --suites lora   # LoRA r=8 vs peft on GPT-2
 
 The `lora` suite adapts the attention projections with rank-8 LoRA on both sides: lmforge's q, k, v parts of its
@@ -27,6 +31,7 @@ import torch.nn.functional as F
 
 from lmforge.models import DecoderLM, EncoderModel, get_preset
 from lmforge.models.config import ModelConfig
+from lmforge.models.lm_loss import CHUNKED_FROM_VOCAB
 
 
 def matmul_peak_tflops(device: torch.device, n: int = 8192, iters: int = 20) -> float:
@@ -65,7 +70,9 @@ def hf_bert(cfg: ModelConfig) -> torch.nn.Module:
 
 
 def measure(name: str, model: torch.nn.Module, logits_of: Callable, cfg: ModelConfig, device: torch.device,
-            batch: int, seq: int, steps: int, warmup: int, compile: bool) -> dict:
+            batch: int, seq: int, steps: int, warmup: int, compile: bool, loss_given: bool = False) -> dict:
+    """Tokens/s of training `model`; `logits_of(model, x)` gives logits, or with `loss_given`
+    `logits_of(model, x, y)` gives (summed loss, count) itself."""
     model = model.to(device).train()
     cuda = device.type == "cuda"
     trainable = [p for p in model.parameters() if p.requires_grad]  # all of them, but under LoRA
@@ -76,6 +83,9 @@ def measure(name: str, model: torch.nn.Module, logits_of: Callable, cfg: ModelCo
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            if loss_given:
+                loss_sum, count = logits_of(model, x, y)
+                return loss_sum / count
             logits = logits_of(model, x)
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
 
@@ -128,6 +138,11 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--suites", nargs="+", default=["gpt", "bert"], choices=["gpt", "bert", "lora"])
     ap.add_argument("--preset", default=None, help="default: gpt2-124m / bert-base on CUDA, tiny / bert-tiny on CPU")
+    ap.add_argument("--n-layer", type=int, default=None, help="override the preset's layers")
+    ap.add_argument("--d-model", type=int, default=None, help="override the preset's width (heads of 64)")
+    ap.add_argument("--vocab", type=int, default=None, help="override the preset's vocabulary")
+    ap.add_argument("--head-loss", choices=["model", "plain"], default="model",
+                    help="lmforge's loss: its own (the trainer's; chunked from vocab 2,048) or logits + cross-entropy")
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--seq", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
@@ -158,14 +173,22 @@ def main() -> None:
         preset = args.preset or presets[0 if cuda else 1]
         cfg = get_preset(preset)
         cfg.dropout = 0.0
+        cfg.n_layer = args.n_layer or cfg.n_layer
+        cfg.vocab_size = args.vocab or cfg.vocab_size
+        if args.d_model:
+            cfg.d_model, cfg.n_head, cfg.n_kv_head = args.d_model, args.d_model // 64, args.d_model // 64
+            cfg.d_ff = 4 * args.d_model
         batch = args.batch or (16 if cuda else 8)
         seq = args.seq or min(cfg.max_seq_len, 1024 if cuda else 256)
         steps = args.steps or (30 if cuda else 10)
         warmup = args.warmup or (10 if cuda else 3)
         compile = (cuda or args.compile) and not args.no_compile
         torch.manual_seed(0)
-        rows = [measure("lmforge" + (" LoRA r=8" if suite == "lora" else ""), *ours(cfg), cfg, device, batch, seq,
-                        steps, warmup, compile),
+        chunked = suite == "gpt" and args.head_loss == "model"
+        lmforge_side = (DecoderLM(cfg), lambda m, x, y: m(x, targets=y)) if chunked else ours(cfg)
+        via = f" (own loss{', chunked' if cfg.vocab_size >= CHUNKED_FROM_VOCAB else ''})" if chunked else ""
+        rows = [measure("lmforge" + (" LoRA r=8" if suite == "lora" else "") + via,
+                        *lmforge_side, cfg, device, batch, seq, steps, warmup, compile, loss_given=chunked),
                 measure(f"hf-transformers {hf_name} (sdpa)", *theirs(cfg), cfg, device, batch, seq, steps, warmup,
                         compile)]
         if suite == "lora":  # full fine-tuning of each, for the memory (and speed) LoRA saves

@@ -13,21 +13,11 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor
 
-IGNORE_INDEX = -100  # the cross-entropy default: targets with this id (padding) are not predicted
-
-
-def next_token_nll(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """Summed cross-entropy of `targets` (B, T) under `logits` (B, T, V), and how many targets were predicted.
-
-    Summed, not averaged, so that totals over many batches give the exact token-weighted mean over a split; the
-    softmax in float32 whatever the autocast dtype. Training, evaluation and `lmforge eval` all score with this.
-    """
-    loss_sum = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum",
-                               ignore_index=IGNORE_INDEX)
-    return loss_sum, (targets != IGNORE_INDEX).sum()
+# One definition of the LM loss, beside the chunked head loss that equals it; re-exported for the objectives.
+from lmforge.models.lm_loss import IGNORE_INDEX as IGNORE_INDEX
+from lmforge.models.lm_loss import next_token_nll as next_token_nll
 
 
 def lm_metrics(loss: float, bytes_per_token: float | None) -> dict[str, float | None]:

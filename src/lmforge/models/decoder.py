@@ -24,6 +24,7 @@ from lmforge.models.blocks import (
 )
 from lmforge.models.config import ModelConfig
 from lmforge.models.heads import n_classes, pool, pooling
+from lmforge.models.lm_loss import CHUNKED_FROM_VOCAB, chunked_lm_loss, next_token_nll
 
 
 def document_mask(segments: Tensor) -> Tensor:
@@ -65,9 +66,16 @@ class DecoderLM(nn.Module):
     # --- forward ----------------------------------------------------------------------------------------------
     def forward(self, idx: Tensor, *, input_pos: Tensor | None = None, positions: Tensor | None = None,
                 key_mask: Tensor | None = None, attention_mask: Tensor | None = None,
-                segments: Tensor | None = None, window: CacheWindow | None = None) -> Tensor:
+                segments: Tensor | None = None, window: CacheWindow | None = None,
+                targets: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """Logits (B, T, V) for tokens idx (B, T); with a classify head, class logits (B, K) at each sequence's
         last real token (`attention_mask` (B, T): 1 on real tokens, 0 on right padding).
+
+        With `targets` (B, T) (next-token ids, -100 where none), the LM head's loss instead of its logits: (summed
+        cross-entropy, number of targets); from a vocabulary of `CHUNKED_FROM_VOCAB` on, computed a chunk of rows
+        at a time without the (B, T, V) logits (`models.lm_loss`). The same values as
+        `next_token_nll(forward(idx), targets)` either way. Through `forward`, so a
+        DDP / FSDP2 / compiled wrapper sees it.
 
         Training: call with idx only. Cached decoding (after `setup_cache`): `input_pos` (T,) are the cache slots
         the tokens are written to; `positions` (B, T) the positions used for position information (they differ
@@ -81,6 +89,15 @@ class DecoderLM(nn.Module):
                         window=window)
         if self.cfg.head == "classify":
             return self.score(pool(h, attention_mask, self.pooling))
+        if targets is None:
+            return self.lm_logits(h)
+        # Chunked where it pays (a large vocabulary) and where the weight is the whole map (no adapter such as LoRA).
+        if type(self.lm_head) is nn.Linear and self.cfg.vocab_size >= CHUNKED_FROM_VOCAB:
+            return chunked_lm_loss(h, self.lm_head.weight, targets, self.cfg.logit_softcap)
+        return next_token_nll(self.lm_logits(h), targets)
+
+    def lm_logits(self, h: Tensor) -> Tensor:
+        """Next-token logits (..., V) from final hidden states (..., C), soft-capped when the config says so."""
         logits = self.lm_head(h)
         if self.cfg.logit_softcap is not None:  # smooth cap at +-c (Gemma 2): tanh keeps gradients alive near it
             cap = self.cfg.logit_softcap

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from lmforge.eval.metrics import lm_metrics, next_token_nll
-from lmforge.models.registry import Kind
+from lmforge.models.registry import Kind, kind_of
 from lmforge.train.objectives import Objective, Output, register
 from lmforge.train.objectives.options import require_vocab, val_split, warn_no_evaluation
 
@@ -59,7 +59,10 @@ class CausalLM(Objective):
 
     def forward(self, model: nn.Module, batch: Any) -> Output:
         x, y = self.to_device(batch)  # (B, T) inputs and next-token targets
-        loss_sum, count = next_token_nll(model(x), y)
+        if kind_of(self.cfg.model) is Kind.DECODER:  # a decoder gives its loss without the (B, T, V) logits
+            loss_sum, count = model(x, targets=y)
+        else:
+            loss_sum, count = next_token_nll(model(x), y)
         return Output(loss=loss_sum / count.clamp(min=1),
                       sums={"loss": loss_sum.detach(), "count": count, "tokens": x.numel()})
 
