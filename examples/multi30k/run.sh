@@ -17,6 +17,8 @@ set -euo pipefail
 DATA=${SHARED_DATA:-../shared/data}/multi30k
 OUT=${1:-runs/multi30k}
 STEPS=${STEPS:-3000}
+WARMUP=${WARMUP:-400}
+LOG_EVERY=${LOG_EVERY:-50}
 LMFORGE=${LMFORGE:-lmforge}
 start=$(date +%s)
 python examples/multi30k/make_pairs.py "$DATA" --out "$OUT"
@@ -27,8 +29,8 @@ $LMFORGE train --data "$OUT/data" --preset t5-tiny --model.d-model 256 --model.n
     --objective-options.pairs "$OUT/train.tsv" --objective-options.pairs-val-fraction 0.01 \
     --objective-options.max-source-len 48 --objective-options.max-target-len 48 \
     --objective-options.label-smoothing 0.1 --out "$OUT/t5" --steps "$STEPS" --batch-size 128 --optim.lr 1e-3 \
-    --optim.warmup-steps 400 --optim.schedule cosine --optim.min-lr-ratio 0.1 --eval-every 500 --eval-batches 0 \
-    --log-every 50 --checkpoint-every 500 --no-tensorboard
+    --optim.warmup-steps "$WARMUP" --optim.schedule cosine --optim.min-lr-ratio 0.1 --eval-every 500 --eval-batches 0 \
+    --log-every "$LOG_EVERY" --checkpoint-every 500 --no-tensorboard
 $LMFORGE eval --task translation --checkpoint "$OUT/t5" --file "$OUT/test_2016.tsv" --max-new-tokens 64 \
     --max-source-len 48 --batch-size 64 --num-beams 4 --out "$OUT/test"
 echo "lmforge pipeline wall time: $(( $(date +%s) - start )) s"
