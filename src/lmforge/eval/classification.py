@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from lmforge.eval.metrics import ClassificationScores, MultiLabelScores
+    from lmforge.eval.task_checkpoint import TaskCheckpoint
 
 METRICS_FILE, PREDICTIONS_FILE, CONFUSION_PLOT = "metrics.json", "predictions.jsonl", "confusion.png"
 
@@ -140,30 +141,21 @@ def evaluate_classifier(checkpoint: str | Path, file: str | Path, *, out: str | 
     them to that many tokens, as `--objective-options.max-source-len` does in training.
     """
     from lmforge.atomic import write_json
-    from lmforge.checkpoints import load_checkpoint_tokenizer, load_model, resolve_checkpoint
     from lmforge.data.examples import encode_texts, read_pairs
-    from lmforge.data.tokenizer import special_token_ids
     from lmforge.errors import UserError
     from lmforge.eval.metrics import classification_scores
-    from lmforge.models.registry import CLASSIFY, require, text_frame
-    from lmforge.runtime import local_runtime
+    from lmforge.eval.task_checkpoint import open_task_checkpoint, require_file
+    from lmforge.models.registry import CLASSIFY, text_frame
 
-    if not Path(checkpoint).exists():
-        raise UserError("checkpoint not found", where=checkpoint,
-                        fix="pass a checkpoint directory or a run directory made by `lmforge train`")
-    file = Path(file)
-    if not file.is_file():
-        raise UserError("labelled file not found", where=file, fix="pass --file FILE (.tsv with a header row, or "
-                                                                   ".jsonl)")
-    path = resolve_checkpoint(checkpoint)
-    rt = local_runtime(device, precision)
-    model, cfg = load_model(path, rt.device, verify=verify)
-    require(cfg, CLASSIFY, needed_for="classification", where=path,
-            fix="pass a checkpoint trained with --objective classification")
+    file = require_file(file, "labelled file", fix="pass --file FILE (.tsv with a header row, or .jsonl)")
+    ckpt = open_task_checkpoint(checkpoint, capability=CLASSIFY, needed_for="classification",
+                                fix="pass a checkpoint trained with --objective classification", device=device,
+                                precision=precision, verify=verify)
+    path, model, cfg, tok, special, rt = ckpt.path, ckpt.model, ckpt.cfg, ckpt.tokenizer, ckpt.special, ckpt.runtime
     rows = read_pairs(file, text_column, label_column, flags="--text-column / --label-column",
                       label_separator=label_separator if cfg.multi_label else None)
     if cfg.multi_label:
-        return _evaluate_multilabel(model, cfg, path, rt, file, rows, out=out, text_column=text_column,
+        return _evaluate_multilabel(ckpt, file, rows, out=out, text_column=text_column,
                                     label_column=label_column, batch_size=batch_size, max_source_len=max_source_len,
                                     skip_bad_rows=skip_bad_rows, label_separator=label_separator)
 
@@ -182,8 +174,6 @@ def evaluate_classifier(checkpoint: str | Path, file: str | Path, *, out: str | 
         raise UserError(f"no row of the file has a label the checkpoint knows ({', '.join(map(repr, cfg.labels))})",
                         where=file, fix="name the label column with --label-column")
 
-    tok = load_checkpoint_tokenizer(path, cfg)
-    special = special_token_ids(tok)
     texts = encode_texts(tok, [text for text, _ in kept], text_frame(cfg, special), special,
                          limit=max_source_len or cfg.max_seq_len, truncate=max_source_len is not None, where=file,
                          fix="truncate texts with --max-source-len N, or shorten the text")
@@ -209,18 +199,17 @@ def evaluate_classifier(checkpoint: str | Path, file: str | Path, *, out: str | 
                           predictions=predictions, plot=plot)
 
 
-def _evaluate_multilabel(model: nn.Module, cfg: Any, path: Path, rt: Any, file: Path, rows: list[tuple[str, str]], *,
-                         out: str | Path, text_column: str, label_column: str, batch_size: int,
-                         max_source_len: int | None, skip_bad_rows: bool, label_separator: str) -> ClassifierEval:
+def _evaluate_multilabel(ckpt: TaskCheckpoint, file: Path, rows: list[tuple[str, str]], *, out: str | Path,
+                         text_column: str, label_column: str, batch_size: int, max_source_len: int | None,
+                         skip_bad_rows: bool, label_separator: str) -> ClassifierEval:
     """`evaluate_classifier` for a multi-label checkpoint: label sets, a label predicted over probability 0.5."""
     from lmforge.atomic import write_json
-    from lmforge.checkpoints import load_checkpoint_tokenizer
     from lmforge.data.examples import encode_texts, split_labels
-    from lmforge.data.tokenizer import special_token_ids
     from lmforge.errors import UserError
     from lmforge.eval.metrics import multilabel_scores
     from lmforge.models.registry import text_frame
 
+    path, model, cfg, tok, special, rt = ckpt.path, ckpt.model, ckpt.cfg, ckpt.tokenizer, ckpt.special, ckpt.runtime
     names = list(cfg.labels)
     sets = [split_labels(label, label_separator) for _, label in rows]
     bad = [(n, [x for x in s if x not in names]) for n, s in enumerate(sets, start=1) if any(x not in names for x in s)]
@@ -236,8 +225,6 @@ def _evaluate_multilabel(model: nn.Module, cfg: Any, path: Path, rt: Any, file: 
     if not kept:
         raise UserError("no row of the file has only labels the checkpoint knows", where=file,
                         fix="name the label column with --label-column")
-    tok = load_checkpoint_tokenizer(path, cfg)
-    special = special_token_ids(tok)
     texts = encode_texts(tok, [text for text, _ in kept], text_frame(cfg, special), special,
                          limit=max_source_len or cfg.max_seq_len, truncate=max_source_len is not None, where=file,
                          fix="truncate texts with --max-source-len N, or shorten the text")

@@ -32,24 +32,14 @@ def predict_file(checkpoint: str | Path, file: str | Path, *, out: str | Path, t
                  device: str = "auto", precision: str = "auto", verify: bool = True) -> tuple[Path, int, str]:
     """Write one JSON line per row of `file` with the checkpoint's prediction; (out, rows, what was predicted)."""
     from lmforge.atomic import atomic_file
-    from lmforge.checkpoints import load_checkpoint_tokenizer, load_model, resolve_checkpoint
     from lmforge.data.examples import read_pairs
-    from lmforge.data.tokenizer import special_token_ids
     from lmforge.errors import UserError
+    from lmforge.eval.task_checkpoint import open_task_checkpoint, require_file
     from lmforge.models.registry import CLASSIFY, EXTRACT_SPAN, GENERATE, can, describe
-    from lmforge.runtime import local_runtime
 
-    if not Path(checkpoint).exists():
-        raise UserError("checkpoint not found", where=checkpoint,
-                        fix="pass a checkpoint directory or a run directory made by `lmforge train`")
-    file = Path(file)
-    if not file.is_file():
-        raise UserError("input file not found", where=file, fix="pass --file FILE (.tsv with a header row, or .jsonl)")
-    path = resolve_checkpoint(checkpoint)
-    rt = local_runtime(device, precision)
-    model, cfg = load_model(path, rt.device, verify=verify)
-    tok = load_checkpoint_tokenizer(path, cfg)
-    special = special_token_ids(tok)
+    file = require_file(file, "input file", fix="pass --file FILE (.tsv with a header row, or .jsonl)")
+    ckpt = open_task_checkpoint(checkpoint, device=device, precision=precision, verify=verify)
+    path, model, cfg, tok, special, rt = ckpt.path, ckpt.model, ckpt.cfg, ckpt.tokenizer, ckpt.special, ckpt.runtime
 
     def column(name: str, flag: str) -> list[str]:  # one column: read as a pair of it with itself
         return [text for text, _ in read_pairs(file, name, name, flags=flag)]

@@ -108,28 +108,19 @@ def evaluate_qa(checkpoint: str | Path, file: str | Path, *, out: str | Path, ma
                 device: str = "auto", precision: str = "auto", verify: bool = True) -> QAEval:
     """Answer every question of the SQuAD `file` with `checkpoint` (or a run directory's best); write into `out`."""
     from lmforge.atomic import write_json
-    from lmforge.checkpoints import load_checkpoint_tokenizer, load_model, resolve_checkpoint
     from lmforge.data.squad import question_windows, read_squad
-    from lmforge.data.tokenizer import special_token_ids
     from lmforge.errors import UserError
     from lmforge.eval.squad import apply_threshold, best_threshold_scores, squad_scores
-    from lmforge.models.registry import EXTRACT_SPAN, require
-    from lmforge.runtime import eval_mode, local_runtime
+    from lmforge.eval.task_checkpoint import open_task_checkpoint, require_file
+    from lmforge.models.registry import EXTRACT_SPAN
+    from lmforge.runtime import eval_mode
 
-    if not Path(checkpoint).exists():
-        raise UserError("checkpoint not found", where=checkpoint,
-                        fix="pass a checkpoint directory or a run directory made by `lmforge train`")
-    file = Path(file)
-    if not file.is_file():
-        raise UserError("SQuAD file not found", where=file, fix="pass --file FILE (SQuAD v1.1 or v2.0 JSON)")
-    path = resolve_checkpoint(checkpoint)
-    rt = local_runtime(device, precision)
-    model, cfg = load_model(path, rt.device, verify=verify)
-    require(cfg, EXTRACT_SPAN, needed_for="question answering", where=path,
-            fix="pass a checkpoint trained with --objective extractive_qa")
+    file = require_file(file, "SQuAD file", fix="pass --file FILE (SQuAD v1.1 or v2.0 JSON)")
+    ckpt = open_task_checkpoint(checkpoint, capability=EXTRACT_SPAN, needed_for="question answering",
+                                fix="pass a checkpoint trained with --objective extractive_qa", device=device,
+                                precision=precision, verify=verify)
+    path, model, cfg, tok, special, rt = ckpt.path, ckpt.model, ckpt.cfg, ckpt.tokenizer, ckpt.special, ckpt.runtime
     read = read_squad(file, skip_bad=skip_bad_rows, skip_flag="--skip-bad-rows")
-    tok = load_checkpoint_tokenizer(path, cfg)
-    special = special_token_ids(tok)
     missing = [f"<{n}>" for n in ("cls", "sep") if n not in special]
     if missing:
         raise UserError(f"question answering frames questions with {', '.join(missing)}, which the checkpoint's "

@@ -108,29 +108,19 @@ def evaluate_seq2seq(checkpoint: str | Path, file: str | Path, *, task: str, out
                      precision: str = "auto", verify: bool = True) -> Seq2SeqEval:
     """Generate a target for every pair of `file` with `checkpoint` (or a run directory's best) and score it."""
     from lmforge.atomic import write_json
-    from lmforge.checkpoints import load_checkpoint_tokenizer, load_model, resolve_checkpoint
     from lmforge.data.examples import read_pairs
-    from lmforge.data.tokenizer import special_token_ids
-    from lmforge.errors import UserError
     from lmforge.eval.metrics import bleu, chrf, rouge
-    from lmforge.models.registry import GENERATE, require
-    from lmforge.runtime import local_runtime
+    from lmforge.eval.task_checkpoint import open_task_checkpoint, require_file
+    from lmforge.models.registry import GENERATE
 
     if task not in GENERATION_TASKS:
         raise ValueError(f"task must be one of {sorted(GENERATION_TASKS)}")
-    if not Path(checkpoint).exists():
-        raise UserError("checkpoint not found", where=checkpoint,
-                        fix="pass a checkpoint directory or a run directory made by `lmforge train`")
-    file = Path(file)
-    if not file.is_file():
-        raise UserError("pairs file not found", where=file, fix="pass --file FILE (.tsv with a header row, or .jsonl)")
-    path = resolve_checkpoint(checkpoint)
-    rt = local_runtime(device, precision)
-    model, cfg = load_model(path, rt.device, verify=verify)
-    require(cfg, GENERATE, needed_for=task, where=path, fix="pass a checkpoint trained with --objective seq2seq")
+    file = require_file(file, "pairs file", fix="pass --file FILE (.tsv with a header row, or .jsonl)")
+    ckpt = open_task_checkpoint(checkpoint, capability=GENERATE, needed_for=task,
+                                fix="pass a checkpoint trained with --objective seq2seq", device=device,
+                                precision=precision, verify=verify)
+    path, model, cfg, tok, special, rt = ckpt.path, ckpt.model, ckpt.cfg, ckpt.tokenizer, ckpt.special, ckpt.runtime
     rows = read_pairs(file, source_column, target_column, flags="--source-column / --target-column")
-    tok = load_checkpoint_tokenizer(path, cfg)
-    special = special_token_ids(tok)
     sources = encode_sources(cfg, tok, special, [s for s, _ in rows], max_source_len=max_source_len, where=file,
                              needed_for=task)
     with rt.autocast():

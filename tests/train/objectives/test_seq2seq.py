@@ -128,3 +128,31 @@ def test_a_decoder_pair_longer_than_the_positions_is_one_line(tmp_path, tiny_dat
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1
     assert "pair 21 reads" in err and "as `<eos> source <sep> target`, more than the model's max_seq_len 20" in err
+
+
+@pytest.mark.parametrize("preset", ["t5-tiny", "tiny"])
+def test_label_smoothing_changes_the_training_loss_only(tmp_path, tiny_data, preset):
+    import torch.nn.functional as F
+
+    from lmforge.models import build_model
+
+    pairs = write_tsv(tmp_path / "p.tsv", toy_pairs(40))
+    obj = make_objective(tiny_data, "seq2seq", preset, objective_options__pairs=str(pairs),
+                         objective_options__label_smoothing=0.1, model__dropout=0.0)
+    torch.manual_seed(0)
+    model = build_model(obj.cfg.model).train()
+    with torch.no_grad():  # larger weights, peaked logits: smoothing moves the loss well past float noise
+        for p in model.parameters():
+            p.mul_(4)
+    batch = obj.batch([0, 1, 2, 3])
+    out = obj.forward(model, batch)
+    with torch.no_grad():
+        logits = model(batch["ids"]) if "ids" in batch else model(batch["src"], batch["tgt_in"], batch["src_mask"])
+    flat, labels = logits.flatten(0, 1).float(), batch["labels"].flatten()
+    smoothed = F.cross_entropy(flat, labels, ignore_index=IGNORE_INDEX, label_smoothing=0.1)
+    plain = F.cross_entropy(flat, labels, ignore_index=IGNORE_INDEX)
+    assert out.loss.item() == pytest.approx(smoothed.item(), rel=1e-5)
+    assert abs(out.loss.item() - plain.item()) > 5e-3  # ~100x the tolerance of the match above
+    assert (out.sums["loss"] / out.sums["count"]).item() == pytest.approx(plain.item(), rel=1e-5)
+    model.eval()
+    assert obj.forward(model, batch).loss.item() == pytest.approx(plain.item(), rel=1e-5)  # evaluation: plain NLL

@@ -101,6 +101,13 @@ class ExampleBatches:
         return (make(mine[i * size:(i + 1) * size]) for i in range(min(n, self.cfg.eval_batches or n)))
 
 
+def smoothed_loss(logits: Tensor, labels: Tensor, smoothing: float) -> Tensor:
+    """Mean label-smoothed cross-entropy over the real labels (torch's own `label_smoothing`: each target keeps
+    1 - smoothing of its probability, the rest is spread evenly over the vocabulary)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
+                           label_smoothing=smoothing)
+
+
 # ------------------------------------------------------------------------------------------- the objectives
 
 class EncoderDecoderObjective(Objective):
@@ -112,6 +119,7 @@ class EncoderDecoderObjective(Objective):
 
     kinds = (Kind.ENCODER_DECODER,)
     needs: tuple[str, ...] = ("eos",)
+    label_smoothing = 0.0  # of the training step's loss only (seq2seq's option); the sums stay the plain NLL
 
     def __init__(self, cfg, rt) -> None:
         from lmforge.data.loaders import TokenDataset
@@ -142,7 +150,10 @@ class EncoderDecoderObjective(Objective):
         real = labels != IGNORE_INDEX
         count = real.sum()
         src_tokens = src_mask.sum() if src_mask is not None else b["src"].numel()
-        return Output(loss=loss_sum / count.clamp(min=1), sums={
+        loss = loss_sum / count.clamp(min=1)
+        if model.training and self.label_smoothing > 0:
+            loss = smoothed_loss(logits, labels, self.label_smoothing)
+        return Output(loss=loss, sums={
             "loss": loss_sum.detach(), "count": count, "correct": ((logits.argmax(-1) == labels) & real).sum(),
             "tokens": src_tokens + count})
 
@@ -160,6 +171,9 @@ class Seq2SeqOptions(TextPairsOptions):
                                        "it)")
     eval_max_new_tokens: int | None = field(None, "with generate-eval: longest generated target (default: twice the "
                                                   "longest held-out target)", min=1)
+    label_smoothing: float = field(0.0, "train on cross-entropy against targets smoothed by this much probability "
+                                        "spread over the vocabulary (0.1 in the Transformer paper); evaluation still "
+                                        "reports the plain loss", min=0, lt=1)
 
 
 @register("seq2seq", options=Seq2SeqOptions)
@@ -180,6 +194,7 @@ class Seq2Seq(ExampleBatches, EncoderDecoderObjective):
 
         super().__init__(cfg, rt)
         o = self.opts
+        self.label_smoothing = o.label_smoothing
         if not o.pairs:
             raise UserError("objective 'seq2seq' trains on text pairs, but no pairs file is given",
                             fix="pass --objective-options.pairs FILE (.tsv with a header row, or .jsonl)")
@@ -244,6 +259,8 @@ class Seq2Seq(ExampleBatches, EncoderDecoderObjective):
             out = Output(loss=loss_sum / count.clamp(min=1), sums={
                 "loss": loss_sum.detach(), "count": count, "correct": ((logits.argmax(-1) == labels) & real).sum(),
                 "tokens": b["ids"].numel()})
+            if model.training and self.label_smoothing > 0:
+                out.loss = smoothed_loss(logits, labels, self.label_smoothing)
         else:
             out = super().forward(model, batch)
         if not model.training and self.opts.generate_eval:
