@@ -42,7 +42,7 @@ from lmforge.checkpoints import is_sharded_checkpoint, load_model, resolve_check
 from lmforge.compress.quantize import read_spec
 from lmforge.errors import UserError
 from lmforge.interop.families import Family
-from lmforge.interop.hf import _load_tensors, _meta_model, family_for_lmforge, special_tokens, to_hf_state
+from lmforge.interop.hf import family_for_lmforge, load_tensors, meta_model, special_tokens, to_hf_state
 from lmforge.models.config import ModelConfig
 from lmforge.models.io import CONFIG, WEIGHTS, check_weights, state_dict_for_save
 from lmforge.models.registry import Kind, describe, kind_of
@@ -224,8 +224,8 @@ def _read_state(ckpt: Path, cfg: ModelConfig) -> dict[str, Tensor]:
     if not (ckpt / WEIGHTS).is_file():
         raise UserError("model weights not found", where=ckpt / WEIGHTS, fix="re-save the checkpoint")
     verify_checksums(ckpt, [WEIGHTS])
-    state = _load_tensors(ckpt / WEIGHTS)
-    check_weights(_meta_model(cfg), state, ckpt / WEIGHTS)
+    state = load_tensors(ckpt / WEIGHTS)
+    check_weights(meta_model(cfg), state, ckpt / WEIGHTS)
     return state
 
 

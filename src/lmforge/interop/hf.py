@@ -99,7 +99,7 @@ def head_for_hf(family: Family, hf_config: dict[str, Any], where: Path) -> str:
     return head
 
 
-def _expand(family: Family, cfg: ModelConfig) -> Iterator[tuple[Rule, str, tuple[str, ...], tuple[str, ...]]]:
+def name_rules(family: Family, cfg: ModelConfig) -> Iterator[tuple[Rule, str, tuple[str, ...], tuple[str, ...]]]:
     """The rules that hold for `cfg`, each once per value of its placeholders: (rule, lmforge name, Hugging Face
     names, Hugging Face copies)."""
     counts = family.layers(cfg)
@@ -113,7 +113,7 @@ def _expand(family: Family, cfg: ModelConfig) -> Iterator[tuple[Rule, str, tuple
                    tuple(t.format(**sub) for t in rule.also))
 
 
-def _meta_model(cfg: ModelConfig) -> nn.Module:
+def meta_model(cfg: ModelConfig) -> nn.Module:
     from lmforge.models import build_model
 
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
@@ -121,7 +121,7 @@ def _meta_model(cfg: ModelConfig) -> nn.Module:
 
 
 def _hf_name(family: Family, cfg: ModelConfig, ours: str) -> str | None:
-    return next((theirs[0] for _, name, theirs, _ in _expand(family, cfg) if name == ours), None)
+    return next((theirs[0] for _, name, theirs, _ in name_rules(family, cfg) if name == ours), None)
 
 
 # --- tensors -------------------------------------------------------------------------------------------------
@@ -130,14 +130,14 @@ def to_hf_state(family: Family, cfg: ModelConfig, state: dict[str, Tensor]) -> d
     """lmforge tensors -> Hugging Face tensors (names, fused q|k|v split, Conv1D transposed)."""
     remaining = dict(state)
     hf_ties = family.config_to_hf(cfg).get("tie_word_embeddings", cfg.tie_embeddings)
-    for copy, source in tied_names(_meta_model(cfg)).items():
+    for copy, source in tied_names(meta_model(cfg)).items():
         if hf_ties:
             remaining.pop(copy, None)  # the Hugging Face model ties it again from tie_word_embeddings
         else:
             remaining[copy] = state[source]  # tied here, not there (T5 without output scaling): write a copy
     dtype = state["embed.tok.weight"].dtype
     out: dict[str, Tensor] = {}
-    for rule, ours, theirs, also in _expand(family, cfg):
+    for rule, ours, theirs, also in name_rules(family, cfg):
         t = remaining.pop(ours, None)
         if t is None and family.zero_missing_bias and ours.endswith(".bias"):
             weight = state.get(ours.removesuffix("bias") + "weight")
@@ -177,7 +177,7 @@ def untie_if_distinct(family: Family, cfg: ModelConfig, hf_state: dict[str, Tens
     loads it (transformers 5 saves T5 v1.1 that way)."""
     if not cfg.tie_embeddings:
         return cfg
-    for copy, source in tied_names(_meta_model(cfg)).items():
+    for copy, source in tied_names(meta_model(cfg)).items():
         a, b = hf_state.get(_hf_name(family, cfg, copy) or ""), hf_state.get(_hf_name(family, cfg, source) or "")
         if a is not None and b is not None and not torch.equal(a, b):
             return dataclasses.replace(cfg, tie_embeddings=False)
@@ -188,10 +188,10 @@ def from_hf_state(family: Family, cfg: ModelConfig, hf_state: dict[str, Tensor],
     """Hugging Face tensors (normalized) -> lmforge tensors (the inverse of `to_hf_state`)."""
     remaining = dict(hf_state)
     if cfg.tie_embeddings:
-        for copy in tied_names(_meta_model(cfg)):
+        for copy in tied_names(meta_model(cfg)):
             remaining.pop(_hf_name(family, cfg, copy) or "", None)  # a stored copy of the tied embedding
     out: dict[str, Tensor] = {}
-    for rule, ours, theirs, also in _expand(family, cfg):
+    for rule, ours, theirs, also in name_rules(family, cfg):
         present = [name for name in theirs if name in remaining]
         if not present:
             theirs = tuple(name for name in also if name in remaining)[:1]  # a copy stands in for the original
@@ -214,7 +214,7 @@ def from_hf_state(family: Family, cfg: ModelConfig, hf_state: dict[str, Tensor],
     return out
 
 
-def _load_tensors(path: Path) -> dict[str, Tensor]:
+def load_tensors(path: Path) -> dict[str, Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
@@ -228,12 +228,12 @@ def read_hf_weights(hf_dir: Path) -> dict[str, Tensor]:
     for single, index in (("model.safetensors", "model.safetensors.index.json"),
                           ("pytorch_model.bin", "pytorch_model.bin.index.json")):
         if (hf_dir / single).is_file():
-            return _load_tensors(hf_dir / single)
+            return load_tensors(hf_dir / single)
         if (hf_dir / index).is_file():
             weight_map = _read_json(hf_dir / index).get("weight_map", {})
             state: dict[str, Tensor] = {}
             for shard in sorted(set(weight_map.values())):
-                state.update(_load_tensors(hf_dir / shard))
+                state.update(load_tensors(hf_dir / shard))
             return state
     raise UserError("no model weights found", where=hf_dir,
                     fix="expected model.safetensors (or a sharded index) or pytorch_model.bin")
@@ -375,10 +375,10 @@ def export_hf(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
         state = state_dict_for_save(load_model(ckpt)[0])
     elif (ckpt / WEIGHTS).is_file():
         verify_checksums(ckpt, [WEIGHTS])
-        state = _load_tensors(ckpt / WEIGHTS)
+        state = load_tensors(ckpt / WEIGHTS)
     else:
         raise UserError("model weights not found", where=ckpt / WEIGHTS, fix="re-save the checkpoint")
-    check_weights(_meta_model(cfg), state, ckpt / WEIGHTS)
+    check_weights(meta_model(cfg), state, ckpt / WEIGHTS)
     hf_state = to_hf_state(family, cfg, state)
     specials = special_tokens(ckpt)
     config = hf_config(family, cfg, specials, state["embed.tok.weight"].dtype)
@@ -405,8 +405,8 @@ def fill_optional(family: Family, cfg: ModelConfig, state: dict[str, Tensor]) ->
 
     Returns the heads added, e.g. ["pooler", "nsp_head"] for a BertForMaskedLM checkpoint.
     """
-    tied = tied_names(_meta_model(cfg))
-    expected = [k for k in _meta_model(cfg).state_dict() if k not in tied]
+    tied = tied_names(meta_model(cfg))
+    expected = [k for k in meta_model(cfg).state_dict() if k not in tied]
     optional = family.heads[cfg.head].optional
     absent = [k for k in expected if k not in state and k.startswith(optional)]
     if not absent:
@@ -462,7 +462,7 @@ def read_hf_model(hf_dir: str | Path) -> tuple[ModelConfig, dict[str, Tensor], l
     cfg = untie_if_distinct(family, cfg, hf_state)
     state = from_hf_state(family, cfg, hf_state, src)
     added = fill_optional(family, cfg, state)
-    check_weights(_meta_model(cfg), state, src)
+    check_weights(meta_model(cfg), state, src)
     return cfg, state, added
 
 

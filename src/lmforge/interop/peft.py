@@ -23,7 +23,7 @@ from lmforge.checkpoints import is_adapter_checkpoint, resolve_checkpoint
 from lmforge.errors import UserError
 from lmforge.finetune.adapter import ADAPTER_WEIGHTS, read_adapter_config
 from lmforge.finetune.lora import fused_parts
-from lmforge.interop.hf import _expand, _meta_model, family_for_lmforge, head_for_lmforge
+from lmforge.interop.hf import family_for_lmforge, head_for_lmforge, meta_model, name_rules
 from lmforge.models.config import ModelConfig
 from lmforge.models.io import CONFIG
 
@@ -35,7 +35,7 @@ def _hf_modules(cfg: ModelConfig) -> dict[str, tuple[tuple[str, ...], bool]]:
     """lmforge linear layer -> (the Hugging Face modules its weight is exported to, transposed (Conv1D))."""
     family = family_for_lmforge(cfg)
     out = {}
-    for rule, ours, theirs, _ in _expand(family, cfg):
+    for rule, ours, theirs, _ in name_rules(family, cfg):
         if ours.endswith(".weight"):
             out[ours.removesuffix(".weight")] = (tuple(t.removesuffix(".weight") for t in theirs), rule.transpose)
     return out
@@ -45,7 +45,7 @@ def peft_adapter(cfg: ModelConfig, record: dict, state: dict[str, Tensor]) -> tu
     """(adapter_config.json, tensors) in peft's format for an lmforge adapter (`adapter.json`, its tensors)."""
     rank, alpha = int(record["rank"]), float(record["alpha"])
     modules = _hf_modules(cfg)
-    meta = _meta_model(cfg)
+    meta = meta_model(cfg)
     parts_of = {}  # lmforge target name -> (lmforge module, part, rows)
     for prefix, module in meta.named_modules():
         for attr, parts in fused_parts(module).items():
