@@ -176,9 +176,9 @@ async def one_request(client, prompt: str, max_tokens: int, logprobs: bool = Tru
             "stream_options": {"include_usage": True}, "repeat_penalty": 1.0, **({"logprobs": 0} if logprobs else {})}
     sent = time.perf_counter()
     first, last, gaps, tokens, finish, broken, usage = None, None, [], 0, None, False, None
-    async with client.stream("POST", "/v1/completions", json=body) as r:
-        r.raise_for_status()
-        try:
+    try:
+        async with client.stream("POST", "/v1/completions", json=body) as r:
+            r.raise_for_status()
             async for line in r.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
@@ -198,8 +198,8 @@ async def one_request(client, prompt: str, max_tokens: int, logprobs: bool = Tru
                     else:
                         gaps += [(now - last) / arrived] * arrived
                     last = now
-        except (httpx.RemoteProtocolError, httpx.ReadError):  # the server closed the stream midway
-            broken = True
+    except (httpx.RemoteProtocolError, httpx.ReadError):  # the server closed the stream, before or midway
+        broken = True
     if not logprobs and usage is not None:
         tokens = usage
     cut = broken or finish is None or (finish == "length" and tokens < max_tokens)
