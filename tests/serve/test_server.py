@@ -69,3 +69,12 @@ def test_sigterm_lets_the_stream_in_flight_finish_then_exits_0(long_checkpoint):
     finally:
         proc.kill()
         proc.communicate()
+
+
+@pytest.mark.parametrize("host", ["\x80", "h\u00e9te\u0000"])
+def test_a_host_the_socket_module_cannot_encode_is_one_line(host):
+    from lmforge.errors import UserError
+    from lmforge.serve.server import bind
+
+    with pytest.raises(UserError, match="not a host name or address"):
+        bind(host, 0)

@@ -108,6 +108,10 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e})",
                         fix="choose another --port, or stop what holds it, or a --host of this machine") from None
+    except (TypeError, UnicodeError):  # the socket module cannot even encode it (e.g. a non-ASCII byte)
+        sock.close()
+        raise UserError(f"cannot listen on {host!r}: not a host name or address",
+                        fix="give --host an IP address (127.0.0.1, 0.0.0.0, ::1) or a host name") from None
     sock.set_inheritable(True)
     return sock
 
