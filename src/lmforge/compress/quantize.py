@@ -102,6 +102,12 @@ class _QuantizedLinear(nn.Module):
                                 f"{QUANTIZATION}", fix="re-run `lmforge quantize` on the original checkpoint")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def _with_bias_of(self, linear: nn.Linear) -> _QuantizedLinear:
+        """This layer with `linear`'s bias copied in (the bias stays float)."""
+        if linear.bias is not None:
+            self.bias.data.copy_(linear.bias.detach())
+        return self
+
     def _add_bias(self, y: Tensor) -> Tensor:
         return y if self.bias is None else y + self.bias
 
@@ -155,9 +161,7 @@ class Int8Linear(_QuantizedLinear):
                     linear.weight.device)
         layer.weight.copy_(q)
         layer.scales.copy_(scales)
-        if linear.bias is not None:
-            layer.bias.data.copy_(linear.bias.detach())
-        return layer
+        return layer._with_bias_of(linear)
 
     def dequantized(self) -> Tensor:
         return self.weight.to(self.scales.dtype) * self.scales[:, None]
@@ -201,9 +205,7 @@ class Int4Linear(_QuantizedLinear):
         layer.packed.copy_(q[:, 0::2] | (q[:, 1::2] << 4))
         layer.scales.copy_(scales)
         layer.offsets.copy_(lo)
-        if linear.bias is not None:
-            layer.bias.data.copy_(linear.bias.detach())
-        return layer
+        return layer._with_bias_of(linear)
 
     def codes(self) -> Tensor:
         """The 4-bit codes q (out, in), 0..15, unpacked from the stored bytes (low nibble first)."""

@@ -66,12 +66,17 @@ class GGUFFamily:
     unsupported: Callable[[ModelConfig], list[str]]
 
 
-def _gpt2_hyperparameters(w: gguf.GGUFWriter, cfg: ModelConfig) -> None:
+def _shape_hyperparameters(w: gguf.GGUFWriter, cfg: ModelConfig) -> None:
+    """The sizes every llama.cpp architecture reads."""
     w.add_context_length(cfg.max_seq_len)
     w.add_embedding_length(cfg.d_model)
     w.add_feed_forward_length(cfg.d_ff)
     w.add_block_count(cfg.n_layer)
     w.add_head_count(cfg.n_head)
+
+
+def _gpt2_hyperparameters(w: gguf.GGUFWriter, cfg: ModelConfig) -> None:
+    _shape_hyperparameters(w, cfg)
     w.add_layer_norm_eps(cfg.norm_eps)
 
 
@@ -89,11 +94,7 @@ def _gpt2_unsupported(cfg: ModelConfig) -> list[str]:
 
 def _llama_hyperparameters(w: gguf.GGUFWriter, cfg: ModelConfig) -> None:
     w.add_vocab_size(cfg.vocab_size)
-    w.add_context_length(cfg.max_seq_len)
-    w.add_embedding_length(cfg.d_model)
-    w.add_feed_forward_length(cfg.d_ff)
-    w.add_block_count(cfg.n_layer)
-    w.add_head_count(cfg.n_head)
+    _shape_hyperparameters(w, cfg)
     w.add_head_count_kv(cfg.n_kv_head)
     w.add_rope_dimension_count(cfg.head_dim)
     w.add_rope_freq_base(cfg.rope_theta)
