@@ -35,14 +35,15 @@ def keep_zeros(model: nn.Module) -> KeptZeros:
         pruned = int(kept.numel() - kept.sum())
         if pruned == 0:
             continue
-        module.weight.register_hook(_masked_gradient(kept))
+        module.weight.register_hook(_masked_gradient(kept.to(module.weight.dtype)))
         layers, zeros = layers + 1, zeros + pruned
     return KeptZeros(layers, zeros)
 
 
 def _masked_gradient(kept: Tensor) -> Callable[[Tensor], Tensor]:
+    """`kept` is made once in the weight's dtype and device, as its gradient is, so a step casts nothing."""
     def hook(grad: Tensor) -> Tensor:
-        return grad * kept.to(device=grad.device, dtype=grad.dtype)
+        return grad * kept
     return hook
 
 
