@@ -98,14 +98,15 @@ def swapped(question: str, context: str, vocabulary: list[str], rng: random.Rand
 
 
 def generate(squad: dict[str, Any], per_sentence: int, unanswerable: float, radius: int, drop: float,
-             seed: int) -> list[dict[str, Any]]:
-    """Paragraphs {"context", "qas"} of synthetic questions over the file's paragraphs."""
+             seed: int, copies: int = 1) -> list[dict[str, Any]]:
+    """Paragraphs {"context", "qas"} of synthetic questions over the file's paragraphs (`copies` passes, each with
+    its own draws of spans and noise)."""
     rng = random.Random(seed)
     contexts = [p["context"] for a in squad["data"] for p in a["paragraphs"]]
     vocabulary = sorted({w for c in contexts for w in content_words(c)})
     out: dict[str, list[dict[str, Any]]] = {c: [] for c in contexts}
     n = 0
-    for k, context in enumerate(contexts):
+    for k, context in [(k, c) for _ in range(copies) for k, c in enumerate(contexts)]:
         for offset, sentence in sentences(context):
             spans = answer_spans(sentence)
             for start, end, wh in rng.sample(spans, min(per_sentence, len(spans))):
@@ -137,13 +138,17 @@ def main() -> None:
     parser.add_argument("--unanswerable", type=float, default=0.5, help="fraction made unanswerable")
     parser.add_argument("--radius", type=int, default=8, help="words of the sentence kept either side of the span")
     parser.add_argument("--drop", type=float, default=0.15, help="probability of dropping each kept word")
+    parser.add_argument("--copies", type=int, default=1, help="passes over the paragraphs, each drawn anew")
     parser.add_argument("--with-real", action="store_true", help="append the file's own questions")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if not 0 <= args.unanswerable <= 1 or not 0 <= args.drop < 1 or args.per_sentence < 1 or args.radius < 1:
-        raise SystemExit("error: --unanswerable in [0, 1], --drop in [0, 1), --per-sentence and --radius >= 1")
+    if not 0 <= args.unanswerable <= 1 or not 0 <= args.drop < 1 or min(args.per_sentence, args.radius,
+                                                                         args.copies) < 1:
+        raise SystemExit("error: --unanswerable in [0, 1], --drop in [0, 1), --per-sentence, --radius and --copies "
+                         ">= 1")
     squad = json.loads(args.squad.read_text(encoding="utf-8"))
-    paragraphs = generate(squad, args.per_sentence, args.unanswerable, args.radius, args.drop, args.seed)
+    paragraphs = generate(squad, args.per_sentence, args.unanswerable, args.radius, args.drop, args.seed,
+                          args.copies)
     data = [{"title": "cloze", "paragraphs": paragraphs}]
     if args.with_real:
         data += squad["data"]
