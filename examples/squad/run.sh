@@ -23,7 +23,7 @@
 #   noisy copies: 4,099 synthetic + 950 real. Measured with QA_STEPS=1500 QA_LR=2e-3 (and 1,369 x 600 steps at
 #   1e-3): the span loss on them barely falls (train 3.2 -> 2.2), so this 2 x 128 encoder did not learn to match.
 # Measured 2026-12-02: no configuration ranked the validation article's answerable questions clearly above its
-# unanswerable ones (AUC of the no-answer margin 0.51 to 0.58), so the threshold chosen there abstains on the
+# unanswerable ones (AUC of the no-answer margin 0.48 to 0.58), so the threshold chosen there abstains on the
 # scored article's every question: this recipe ties "no answer" (49.8), it does not beat it.
 set -euo pipefail
 DATA=${SHARED_DATA:-../shared/data}/squad
