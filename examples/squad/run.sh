@@ -1,18 +1,46 @@
 #!/usr/bin/env bash
-# SQuAD v2.0 extractive QA: split the v2.0 subset by article (one article held out), pretrain a small BERT with
-# masked LM on the Python docs plus the training articles' text, fine-tune its span head with sliding windows,
-# and score it with `lmforge eval --task qa` (EM / F1, v2.0's no-answer threshold) on the held-out article and on
-# the v1.1 subset, beside the "no answer" and first-sentence baselines measured in the same run.
+# SQuAD v2.0 extractive QA: split the v2.0 subset by article (3 train, 1 validates, 1 is scored), pretrain a small
+# BERT with masked LM on the Python docs plus the training articles' text, fine-tune its span head with sliding
+# windows on the training questions (CLOZE=1: plus synthetic cloze questions cut from the training articles'
+# sentences), choose the checkpoint and the no-answer threshold on the validation article, and score it with
+# `lmforge eval --task qa` (EM / F1) on the held-out article and on the v1.1 subset, beside the "no answer" and
+# first-sentence baselines measured in the same run.
 # Run from the repository root:  bash examples/squad/run.sh [OUT]   (default runs/squad)
-# Budget: about 15 minutes on a quiet 2-core CPU (MLM_STEPS / QA_STEPS scale it; OMP_NUM_THREADS as you like).
+# Budget: about 15 minutes of one thread's CPU time (MLM_STEPS / QA_STEPS scale it; OMP_NUM_THREADS as you like).
+#
+# Why this recipe (measured on the validation article, see the notes of the SQuAD example):
+# - The checkpoint (--select-by best_f1) and the no-answer threshold are both chosen on a validation *article*
+#   (--objective-options.val-squad), never on questions of a training article, whose contexts were trained on.
+#   SQuAD v2.0's own evaluation reports the best threshold's scores; here the threshold is chosen on the
+#   validation article and then applied, fixed, to the scored one (--no-answer-threshold), so the scored figure is
+#   held out. Abstaining everywhere is one of the thresholds, so validation never chooses worse than "no answer"
+#   there; whether the scored article gains depends on the model ranking its answerable questions first.
+# - The fine-tuning is the first recipe's (950 real questions, 600 steps, lr 1e-3): of the three configurations
+#   compared on the validation article it had the best validation best-threshold F1 (48.84 against 48.73 with
+#   the cloze questions, 48.57 = "no answer" for the other): all within one question of 210, that is, a tie.
+# - CLOZE=1 adds examples/squad/cloze.py's synthetic questions (a sentence's words with a span cut out, the span
+#   the answer; half made unanswerable by swapping a word for one the context lacks), 4 candidates a sentence, 3
+#   noisy copies: 4,099 synthetic + 950 real. Measured with QA_STEPS=1500 QA_LR=2e-3 (and 1,369 x 600 steps at
+#   1e-3): the span loss on them barely falls (train 3.2 -> 2.2), so this 2 x 128 encoder did not learn to match.
+# Measured 2026-12-02: no configuration ranked the validation article's answerable questions clearly above its
+# unanswerable ones (AUC of the no-answer margin 0.48 to 0.58), so the threshold chosen there abstains on the
+# scored article's every question: this recipe ties "no answer" (49.8), it does not beat it.
 set -euo pipefail
 DATA=${SHARED_DATA:-../shared/data}/squad
 OUT=${1:-runs/squad}
 MLM_STEPS=${MLM_STEPS:-1000}
 QA_STEPS=${QA_STEPS:-600}
+QA_LR=${QA_LR:-1e-3}
+CLOZE=${CLOZE:-0}
 LMFORGE=${LMFORGE:-lmforge}
 start=$(date +%s)
 python examples/squad/split.py "$DATA" --out "$OUT"
+QUESTIONS="$OUT/squad-train.json"
+if [ "$CLOZE" = 1 ]; then
+    python examples/squad/cloze.py "$OUT/squad-train.json" --out "$OUT/squad-train-cloze.json" --with-real \
+        --per-sentence 4 --copies 3
+    QUESTIONS="$OUT/squad-train-cloze.json"
+fi
 $LMFORGE prepare builtin:python-docs "$OUT/pretrain.txt" --tokenizer.kind wordpiece --tokenizer.vocab-size 8000 \
     --val-fraction 0.02 --out "$OUT/data" --overwrite
 # MLM on 128-token sequences (the cheap part of BERT's own two-phase recipe), then QA on 256-token windows.
@@ -20,10 +48,16 @@ $LMFORGE train --data "$OUT/data" --preset bert-tiny --objective mlm --out "$OUT
     --batch-size 32 --seq-len 128 --optim.lr 2e-3 --optim.warmup-steps 100 --eval-every 500 --eval-batches 20 \
     --log-every 100 --no-tensorboard
 $LMFORGE train --data "$OUT/data" --init-from "$OUT/bert" --objective extractive_qa --out "$OUT/qa" \
-    --objective-options.squad "$OUT/squad-train.json" --objective-options.val-fraction 0.05 \
-    --objective-options.doc-stride 128 --steps "$QA_STEPS" --batch-size 16 --optim.lr 1e-3 \
-    --optim.warmup-steps 100 --eval-every 200 --eval-batches 0 --log-every 100 --select-by f1 --no-tensorboard
-$LMFORGE eval --task qa --checkpoint "$OUT/qa" --file "$OUT/squad-heldout.json" --out "$OUT/heldout"
+    --objective-options.squad "$QUESTIONS" --objective-options.val-squad "$OUT/squad-val.json" \
+    --objective-options.doc-stride 128 --steps "$QA_STEPS" --batch-size 16 --optim.lr "$QA_LR" \
+    --optim.warmup-steps 100 --eval-every 100 --eval-batches 0 --log-every 100 --select-by best_f1 --no-tensorboard
+# The no-answer threshold of the best F1 on the validation article, then the scored article at that threshold.
+$LMFORGE eval --task qa --checkpoint "$OUT/qa" --file "$OUT/squad-val.json" --out "$OUT/val"
+THRESHOLD=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['best_f1_threshold'])" \
+    "$OUT/val/metrics.json")
+echo "no-answer threshold chosen on the validation article: $THRESHOLD"
+$LMFORGE eval --task qa --checkpoint "$OUT/qa" --file "$OUT/squad-heldout.json" --no-answer-threshold="$THRESHOLD" \
+    --out "$OUT/heldout"
 $LMFORGE eval --task qa --checkpoint "$OUT/qa" --file "$OUT/squad-v1.1-located.json" --batch-size 1 \
     --out "$OUT/v1.1"
 echo "lmforge pipeline wall time: $(( $(date +%s) - start )) s"

@@ -74,10 +74,19 @@ def test_best_threshold_walks_the_margins_as_the_v2_script():
     s = best_threshold_scores(preds, golds, margins)
     assert s["best_exact_match"] == pytest.approx(3 / 4) and s["best_exact_match_threshold"] == -2.0
     assert s["best_f1"] == pytest.approx((3 + 2 / 3) / 4) and s["best_f1_threshold"] == -1.0
-    # Answering nothing best: threshold 0.0, score the unanswerable fraction.
+    # Answering nothing best: the unanswerable fraction, at a threshold 1 below the smallest margin.
     assert best_threshold({"a": 0.0, "b": 0.0}, {"a": True, "b": False}, {"a": 1.0, "b": 2.0}) == (0.5, 0.0)
     # An empty prediction on an unanswerable question is right whether answered or not.
-    assert best_threshold({"b": 1.0}, {"b": False}, {"b": 0.3}, {"b": True}) == (1.0, 0.0)
+    assert best_threshold({"b": 1.0}, {"b": False}, {"b": 0.3}, {"b": True}) == (1.0, -0.7)
+
+
+def test_a_threshold_of_answering_nothing_carried_to_the_same_questions_abstains_on_all():
+    # Margins below 0 and answering nothing best: the v2.0 script's 0.0 would answer a and b; this threshold none.
+    golds, preds, margins = {"a": [], "b": [], "c": ["x"]}, {"a": "p", "b": "q", "c": "y"}, {"a": -3.0, "b": -2.0,
+                                                                                              "c": float("inf")}
+    s = best_threshold_scores(preds, golds, margins)
+    assert s["best_f1"] == pytest.approx(2 / 3) and s["best_f1_threshold"] == -4.0
+    assert apply_threshold(preds, margins, s["best_f1_threshold"]) == {"a": "", "b": "", "c": ""}
     # the best threshold reproduces its score through apply_threshold
     final = apply_threshold(preds, margins, s["best_f1_threshold"])
     assert squad_scores(final, golds)["f1"] == pytest.approx(s["best_f1"])

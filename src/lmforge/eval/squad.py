@@ -16,17 +16,21 @@ The definitions are those of the official evaluation scripts (SQuAD v1.1 `evalua
   span) answers "" when the margin exceeds a threshold. `best_threshold` finds the threshold that maximises the
   score as the v2.0 script's `find_best_thresh`: every question starts unanswered; in increasing order of margin
   each is answered in turn, and the best total seen names the threshold (the margin of the last question
-  answered; 0.0 when answering none is best).
+  answered). When answering none is best the v2.0 script reports 0.0, which, carried as a threshold to other
+  questions (chosen on a validation set, applied to a test set), would answer every question whose margin is
+  below 0; here it is 1 below the smallest margin, so applying it abstains on every question it was chosen on
+  (0.0 when no margin is finite).
 
 Scores here are fractions in [0, 1]; the official scripts print 100 times them.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = frozenset(string.punctuation)
@@ -92,7 +96,7 @@ def best_threshold(answered: Mapping[str, float], has_answer: Mapping[str, bool]
     """
     empty = answered_is_empty or {}
     score = sum(1.0 for q in answered if not has_answer[q])  # nothing answered: every unanswerable one right
-    best, thresh = score, 0.0
+    best, thresh = score, _below_every(na_margins[q] for q in answered)
     for q in sorted(answered, key=lambda k: na_margins[k]):
         if has_answer[q]:
             score += answered[q]
@@ -114,6 +118,12 @@ def best_threshold_scores(predictions: Mapping[str, str], golds: Mapping[str, Se
         answered = {q: best_over_golds(metric, predictions.get(q, ""), g) for q, g in golds.items()}
         out[f"best_{name}"], out[f"best_{name}_threshold"] = best_threshold(answered, has, na_margins, empty)
     return out
+
+
+def _below_every(margins: Iterable[float]) -> float:
+    """A threshold under which no question is answered: 1 below the smallest finite margin (0.0 without one)."""
+    finite = [m for m in margins if math.isfinite(m)]
+    return min(finite) - 1.0 if finite else 0.0
 
 
 def _mean(values) -> float:

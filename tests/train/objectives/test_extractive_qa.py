@@ -207,3 +207,17 @@ def test_the_v2_subset_windows_recover_every_answer(shared_data, tiny_data):
     # The tokens cover exactly the answer unless it ends inside a token ('gold rush' of 'gold rushes'): 704 of 705.
     exact = [normalize_answer(found[i]) == normalize_answer(obj.questions[i].answers[0].text) for i in found]
     assert sum(exact) >= len(exact) - 2
+
+
+def test_val_squad_holds_out_another_file_and_trains_on_every_question_of_squad(tmp_path, tiny_data):
+    train = toy_squad(tmp_path / "train.json", n=30, seed=1)
+    val = toy_squad(tmp_path / "val.json", n=12, seed=2, unanswerable=0.5)
+    obj = make_objective(tiny_data, "extractive_qa", "bert-tiny", objective_options__squad=train,
+                         objective_options__val_squad=val, objective_options__val_fraction=0.5)
+    assert list(obj.train_idx) == [w for q in range(30) for w in obj.windows_of[q]]
+    assert list(obj.val_questions) == list(range(30, 42))
+    assert [obj.questions[q].context for q in obj.val_questions] == [
+        p["context"] for p in json.loads((tmp_path / "val.json").read_text())["data"][0]["paragraphs"]]
+    assert obj.v2  # the validation file's unanswerable questions make it a v2.0 evaluation
+    m = obj.summarize(total(obj.forward(Oracle(b).eval(), b).sums for b in obj.eval_batches()))
+    assert m["questions"] == 12 and m["f1"] == 1.0

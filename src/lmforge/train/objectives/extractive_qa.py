@@ -15,7 +15,8 @@ not hold the whole answer, and every window of an unanswerable question, targets
 start and end. Training takes the first gold answer; the unit of training is a window. The loss is the mean of the
 start and the end cross-entropy (over the window's real tokens).
 
-Held-out questions (`val_fraction`, chosen by a hash of the question's index) are evaluated question by question,
+Held-out questions (`val_fraction`, chosen by a hash of the question's index; or, with `val_squad`, every question
+of that second file, and then every question of `squad` trains) are evaluated question by question,
 all windows of a question in one batch: the answer is the best-scoring span (start logit + end logit) with
 end >= start, at most `max_answer_len` tokens, inside the context, over its windows, mapped back to the
 context's characters. The metrics are the official SQuAD exact match and F1 (`lmforge.eval.squad`, as fractions).
@@ -54,7 +55,11 @@ from lmforge.train.objectives.seq2seq import ExampleBatches
 class ExtractiveQAOptions(Options):
     squad: str | None = field(None, "SQuAD v1.1 or v2.0 JSON file of questions (data -> paragraphs -> context, qas)")
     val_fraction: float = field(0.1, "fraction of the questions held out for evaluation (chosen by a hash of the "
-                                     "question's index, so always the same ones)", min=0, lt=1)
+                                     "question's index, so always the same ones); ignored with val_squad", min=0,
+                                lt=1)
+    val_squad: str | None = field(None, "SQuAD file whose questions are the held-out ones (e.g. another "
+                                        "article's, so no validation context is trained on); every question of "
+                                        "squad then trains")
     max_len: int | None = field(None, "tokens per window, <cls> question <sep> context <sep> (default: the "
                                       "model's max_seq_len)", min=8)
     doc_stride: int = field(128, "context tokens between the starts of consecutive windows of a long context",
@@ -97,14 +102,18 @@ class ExtractiveQA(ExampleBatches, Objective):
         if max_len > cfg.model.max_seq_len:
             raise UserError(f"objective_options.max_len {max_len} is longer than the model's max_seq_len "
                             f"{cfg.model.max_seq_len}", fix=f"lower it to at most {cfg.model.max_seq_len}")
-        read = read_squad(o.squad, skip_bad=o.skip_bad_rows)
-        if read.skipped and rt.is_main:
-            from lmforge.progress import console
+        reads = [(o.squad, read_squad(o.squad, skip_bad=o.skip_bad_rows))]
+        if o.val_squad:
+            reads.append((o.val_squad, read_squad(o.val_squad, skip_bad=o.skip_bad_rows)))
+        for path, read in reads:
+            if read.skipped and rt.is_main:
+                from lmforge.progress import console
 
-            console.print(f"[yellow]skipped {read.skipped} question(s) of {o.squad} whose answer is not in the "
-                          f"context at its answer_start[/yellow]")
-        self.questions: list[Question] = read.questions
-        self.skipped = read.skipped
+                console.print(f"[yellow]skipped {read.skipped} question(s) of {path} whose answer is not in the "
+                              f"context at its answer_start[/yellow]")
+        n_train = len(reads[0][1].questions)
+        self.questions: list[Question] = [q for _, read in reads for q in read.questions]
+        self.skipped = sum(read.skipped for _, read in reads)
         self.v2 = any(not q.answerable for q in self.questions)
 
         built = question_windows(load_tokenizer(train_ds.tokenizer_path), self.questions, cls=self.cls_id,
@@ -112,7 +121,10 @@ class ExtractiveQA(ExampleBatches, Objective):
                                  max_query_len=o.max_query_len, where=o.squad)
         self.windows, self.windows_of, self.offsets = built.windows, built.of_question, built.offsets
 
-        self.split_examples(len(self.questions), o.val_fraction, "questions", o.squad)
+        if o.val_squad:
+            self.train_idx, self.val_idx = np.arange(n_train), np.arange(n_train, len(self.questions))
+        else:
+            self.split_examples(len(self.questions), o.val_fraction, "questions", o.squad)
         self.val_questions = self.val_idx
         # Training walks the windows of the training questions.
         self.train_idx = np.array([w for q in self.train_idx for w in self.windows_of[q]], dtype=np.int64)
