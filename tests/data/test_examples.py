@@ -73,3 +73,36 @@ def test_pad_right_pads_with_a_mask_and_an_optional_fill():
     assert ids.tolist() == [[1, 2, 3], [4, 0, 0]] and mask.tolist() == [[True] * 3, [True, False, False]]
     labels, _ = pad([[1, 2, 3], [4]], pad_id=0, value=-100)
     assert labels.tolist() == [[1, 2, 3], [4, -100, -100]]
+
+
+def test_epoch_sampler_buckets_by_length_covers_every_example_and_resumes():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 40, size=103)
+    plain = EpochSampler(n=103, batch_size=8, seed=1)
+    s = EpochSampler(n=103, batch_size=8, seed=1, lengths=lengths, bucket_batches=4)
+    it, it_plain = iter(s), iter(plain)
+    epoch = [next(it) for _ in range(13)]  # 12 x 8 + 7
+    assert [len(b) for b in epoch] == [8] * 12 + [7]
+    assert sorted(np.concatenate(epoch).tolist()) == list(range(103))
+
+    def spread(batches: list[np.ndarray]) -> float:  # mean (longest - shortest) in a batch
+        return float(np.mean([np.ptp(lengths[b]) for b in batches]))
+
+    assert spread(epoch[:12]) < 0.5 * spread([next(it_plain) for _ in range(12)])
+    starts = [int(lengths[b].min()) for b in epoch[:12]]
+    assert starts != sorted(starts)  # the batches are shuffled, not served shortest first
+    state = s.state_dict()
+    expected = [next(it).tolist() for _ in range(5)]
+    again = EpochSampler(n=103, batch_size=8, seed=1, lengths=lengths, bucket_batches=4)
+    again.load_state_dict(state)
+    it2 = iter(again)
+    assert [next(it2).tolist() for _ in range(5)] == expected
+
+
+def test_bucketed_epoch_sampler_splits_each_global_batch_across_ranks():
+    lengths = np.arange(40) % 7
+    ranks = [EpochSampler(40, 4, seed=2, rank=r, world_size=2, lengths=lengths, bucket_batches=5) for r in (0, 1)]
+    first = [[next(it) for _ in range(5)] for it in map(iter, ranks)]
+    assert sorted(np.concatenate(first[0] + first[1]).tolist()) == list(range(40))
+    for a, b in zip(*first, strict=True):  # the two halves of one global batch have similar lengths
+        assert abs(np.mean(lengths[a]) - np.mean(lengths[b])) <= 1.5

@@ -125,6 +125,12 @@ class EpochSampler:
 
     A batch never spans two epochs, so no example is twice in one batch (a false negative for contrastive
     losses); the last batch of an epoch may be smaller. The state is (epoch, position): exact resume.
+
+    With `lengths` (one per example) and `bucket_batches` > 0, batches hold examples of similar length (what
+    fairseq and tensor2tensor do for translation): the epoch's permutation is cut into pools of `bucket_batches`
+    global batches, each pool is sorted by length (stable, so equal lengths stay in random order) and cut into
+    batches, and the order of all the epoch's batches is shuffled. Padding to the batch's longest then costs little
+    (random batches of Multi30k pairs are about 45 % real tokens). Still a function of (seed, epoch): exact resume.
     """
 
     n: int
@@ -134,10 +140,27 @@ class EpochSampler:
     world_size: int = 1
     epoch: int = 0
     pos: int = 0
+    lengths: np.ndarray | None = None
+    bucket_batches: int = 0
 
     def _order(self) -> np.ndarray:
-        perm = np.random.Generator(np.random.PCG64([self.seed, self.epoch])).permutation(self.n)
+        rng = np.random.Generator(np.random.PCG64([self.seed, self.epoch]))
+        perm = rng.permutation(self.n)
+        if self.lengths is not None and self.bucket_batches > 0:
+            perm = self._bucketed(perm, rng)
         return perm[self.rank::self.world_size]
+
+    def _bucketed(self, perm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """`perm` rearranged so that each global batch (batch_size x world_size consecutive items, which the ranks
+        share by striding) holds similar lengths, the batches in random order."""
+        lengths = np.asarray(self.lengths)
+        pool = self.bucket_batches * self.batch_size * self.world_size
+        by_length = np.concatenate([p[np.argsort(lengths[p], kind="stable")]
+                                    for p in np.split(perm, range(pool, self.n, pool))])
+        step = self.batch_size * self.world_size
+        full = self.n // step  # a smaller last batch stays last: the batches after it keep their boundaries
+        batches = np.split(by_length[:full * step], full) if full else []
+        return np.concatenate([*(batches[i] for i in rng.permutation(full)), by_length[full * step:]])
 
     def __iter__(self) -> Iterator[np.ndarray]:
         order = self._order()

@@ -32,6 +32,18 @@ def test_seq2seq_batches_are_teacher_forced(tmp_path, tiny_data):
     assert any(src[0, :int(mask[0].sum())].tolist() == t for t in text)
 
 
+def test_length_buckets_batch_pairs_of_similar_length(tmp_path, tiny_data):
+    pairs = write_tsv(tmp_path / "p.tsv", toy_pairs(400))
+
+    def padding(**options) -> float:  # padded share of the source and target positions over 10 batches
+        obj = make_objective(tiny_data, "seq2seq", "t5-tiny", objective_options__pairs=str(pairs), **options)
+        batches = [b for _, b in zip(range(10), obj.train_batches())]
+        real = sum(int(b["src_mask"].sum()) + int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
+        return 1 - real / sum(b["src"].numel() + b["labels"].numel() for b in batches)
+
+    assert padding(objective_options__length_buckets=20) < 0.5 * padding()
+
+
 def test_seq2seq_trains_from_the_cli_and_loss_decreases(tmp_path, tiny_data):
     pairs = write_tsv(tmp_path / "p.tsv", toy_pairs())
     rc, records = run_train(tiny_data, tmp_path / "run", *T5, "--objective-options.pairs", str(pairs),

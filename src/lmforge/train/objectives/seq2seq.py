@@ -64,15 +64,19 @@ class ExampleBatches:
     val_idx: np.ndarray
     sampler: EpochSampler
 
-    def split_examples(self, n: int, fraction: float, what: str, where: str | Path) -> None:
+    def split_examples(self, n: int, fraction: float, what: str, where: str | Path,
+                       lengths: Sequence[int] | None = None, bucket_batches: int = 0) -> None:
+        """`lengths` (one per example) with `bucket_batches` > 0: training batches of similar lengths
+        (`EpochSampler`)."""
         val = held_out(n, fraction)
         self.train_idx, self.val_idx = np.flatnonzero(~val), np.flatnonzero(val)
         if len(self.train_idx) < self.rt.world_size:
             raise UserError(f"only {len(self.train_idx)} training {what}", where=where, fix=f"give more {what}")
         if not len(self.val_idx):
             warn_no_evaluation(self.rt, f"no held-out {what} in {where}")
+        train_lengths = None if lengths is None else np.asarray(lengths)[self.train_idx]
         self.sampler = EpochSampler(len(self.train_idx), self.cfg.batch_size, self.cfg.seed, self.rt.rank,
-                                    self.rt.world_size)
+                                    self.rt.world_size, lengths=train_lengths, bucket_batches=bucket_batches)
 
     def batch(self, idx: Iterable[int]) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -174,6 +178,9 @@ class Seq2SeqOptions(TextPairsOptions):
     label_smoothing: float = field(0.0, "train on cross-entropy against targets smoothed by this much probability "
                                         "spread over the vocabulary (0.1 in the Transformer paper); evaluation still "
                                         "reports the plain loss", min=0, lt=1)
+    length_buckets: int = field(0, "batch pairs of similar length: the epoch's shuffled pairs are sorted by source + "
+                                   "target length in pools of this many batches, and the batches shuffled (random "
+                                   "batches of Multi30k pairs are more than half padding); 0: random batches", min=0)
 
 
 @register("seq2seq", options=Seq2SeqOptions)
@@ -227,7 +234,9 @@ class Seq2Seq(ExampleBatches, EncoderDecoderObjective):
                                 f"more than the model's max_seq_len {max_len}", where=o.pairs, fix=fix)
             self.sources.append(source)
             self.targets.append([*t, self.eos_id])
-        self.split_examples(len(texts), o.pairs_val_fraction, "pairs", o.pairs)
+        self.split_examples(len(texts), o.pairs_val_fraction, "pairs", o.pairs,
+                            lengths=[len(s) + len(t) for s, t in zip(self.sources, self.targets)],
+                            bucket_batches=o.length_buckets)
 
     def _framing_words(self) -> str:
         return "<eos> before and <sep> after" if self.decoder_only else "<eos>"
