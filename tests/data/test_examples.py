@@ -62,6 +62,30 @@ def test_epoch_sampler_covers_every_example_once_per_epoch_and_resumes():
     assert sorted(np.concatenate(ranks).tolist()) == list(range(10))  # ranks split an epoch
 
 
+def test_epoch_sampler_grouped_by_length_pads_less_and_still_covers_every_example_once():
+    lengths = np.random.default_rng(0).integers(1, 60, size=1000)
+    plain = EpochSampler(n=1000, batch_size=16, seed=1)
+    grouped = EpochSampler(n=1000, batch_size=16, seed=1, lengths=lengths, group=10)
+    it = iter(grouped)
+    epoch = [next(it) for _ in range(63)]  # 62 batches of 16 + 8
+    assert [len(b) for b in epoch] == [16] * 62 + [8]
+    assert sorted(np.concatenate(epoch).tolist()) == list(range(1000))  # every example once per epoch
+
+    def padded(batches):  # the tokens a batch costs: its size times its longest example
+        return sum(len(b) * lengths[b].max() for b in batches)
+
+    it_plain = iter(plain)
+    assert padded(epoch) < 1.15 * lengths.sum() < 0.8 * padded([next(it_plain) for _ in range(63)])
+    first = [b.tolist() for b in epoch[:3]]
+    assert first != [b.tolist() for b in sorted(epoch[:-1], key=lambda b: -lengths[b].max())[:3]]  # shuffled
+    state = grouped.state_dict()
+    expected = [next(it).tolist() for _ in range(5)]
+    again = EpochSampler(n=1000, batch_size=16, seed=1, lengths=lengths, group=10)
+    again.load_state_dict(state)
+    it2 = iter(again)
+    assert [next(it2).tolist() for _ in range(5)] == expected  # exact resume
+
+
 def test_jsonl_labels_may_be_numbers_or_booleans(tmp_path):
     path = tmp_path / "labels.jsonl"
     path.write_text('{"text": "a cat", "label": 1}\n{"text": "a tree", "label": 0}\n{"text": "ok", "label": true}\n')

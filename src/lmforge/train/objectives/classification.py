@@ -58,6 +58,9 @@ class ClassificationOptions(ExamplesFileOptions):
                                      "empty label field: none); a sigmoid per label, binary cross-entropy, a label "
                                      "predicted when its probability is over 0.5")
     label_separator: str = field(",", "with multi-label: what separates a text's labels")
+    group_by_length: bool = field(False, "batch texts of similar length together (each batch is padded to its "
+                                         "longest text: on texts of mixed lengths this saves most of the compute; "
+                                         "every text is still seen once per epoch)")
     class_weights: str | None = field(None, "weigh the loss of each class: 'balanced' (n / (classes x count), "
                                             "scikit-learn's rule; multi-label: negatives / positives per label) or "
                                             "one number per class in the order of the sorted labels, comma-"
@@ -131,7 +134,8 @@ class Classification(ExampleBatches, Objective):
                                   fix="truncate texts with --objective-options.max-source-len N (an lstm reads any "
                                       "length), or raise --model.max-seq-len, or shorten the text")
 
-        self.split_examples(len(examples), o.pairs_val_fraction, "examples", o.pairs)
+        lengths = np.array([len(t) for t in self.texts]) if o.group_by_length else None
+        self.split_examples(len(examples), o.pairs_val_fraction, "examples", o.pairs, lengths)
 
     def _classes(self, found: list[str]) -> list[str]:
         """The classes, set in the model config: the file's sorted labels, or those the config already names."""

@@ -64,7 +64,9 @@ class ExampleBatches:
     val_idx: np.ndarray
     sampler: EpochSampler
 
-    def split_examples(self, n: int, fraction: float, what: str, where: str | Path) -> None:
+    def split_examples(self, n: int, fraction: float, what: str, where: str | Path,
+                       lengths: np.ndarray | None = None) -> None:
+        """Hold out `fraction` of the n examples; `lengths` (n,): batch the training ones by length."""
         val = held_out(n, fraction)
         self.train_idx, self.val_idx = np.flatnonzero(~val), np.flatnonzero(val)
         if len(self.train_idx) < self.rt.world_size:
@@ -72,7 +74,8 @@ class ExampleBatches:
         if not len(self.val_idx):
             warn_no_evaluation(self.rt, f"no held-out {what} in {where}")
         self.sampler = EpochSampler(len(self.train_idx), self.cfg.batch_size, self.cfg.seed, self.rt.rank,
-                                    self.rt.world_size)
+                                    self.rt.world_size,
+                                    lengths=None if lengths is None else lengths[self.train_idx])
 
     def batch(self, idx: Iterable[int]) -> dict[str, Tensor]:
         raise NotImplementedError
