@@ -17,6 +17,8 @@
 #   two thirds of every random batch. FINETUNE_STEPS = 3,600 x 32 is about 1.75 passes over the 66.0k phrases
 #   (3 minutes of CPU): on the held-out sentences 2 passes scored 82.9 % and 3 passes 81.9 % (the random-phrase
 #   val split kept rising: it rewards fitting phrases of sentences seen in training).
+# - Mean pooling of the token states (--model.pooling mean) instead of [CLS] through the pooler: 83.9 % against
+#   82.9 % on the held-out sentences (same steps), and cheaper.
 # Budget: well within 15 minutes of one core's CPU time, all stages (measured: examples/README.md, SST-2).
 set -euo pipefail
 DATA=${SHARED_DATA:-../shared/data}/sst2
@@ -43,6 +45,7 @@ $LMFORGE train --data "$OUT/data" "${START[@]}" --objective classification --out
     --objective-options.pairs "$DATA/train.tsv" --objective-options.text-column sentence \
     --objective-options.pairs-val-fraction 0.02 --objective-options.group-by-length --steps "$FINETUNE_STEPS" \
     --batch-size 32 --eval-every 1000 --eval-batches 0 --optim.lr 5e-4 --log-every 200 --model.dropout 0.1 \
+    --model.pooling mean \
     --select-by accuracy --no-tensorboard
 $LMFORGE eval --task classification --checkpoint "$OUT/classifier" --file "$DATA/dev.tsv" --text-column content \
     --out "$OUT/dev"
