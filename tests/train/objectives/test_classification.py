@@ -101,6 +101,29 @@ def test_batches_frame_texts_after_eos_with_their_label_ids(tmp_path, tiny_data)
     assert all(t[0] == eos and eos not in t[1:] for t in obj.texts)  # read as a document: after <eos>
 
 
+def test_length_buckets_batch_texts_of_similar_length_and_covers_them_all(tmp_path, tiny_data):
+    rng = np.random.default_rng(0)
+    words = ["cat", "tree", "dog", "leaf"]
+    examples = [(" ".join(rng.choice(words, size=int(k))), "pets" if i % 2 else "plants")
+                for i, k in enumerate(rng.integers(1, 40, size=400))]
+    pairs = labelled(tmp_path, examples)
+
+    def padded_epoch(**options):  # tokens one epoch of batches costs (size x longest), and the texts it saw
+        obj = make_objective(tiny_data, "classification", "lstm-tiny", batch_size=16, objective_options__pairs=pairs,
+                             **{f"objective_options__{k}": v for k, v in options.items()})
+        stream, cost, seen = obj.train_batches(), 0, 0
+        for _ in range(len(obj.train_idx) // 16):
+            b = next(stream)
+            cost, seen = cost + b["ids"].numel(), seen + len(b["ids"])
+        return cost, seen, obj
+
+    plain, seen_plain, obj = padded_epoch()
+    grouped, seen_grouped, _ = padded_epoch(length_buckets=10)
+    assert seen_plain == seen_grouped
+    real = sum(len(obj.texts[i]) for i in obj.train_idx)
+    assert grouped < 1.25 * real < 0.8 * plain
+
+
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, tiny_data):
     # 40 examples (36 train) in batches of 8: the resumed half crosses an epoch boundary.
     flags = [*LSTM, "--objective-options.pairs", labelled(tmp_path, toy_examples(40)), "--checkpoint-every", "3",

@@ -58,6 +58,10 @@ class ClassificationOptions(ExamplesFileOptions):
                                      "empty label field: none); a sigmoid per label, binary cross-entropy, a label "
                                      "predicted when its probability is over 0.5")
     label_separator: str = field(",", "with multi-label: what separates a text's labels")
+    length_buckets: int = field(0, "batch texts of similar length: the epoch's shuffled texts are sorted by length in "
+                                   "pools of this many batches, and the batches shuffled (each batch is padded to its "
+                                   "longest text: random batches of SST-2's phrases are two-thirds padding); 0: "
+                                   "random batches", min=0)
     class_weights: str | None = field(None, "weigh the loss of each class: 'balanced' (n / (classes x count), "
                                             "scikit-learn's rule; multi-label: negatives / positives per label) or "
                                             "one number per class in the order of the sorted labels, comma-"
@@ -131,7 +135,8 @@ class Classification(ExampleBatches, Objective):
                                   fix="truncate texts with --objective-options.max-source-len N (an lstm reads any "
                                       "length), or raise --model.max-seq-len, or shorten the text")
 
-        self.split_examples(len(examples), o.pairs_val_fraction, "examples", o.pairs)
+        self.split_examples(len(examples), o.pairs_val_fraction, "examples", o.pairs,
+                            lengths=[len(t) for t in self.texts], bucket_batches=o.length_buckets)
 
     def _classes(self, found: list[str]) -> list[str]:
         """The classes, set in the model config: the file's sorted labels, or those the config already names."""
