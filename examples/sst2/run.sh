@@ -27,6 +27,7 @@ PRETRAIN_STEPS=${PRETRAIN_STEPS:-0}
 PRETRAIN_LR=${PRETRAIN_LR:-2e-3}  # with PRETRAIN_STEPS > 0
 WARMUP=${WARMUP:-100}
 FINETUNE_STEPS=${FINETUNE_STEPS:-3600}
+SEED=${SEED:-0}  # initialisation, data order and dropout of the classifier
 LMFORGE=${LMFORGE:-lmforge}
 mkdir -p "$OUT"
 start=$(date +%s)
@@ -46,7 +47,7 @@ $LMFORGE train --data "$OUT/data" "${START[@]}" --objective classification --out
     --objective-options.pairs-val-fraction 0.02 --objective-options.length-buckets 50 --steps "$FINETUNE_STEPS" \
     --batch-size 32 --eval-every 1000 --eval-batches 0 --optim.lr 5e-4 --log-every 200 --model.dropout 0.1 \
     --model.pooling mean \
-    --select-by accuracy --no-tensorboard
+    --seed "$SEED" --select-by accuracy --no-tensorboard
 $LMFORGE eval --task classification --checkpoint "$OUT/classifier" --file "$DATA/dev.tsv" --text-column content \
     --out "$OUT/dev"
 echo "lmforge pipeline wall time: $(( $(date +%s) - start )) s"
