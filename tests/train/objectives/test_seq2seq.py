@@ -168,3 +168,27 @@ def test_label_smoothing_changes_the_training_loss_only(tmp_path, tiny_data, pre
     assert (out.sums["loss"] / out.sums["count"]).item() == pytest.approx(plain.item(), rel=1e-5)
     model.eval()
     assert obj.forward(model, batch).loss.item() == pytest.approx(plain.item(), rel=1e-5)  # evaluation: plain NLL
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_target_losses_equal_torch_cross_entropy_in_value_and_gradient(smoothing):
+    import torch.nn.functional as F
+
+    from lmforge.train.objectives.seq2seq import target_losses
+
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(4, 7, 50)).requires_grad_()
+    labels = torch.randint(0, 50, (4, 7))
+    labels[:, 5:] = IGNORE_INDEX
+    loss_sum, count, loss = target_losses(logits, labels, smoothing)
+    loss.backward()
+    ours = logits.grad.clone()
+    logits.grad = None
+    flat, targets = logits.flatten(0, 1), labels.flatten()
+    reference = F.cross_entropy(flat, targets, ignore_index=IGNORE_INDEX, label_smoothing=smoothing)
+    reference.backward()
+    assert count.item() == 20
+    assert loss_sum.item() == pytest.approx(F.cross_entropy(flat, targets, ignore_index=IGNORE_INDEX,
+                                                            reduction="sum").item(), rel=1e-6)
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    torch.testing.assert_close(ours, logits.grad, rtol=1e-5, atol=1e-7)

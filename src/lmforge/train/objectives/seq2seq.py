@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.config import field
@@ -105,11 +104,24 @@ class ExampleBatches:
         return (make(mine[i * size:(i + 1) * size]) for i in range(min(n, self.cfg.eval_batches or n)))
 
 
-def smoothed_loss(logits: Tensor, labels: Tensor, smoothing: float) -> Tensor:
-    """Mean label-smoothed cross-entropy over the real labels (torch's own `label_smoothing`: each target keeps
-    1 - smoothing of its probability, the rest is spread evenly over the vocabulary)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
-                           label_smoothing=smoothing)
+def target_losses(logits: Tensor, labels: Tensor, smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+    """(summed NLL of the real labels, their count, the loss to train on) from one log-softmax over (B, T, V).
+
+    The loss is the mean NLL (`next_token_nll`, the one definition), or with `smoothing` > 0 torch's
+    label-smoothed cross-entropy (each target keeps 1 - smoothing of its probability, the rest is spread evenly
+    over the vocabulary): (1 - s) NLL + s x the mean of -log p over the vocabulary. One log-softmax serves both,
+    where two `F.cross_entropy` calls would compute it twice (measured on a (64, 18, 4000) batch: 19 ms instead
+    of 25 for forward + backward, two threads).
+    """
+    if smoothing == 0:
+        loss_sum, count = next_token_nll(logits, labels)
+        return loss_sum, count, loss_sum / count.clamp(min=1)
+    logp = logits.float().log_softmax(-1)
+    real = labels != IGNORE_INDEX
+    nll = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * real
+    loss_sum, count = nll.sum(), real.sum()
+    spread = -(logp.mean(-1) * real).sum()
+    return loss_sum, count, ((1 - smoothing) * loss_sum + smoothing * spread) / count.clamp(min=1)
 
 
 # ------------------------------------------------------------------------------------------- the objectives
@@ -149,14 +161,9 @@ class EncoderDecoderObjective(Objective):
         src_mask = b.get("src_mask")
         logits = model(b["src"], b["tgt_in"], src_mask)  # (B, T, V)
         labels = b["labels"]
-        loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="sum",
-                                   ignore_index=IGNORE_INDEX)
+        loss_sum, count, loss = target_losses(logits, labels, self.label_smoothing if model.training else 0.0)
         real = labels != IGNORE_INDEX
-        count = real.sum()
         src_tokens = src_mask.sum() if src_mask is not None else b["src"].numel()
-        loss = loss_sum / count.clamp(min=1)
-        if model.training and self.label_smoothing > 0:
-            loss = smoothed_loss(logits, labels, self.label_smoothing)
         return Output(loss=loss, sums={
             "loss": loss_sum.detach(), "count": count, "correct": ((logits.argmax(-1) == labels) & real).sum(),
             "tokens": src_tokens + count})
@@ -263,13 +270,11 @@ class Seq2Seq(ExampleBatches, EncoderDecoderObjective):
             b = self.to_device(batch)
             logits = model(b["ids"])  # (B, T, V)
             labels = b["labels"]
-            loss_sum, count = next_token_nll(logits, labels)
+            loss_sum, count, loss = target_losses(logits, labels, self.label_smoothing if model.training else 0.0)
             real = labels != IGNORE_INDEX
-            out = Output(loss=loss_sum / count.clamp(min=1), sums={
+            out = Output(loss=loss, sums={
                 "loss": loss_sum.detach(), "count": count, "correct": ((logits.argmax(-1) == labels) & real).sum(),
                 "tokens": b["ids"].numel()})
-            if model.training and self.label_smoothing > 0:
-                out.loss = smoothed_loss(logits, labels, self.label_smoothing)
         else:
             out = super().forward(model, batch)
         if not model.training and self.opts.generate_eval:
