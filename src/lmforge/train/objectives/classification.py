@@ -44,7 +44,7 @@ from lmforge.errors import UserError
 from lmforge.eval.metrics import class_sums, label_sums, macro_f1
 from lmforge.models.registry import CLASSIFY, families_that, text_frame
 from lmforge.train.objectives import Objective, Output, register
-from lmforge.train.objectives.options import ExamplesFileOptions, require_vocab
+from lmforge.train.objectives.options import ExamplesFileOptions, length_buckets_field, require_vocab
 from lmforge.train.objectives.seq2seq import ExampleBatches
 
 COLUMNS_FIX = "name the columns with --objective-options.text-column / label-column"
@@ -58,10 +58,7 @@ class ClassificationOptions(ExamplesFileOptions):
                                      "empty label field: none); a sigmoid per label, binary cross-entropy, a label "
                                      "predicted when its probability is over 0.5")
     label_separator: str = field(",", "with multi-label: what separates a text's labels")
-    length_buckets: int = field(0, "batch texts of similar length: the epoch's shuffled texts are sorted by length in "
-                                   "pools of this many batches, and the batches shuffled (each batch is padded to its "
-                                   "longest text: random batches of SST-2's phrases are two-thirds padding); 0: "
-                                   "random batches", min=0)
+    length_buckets: int = length_buckets_field("texts", "length")
     class_weights: str | None = field(None, "weigh the loss of each class: 'balanced' (n / (classes x count), "
                                             "scikit-learn's rule; multi-label: negatives / positives per label) or "
                                             "one number per class in the order of the sorted labels, comma-"

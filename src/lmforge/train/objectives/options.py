@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lmforge.config import field
 from lmforge.data.tokenizer import check_vocab_fits
@@ -51,6 +51,15 @@ class TextPairsOptions(ExamplesFileOptions):
     target_column: str = field("target", "column of the target or positive text")
     max_target_len: int | None = field(None, "truncate targets to this many tokens (default: no truncation)",
                                         min=2)
+
+
+def length_buckets_field(examples: str, measured_by: str) -> Any:
+    """The `length_buckets` option, one text for every objective that batches a file's examples by length
+    (`EpochSampler`'s pools of batches)."""
+    return field(0, f"batch {examples} of similar length: the epoch's shuffled {examples} are sorted by "
+                    f"{measured_by} in pools of this many batches, and the batches shuffled (each batch is padded to "
+                    f"its longest: random batches of SST-2's phrases or Multi30k's pairs are more than half "
+                    f"padding); 0: random batches", min=0)
 
 
 def require_special(special_ids: dict[str, int], names: Iterable[str], objective: str,

@@ -32,6 +32,7 @@ from lmforge.models.registry import Kind, kind_of
 from lmforge.train.objectives import Objective, Output, register
 from lmforge.train.objectives.options import (
     TextPairsOptions,
+    length_buckets_field,
     require_pair_lengths,
     require_special,
     require_vocab,
@@ -185,9 +186,7 @@ class Seq2SeqOptions(TextPairsOptions):
     label_smoothing: float = field(0.0, "train on cross-entropy against targets smoothed by this much probability "
                                         "spread over the vocabulary (0.1 in the Transformer paper); evaluation still "
                                         "reports the plain loss", min=0, lt=1)
-    length_buckets: int = field(0, "batch pairs of similar length: the epoch's shuffled pairs are sorted by source + "
-                                   "target length in pools of this many batches, and the batches shuffled (random "
-                                   "batches of Multi30k pairs are more than half padding); 0: random batches", min=0)
+    length_buckets: int = length_buckets_field("pairs", "source + target length")
 
 
 @register("seq2seq", options=Seq2SeqOptions)
