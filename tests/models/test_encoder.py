@@ -69,3 +69,36 @@ def test_decoder_is_causal_in_encoder_decoder():
     changed = tgt.clone()
     changed[:, 4:] = (changed[:, 4:] + 1) % 101
     assert torch.allclose(model(src, tgt)[:, :4], model(src, changed)[:, :4], atol=1e-6)
+
+
+def test_t5_initialisation_draws_each_tensor_as_transformers_t5_does():
+    """init t5 (the t5 presets' default): the standard deviation of every tensor is that of a freshly built
+    `T5ForConditionalGeneration` of the same shape (the weights converted by the one HF mechanism)."""
+    transformers = pytest.importorskip("transformers")
+    from lmforge.interop.families import _t5_to_hf
+    from lmforge.interop.hf import family_for_lmforge, from_hf_state, normalize_hf_state
+
+    cfg = t5(vocab_size=512, d_model=64, d_ff=256, relative_buckets=32)
+    assert cfg.init == "t5"
+    torch.manual_seed(0)
+    ours = EncoderDecoderLM(cfg).state_dict()
+    hf = transformers.T5ForConditionalGeneration(transformers.T5Config(**_t5_to_hf(cfg)))
+    fam = family_for_lmforge(cfg)
+    theirs = from_hf_state(fam, cfg, normalize_hf_state(fam, hf.state_dict()), "hf")
+    q_rows = cfg.n_head * cfg.head_dim
+    for name, t in theirs.items():
+        parts = [(t[:q_rows], ours[name][:q_rows]), (t[q_rows:], ours[name][q_rows:])] if "wqkv" in name else [
+            (t, ours[name])]
+        for a, b in parts:
+            assert b.std().item() == pytest.approx(a.std().item(), rel=0.15), name
+    assert ours["embed.tok.weight"].std().item() == pytest.approx(1.0, rel=0.05)  # not GPT-2's 0.02
+    queries = ours["encoder.blocks.0.attn.wqkv.weight"][:q_rows]
+    assert queries.std().item() == pytest.approx((cfg.d_model * cfg.head_dim) ** -0.5, rel=0.05)
+
+
+def test_t5_initialisation_is_for_encoder_decoders():
+    from lmforge.errors import UserError
+
+    with pytest.raises(UserError, match="init 't5'"):
+        ModelConfig(**(get_preset("tiny").to_dict() | dict(init="t5")))
+    assert EncoderDecoderLM(t5(init="normal")).embed.tok.weight.std().item() < 0.1  # GPT-2's N(0, init_std)

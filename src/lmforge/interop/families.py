@@ -635,7 +635,7 @@ def _t5_from_hf(hf: dict[str, Any]) -> ModelConfig:
         # transformers 5 writes scale_decoder_outputs; before it, a tied head meant a scaled one (T5 v1.0) and an
         # untied head an unscaled one (v1.1).
         tie_embeddings=tie, scale_decoder_output=hf.get("scale_decoder_outputs", tie),
-        dropout=hf.get("dropout_rate", 0.1), init_std=0.05,  # lmforge's T5 initialisation (T5 has no such key)
+        dropout=hf.get("dropout_rate", 0.1), init="t5",  # T5's initialisation, should the model be trained anew
     )
 
 

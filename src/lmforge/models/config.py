@@ -64,7 +64,11 @@ class ModelConfig(Config):
                                               "Llama equivalent", gt=0)
     dropout: float = field(0.0, "dropout on embeddings, attention and residual branches",
                             min=0, lt=1)
-    init_std: float = field(0.02, "standard deviation of the weight initialisation", min=0)
+    init_std: float = field(0.02, "standard deviation of the weight initialisation (init normal)", min=0)
+    init: str = field("normal", "weight initialisation: normal (GPT-2's: N(0, init_std), residual projections by "
+                                "1/sqrt(2 n_layer)) or t5 (T5's, as transformers' T5: each matrix N(0, 1/fan_in), "
+                                "queries another 1/head_dim for the attention scale T5 leaves out, embeddings "
+                                "N(0, 1); encoder-decoders only)", choices=("normal", "t5"))
     head: str = field("lm", "the task head on the backbone: lm (the family's language-model head(s): next-token "
                             "for decoders, MLM + NSP for bert), classify (one logit per label), span (start/end "
                             "logits for extractive QA)", choices=HEADS)
@@ -121,6 +125,9 @@ class ModelConfig(Config):
             problems.append(f"multi_label is for a classify head, not '{self.head}'")
         if self.pooling == "first" and family(self.family).kind in (Kind.DECODER, Kind.RECURRENT):
             problems.append("pooling 'first' reads one token in a causal model: use last or mean")
+        if self.init == "t5" and family(self.family).kind is not Kind.ENCODER_DECODER:
+            problems.append(f"init 't5' is T5's initialisation, for encoder-decoders (a {self.family} model takes "
+                            "init 'normal')")
         if (self.qk_norm or self.logit_softcap is not None) and family(self.family).kind is not Kind.DECODER:
             problems.append(f"qk_norm and logit_softcap are decoder options (a {self.family} model takes neither)")
         if self.labels and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels) or not all(self.labels)):
@@ -237,7 +244,7 @@ def _t5(**kw) -> ModelConfig:
     """T5 v1.1: RMSNorm, no biases, relative positions, unscaled attention, gated-GELU."""
     return ModelConfig(family="t5", norm="rmsnorm", norm_eps=1e-6, mlp="gated", activation="gelu_tanh",
                        pos="relative", attn_scale=1.0, bias=False, tie_embeddings=True, scale_decoder_output=True,
-                       init_std=0.05, **kw)
+                       init="t5", **kw)
 
 
 @preset

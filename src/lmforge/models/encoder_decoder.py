@@ -12,6 +12,30 @@ from lmforge.models.blocks import CrossKVCache, KVCache, Positions, Stack, cache
 from lmforge.models.config import ModelConfig
 
 
+def init_t5_weights(model: nn.Module, cfg: ModelConfig) -> None:
+    """T5's initialisation (Mesh TensorFlow's; transformers' `T5PreTrainedModel._init_weights` draws the same):
+    every matrix N(0, 1/fan_in), the queries another factor 1/head_dim (T5 folds the attention scale it does not
+    apply into them), token embeddings (and an untied output projection) N(0, 1), relative-position biases
+    N(0, 1/d_model), norms 1.
+
+    Measured against GPT-2's N(0, 0.05) on the same Multi30k batches (benchmarks/seq2seq_vs_hf.py): held-out
+    token accuracy after 800 steps 41.5 % against 36.6 % (25 % with the decoder-output scaling T5 keeps).
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=module.in_features**-0.5)
+            if name.endswith(("attn.wqkv", "attn.wq")):  # the query rows come first in the fused projection
+                q_rows = cfg.n_head * cfg.head_dim
+                nn.init.normal_(module.weight[:q_rows], std=(module.in_features * cfg.head_dim) ** -0.5)
+        elif isinstance(module, nn.Embedding):
+            std = cfg.d_model**-0.5 if name.endswith("rel_bias.bias") else 1.0
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.RMSNorm | nn.LayerNorm):
+            nn.init.ones_(module.weight)
+    # The loop drew the output projection as a matrix (tied: the shared embedding itself): N(0, 1) as T5.
+    nn.init.normal_(model.lm_head.weight, std=1.0)
+
+
 class EncoderDecoderLM(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -20,9 +44,12 @@ class EncoderDecoderLM(nn.Module):
         self.encoder = Stack(cfg, cfg.n_layer, causal=False)
         self.decoder = Stack(cfg, cfg.n_decoder_layer, causal=True, cross=True)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        init_weights(self, cfg)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.tok.weight
+        if cfg.init == "t5":
+            init_t5_weights(self, cfg)
+        else:
+            init_weights(self, cfg)
 
     def _positions(self, T: int, device: torch.device) -> Tensor:
         if T > self.cfg.max_seq_len:
