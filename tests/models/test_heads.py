@@ -16,19 +16,24 @@ def config(preset: str, head: str = "lm", **kw) -> ModelConfig:
                                   "labels": labels, **kw})
 
 
-def test_pooling_first_mean_and_last_real_token():
+def test_pooling_first_mean_last_and_max_over_real_tokens():
     h = torch.arange(2 * 3 * 1, dtype=torch.float).view(2, 3, 1)  # rows [0, 1, 2] and [3, 4, 5]
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     assert pool(h, mask, "first").flatten().tolist() == [0, 3]
     assert pool(h, mask, "mean").flatten().tolist() == [0.5, 4]
     assert pool(h, mask, "last").flatten().tolist() == [1, 5]
     assert pool(h, None, "last").flatten().tolist() == [2, 5]
+    neg = -h  # the padding's value would win a max over the whole row: it must not be read
+    assert pool(neg, mask, "max").flatten().tolist() == [0, -3]
+    assert pool(neg, None, "max").flatten().tolist() == [0, -3]
+    assert pool(h, mask, "max").flatten().tolist() == [1, 5]
     with pytest.raises(ValueError):
-        pool(h, mask, "max")
+        pool(h, mask, "min")
 
 
 @pytest.mark.parametrize(("preset", "pooling"), [("tiny", "auto"), ("llama-tiny", "auto"), ("tiny", "mean"),
-                                                 ("bert-tiny", "auto"), ("bert-tiny", "mean"), ("lstm-tiny", "last")])
+                                                 ("bert-tiny", "auto"), ("bert-tiny", "mean"), ("lstm-tiny", "last"),
+                                                 ("bert-tiny", "max"), ("lstm-tiny", "max")])
 def test_a_classifier_gives_one_row_of_class_logits_per_text_whatever_the_padding(preset, pooling):
     torch.manual_seed(0)
     model = build_model(config(preset, "classify", pooling=pooling)).eval()

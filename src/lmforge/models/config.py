@@ -73,9 +73,10 @@ class ModelConfig(Config):
                             "for decoders, MLM + NSP for bert), classify (one logit per label), span (start/end "
                             "logits for extractive QA)", choices=HEADS)
     pooling: str = field("auto", "classify head: how a text's states become one vector: first ([CLS]), mean (of "
-                                 "the real tokens) or last (real token); auto: last for decoders, first for "
+                                 "the real tokens), last (real token) or max (of each channel over the real "
+                                 "tokens); auto: last for decoders, first for "
                                  "encoders (through BERT's pooler, as BertForSequenceClassification), mean for lstm",
-                         choices=("auto", "first", "mean", "last"))
+                         choices=("auto", "first", "mean", "last", "max"))
     trained_seq_len: int | None = field(None, "sequence length the model was trained at (set by `lmforge train`): "
                                               "`eval` scores windows of it by default and `generate` warns past "
                                               "it; None: not recorded (the model is taken at max_seq_len)")

@@ -23,7 +23,7 @@ from torch import Tensor
 from lmforge.models.blocks import ACTIVATIONS, make_norm
 from lmforge.models.config import ModelConfig
 
-POOLINGS = ("first", "mean", "last")
+POOLINGS = ("first", "mean", "last", "max")
 # Top-level modules that are heads (everything else is backbone), as the table above names them.
 HEAD_MODULES = frozenset({"lm_head", "mlm_head", "pooler", "nsp_head", "score", "classifier", "qa_outputs", "head"})
 
@@ -32,7 +32,8 @@ def pool(hidden: Tensor, attention_mask: Tensor | None, how: str) -> Tensor:
     """One vector per sequence (B, C) from hidden states (B, T, C); `attention_mask` (B, T) is 1 on real tokens.
 
     first: the first position ([CLS]); mean: the mean over real tokens; last: the last real token (with right
-    padding, the state a causal model has after reading the whole text).
+    padding, the state a causal model has after reading the whole text); max: the largest value of each channel over
+    the real tokens (as a CNN text classifier's max-over-time pooling).
     """
     if how == "first":
         return hidden[:, 0]
@@ -46,6 +47,10 @@ def pool(hidden: Tensor, attention_mask: Tensor | None, how: str) -> Tensor:
             return hidden[:, -1]
         last = (mask.sum(1).long() - 1).clamp(min=0)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    if how == "max":
+        if mask is None:
+            return hidden.amax(1)
+        return hidden.masked_fill(mask[..., None] == 0, torch.finfo(hidden.dtype).min).amax(1)
     raise ValueError(f"pooling must be one of {POOLINGS}, got {how!r}")
 
 

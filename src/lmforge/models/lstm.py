@@ -9,7 +9,7 @@ The attention fields (n_head, pos, norm, ...) are ignored.
 
 `LSTMClassifier` is the same embedding + LSTM read by a pooled linear head (n_classes logits per sequence). A
 config with `labels` (the class names) describes one: `build_model` builds it with one logit per label, and that is
-how a checkpoint of it reloads (mean pooling unless `pooling` says last).
+how a checkpoint of it reloads (mean pooling unless `pooling` says last or max).
 """
 
 from __future__ import annotations
@@ -59,11 +59,11 @@ class LSTMClassifier(nn.Module):
 
     def __init__(self, cfg: ModelConfig, n_classes: int | None = None, pool: str | None = None) -> None:
         """`n_classes` defaults to the number of `cfg.labels` (and, with labels, must equal it); `pool` to
-        `cfg.pooling` (auto: mean)."""
+        `cfg.pooling` (auto: mean; or last, max)."""
         super().__init__()
         pool = pool or pooling(cfg)
-        if pool not in ("mean", "last"):
-            raise ValueError(f"pool must be 'mean' or 'last', got {pool!r}")
+        if pool not in ("mean", "last", "max"):
+            raise ValueError(f"pool must be 'mean', 'last' or 'max', got {pool!r}")
         if n_classes is None:
             n_classes = len(cfg.labels)
         if n_classes < 1 or (cfg.labels and n_classes != len(cfg.labels)):
