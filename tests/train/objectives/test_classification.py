@@ -145,6 +145,25 @@ def test_given_labels_fix_the_classes_and_their_order(tmp_path, tiny_data):
     assert {int(y) for y in obj.targets} == {0, 2}
 
 
+def test_val_pairs_are_the_held_out_examples_and_every_pairs_example_trains(tmp_path, tiny_data, capsys):
+    train = toy_examples(40)
+    held = toy_examples(10, seed=1)
+    pairs = labelled(tmp_path, train)
+    val = str(write_tsv(tmp_path / "val.tsv", held, header=("text", "label")))
+    obj = make_objective(tiny_data, "classification", "lstm-tiny", eval_batches=0, objective_options__pairs=pairs,
+                         objective_options__val_pairs=val, objective_options__pairs_val_fraction=0.5)
+    assert obj.train_idx.tolist() == list(range(40)) and obj.val_idx.tolist() == list(range(40, 50))
+    assert [obj.targets[i] for i in obj.val_idx] == [obj.labels.index(label) for _, label in held]
+    assert sum(len(b["labels"]) for b in obj.eval_batches()) == 10
+    # A held-out label the training file lacks is one line.
+    bad = str(write_tsv(tmp_path / "bad.tsv", [("a cat", "maybe"), *held], header=("text", "label")))
+    rc, _ = run_train(tiny_data, tmp_path / "run", *LSTM, "--objective-options.pairs", pairs,
+                      "--objective-options.val-pairs", bad)
+    err = capsys.readouterr().err
+    assert rc == 2 and "the val_pairs file has labels the training file lacks: 'maybe'" in err, err
+    assert err.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
 def test_text_longer_than_max_seq_len_is_one_line_and_truncation_fixes_it(tmp_path, tiny_data, capsys):
     pairs = labelled(tmp_path, [*toy_examples(20), (" ".join(["word"] * 100), "no")])
     flags = [*LSTM, "--objective-options.pairs", pairs, "--model.max-seq-len", "64", "--steps", "2"]

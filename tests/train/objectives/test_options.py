@@ -50,7 +50,7 @@ def test_the_objective_chooses_its_options_dataclass(tiny_data):
     (["--preset", "lstm-tiny", "--objective", "classification", "--objective-options.source-column", "en"], None,
      "option 'objective_options.source_column' is an option of objective contrastive, seq2seq, not of "
      "'classification' (fix: options of objective 'classification': pairs, pairs_val_fraction, max_source_len, "
-     "text_column, label_column, multi_label, label_separator, length_buckets, class_weights)"),
+     "text_column, label_column, multi_label, label_separator, length_buckets, class_weights, val_pairs)"),
     ([], {"sentinels": 50},
      "option 'objective_options.sentinels' is an option of objective span_corruption, not of 'causal_lm' (fix: "
      "objective 'causal_lm' takes none)"),

@@ -14,7 +14,9 @@ config.json describe the classifier and `load_model` rebuilds it. `--model.label
 their order instead (the file's labels must be among them), e.g. when the file lacks a rare class.
 
 A fixed fraction of the examples (`pairs_val_fraction`, chosen by a hash of the example's index, so always the same
-ones) is held out. Evaluation reports the loss, the accuracy and the macro-F1 (`f1`: the unweighted mean of the
+ones) is held out; or, with `--objective-options.val-pairs FILE`, that file's labelled texts (same columns) are the
+held-out ones and every example of `pairs` trains (e.g. whole sentences none of whose phrases is in `pairs`, so the
+checkpoint is chosen on texts like the test set's rather than on neighbours of trained ones). Evaluation reports the loss, the accuracy and the macro-F1 (`f1`: the unweighted mean of the
 per-class F1 over the classes present among the held-out labels or predictions, as scikit-learn's default).
 
 Length: a text longer than `model.max_seq_len` tokens (with its framing tokens) is an error unless
@@ -63,6 +65,8 @@ class ClassificationOptions(ExamplesFileOptions):
                                             "scikit-learn's rule; multi-label: negatives / positives per label) or "
                                             "one number per class in the order of the sorted labels, comma-"
                                             "separated (default: all 1)")
+    val_pairs: str | None = field(None, "a second labelled file (same columns) whose texts are the held-out ones, "
+                                        "instead of a fraction of pairs; every example of pairs then trains")
 
     def problems(self) -> list[str]:
         out = super().problems()
@@ -105,6 +109,10 @@ class Classification(ExampleBatches, Objective):
 
         examples = read_pairs(o.pairs, o.text_column, o.label_column, options="text-column / label-column",
                               label_separator=o.label_separator if o.multi_label else None)
+        n_train = len(examples)  # with val_pairs, the held-out examples follow the training ones
+        if o.val_pairs:
+            examples += read_pairs(o.val_pairs, o.text_column, o.label_column, options="text-column / label-column",
+                                   label_separator=o.label_separator if o.multi_label else None)
         self.multi_label = o.multi_label
         if cfg.model.multi_label and not o.multi_label:  # e.g. --init-from a multi-label checkpoint
             raise UserError("the model is a multi-label classifier (model.multi_label) but the objective reads one "
@@ -112,7 +120,8 @@ class Classification(ExampleBatches, Objective):
                                                   "for a single-label head")
         if o.multi_label:
             sets = [split_labels(label, o.label_separator) for _, label in examples]
-            self.labels = self._classes(sorted({name for names in sets for name in names}))
+            self.labels = self._classes(sorted({name for names in sets[:n_train] for name in names}))
+            self._check_val_labels({name for names in sets[n_train:] for name in names})
             cfg.model.multi_label = True
             index = {name: i for i, name in enumerate(self.labels)}
             self.targets = np.zeros((len(sets), len(self.labels)), dtype=np.float32)  # multi-hot
@@ -120,10 +129,11 @@ class Classification(ExampleBatches, Objective):
                 self.targets[row, [index[name] for name in names]] = 1.0
         else:
             names = [label.strip() for _, label in examples]
-            self.labels = self._classes(sorted(set(names)))
+            self.labels = self._classes(sorted(set(names[:n_train])))
+            self._check_val_labels(set(names[n_train:]))
             index = {name: i for i, name in enumerate(self.labels)}
             self.targets = np.array([index[name] for name in names], dtype=np.int64)
-        self.weights = self._class_weights()
+        self.weights = self._class_weights(self.targets[:n_train])
 
         tok = load_tokenizer(train_ds.tokenizer_path)
         self.texts = encode_texts(tok, [text for text, _ in examples], text_frame(cfg.model, special), special,
@@ -133,7 +143,17 @@ class Classification(ExampleBatches, Objective):
                                       "length), or raise --model.max-seq-len, or shorten the text")
 
         self.split_examples(len(examples), o.pairs_val_fraction, "examples", o.pairs,
-                            lengths=[len(t) for t in self.texts], bucket_batches=o.length_buckets)
+                            lengths=[len(t) for t in self.texts], bucket_batches=o.length_buckets,
+                            val_from=n_train if o.val_pairs else None)
+
+    def _check_val_labels(self, found: set[str]) -> None:
+        """The val_pairs file's labels are among the classes (those of the training file)."""
+        unknown = sorted(found - set(self.labels))
+        if unknown:
+            raise UserError(f"the val_pairs file has labels the training file lacks: "
+                            f"{', '.join(map(repr, unknown[:5]))}{' ...' if len(unknown) > 5 else ''}",
+                            where=self.opts.val_pairs, fix="give held-out texts of the trained classes only, or "
+                                                           "name the classes with --model.labels")
 
     def _classes(self, found: list[str]) -> list[str]:
         """The classes, set in the model config: the file's sorted labels, or those the config already names."""
@@ -154,18 +174,19 @@ class Classification(ExampleBatches, Objective):
         model.validate()
         return found
 
-    def _class_weights(self) -> Tensor | None:
-        """The loss weight of each class (single-label) or each label's positives (multi-label), or None."""
+    def _class_weights(self, targets: np.ndarray) -> Tensor | None:
+        """The loss weight of each class (single-label) or each label's positives (multi-label), or None, from the
+        training examples' `targets`."""
         o, k = self.opts, len(self.labels)
         if o.class_weights is None:
             return None
         if o.class_weights == "balanced":
             if self.multi_label:
-                positives = self.targets.sum(0)
-                weights = (len(self.targets) - positives) / np.maximum(positives, 1)
+                positives = targets.sum(0)
+                weights = (len(targets) - positives) / np.maximum(positives, 1)
             else:
-                counts = np.bincount(self.targets, minlength=k)
-                weights = len(self.targets) / (k * np.maximum(counts, 1))
+                counts = np.bincount(targets, minlength=k)
+                weights = len(targets) / (k * np.maximum(counts, 1))
         else:
             weights = np.array([float(w) for w in o.class_weights.split(",")])
             if len(weights) != k:

@@ -65,10 +65,12 @@ class ExampleBatches:
     sampler: EpochSampler
 
     def split_examples(self, n: int, fraction: float, what: str, where: str | Path,
-                       lengths: Sequence[int] | None = None, bucket_batches: int = 0) -> None:
+                       lengths: Sequence[int] | None = None, bucket_batches: int = 0,
+                       val_from: int | None = None) -> None:
         """`lengths` (one per example) with `bucket_batches` > 0: training batches of similar lengths
-        (`EpochSampler`)."""
-        val = held_out(n, fraction)
+        (`EpochSampler`). `val_from`: the examples from this index on are the held-out ones (another file's),
+        every one before it trains, and `fraction` is ignored."""
+        val = held_out(n, fraction) if val_from is None else np.arange(n) >= val_from
         self.train_idx, self.val_idx = np.flatnonzero(~val), np.flatnonzero(val)
         if len(self.train_idx) < self.rt.world_size:
             raise UserError(f"only {len(self.train_idx)} training {what}", where=where, fix=f"give more {what}")
