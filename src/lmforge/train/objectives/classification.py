@@ -16,8 +16,9 @@ their order instead (the file's labels must be among them), e.g. when the file l
 A fixed fraction of the examples (`pairs_val_fraction`, chosen by a hash of the example's index, so always the same
 ones) is held out; or, with `--objective-options.val-pairs FILE`, that file's labelled texts (same columns) are the
 held-out ones and every example of `pairs` trains (e.g. whole sentences none of whose phrases is in `pairs`, so the
-checkpoint is chosen on texts like the test set's rather than on neighbours of trained ones). Evaluation reports the loss, the accuracy and the macro-F1 (`f1`: the unweighted mean of the
-per-class F1 over the classes present among the held-out labels or predictions, as scikit-learn's default).
+checkpoint is chosen on texts like the test set's rather than on neighbours of trained ones). Evaluation reports the
+loss, the accuracy and the macro-F1 (`f1`: the unweighted mean of the per-class F1 over the classes present among the
+held-out labels or predictions, as scikit-learn's default).
 
 Length: a text longer than `model.max_seq_len` tokens (with its framing tokens) is an error unless
 `--objective-options.max-source-len N` truncates texts to N tokens. An LSTM has no position limit, so N may exceed
