@@ -23,14 +23,10 @@ LMFORGE=${LMFORGE:-lmforge}
 start=$(date +%s)
 python examples/cnn_dailymail/lead3.py "$CSV" --out "$OUT"
 $LMFORGE prepare builtin:python-docs "$OUT/train_text.txt" --tokenizer.vocab-size 4096 --out "$OUT/data" --overwrite
-$LMFORGE train --data "$OUT/data" --recipe fast --model.max-seq-len 512 --seq-len 512 --batch-size 8 \
-    --steps "$PRETRAIN_STEPS" --out "$OUT/lm" --eval-every 200 --eval-batches 10 --log-every 50 --no-tensorboard
-$LMFORGE train --data "$OUT/data" --init-from "$OUT/lm" --objective seq2seq \
-    --objective-options.pairs "$OUT/train.jsonl" --objective-options.source-column article \
-    --objective-options.target-column highlights --objective-options.max-source-len 384 \
-    --objective-options.max-target-len 96 --objective-options.pairs-val-fraction 0.1 \
-    --objective-options.generate-eval --select-by rouge_l --steps "$FINETUNE_STEPS" --batch-size 8 \
-    --optim.lr 1e-3 --optim.muon-lr 0.005 --eval-every 50 --log-every 10 --out "$OUT/summariser" --no-tensorboard
+$LMFORGE train --config examples/cnn_dailymail/pretrain.yaml --data "$OUT/data" --out "$OUT/lm" \
+    --steps "$PRETRAIN_STEPS"
+$LMFORGE train --config examples/cnn_dailymail/summariser.yaml --data "$OUT/data" --init-from "$OUT/lm" \
+    --objective-options.pairs "$OUT/train.jsonl" --steps "$FINETUNE_STEPS" --out "$OUT/summariser"
 $LMFORGE eval --task summarisation --checkpoint "$OUT/summariser" --file "$OUT/test.jsonl" --source-column article \
     --target-column highlights --max-source-len 384 --max-new-tokens 80 --num-beams 4 --no-repeat-ngram-size 3 \
     --out "$OUT/test"

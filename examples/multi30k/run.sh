@@ -20,15 +20,17 @@
 # - lr 3e-3 (a model this small learns slowly at 1e-3), 100 warmup steps, cosine to a tenth;
 # - 64 pairs a step (~1,900 tokens): more updates of the few the budget allows; dropout 0 (under 4 epochs there is
 #   nothing to overfit yet), label smoothing 0.1;
-# - STEPS=2400 (~5.3 passes over the pairs), measured end to end on the quiet 2-core machine, 2026-12-02, with
-#   torch's default two threads (1.53x one thread on this model): 10.0 min wall for the whole script (the 4-beam
-#   test evaluation ~1 min of it), test_2016 BLEU 10.84, chrF 30.6 (copy-source 0.48 / 16.3). With one thread
-#   (OMP_NUM_THREADS=1) take STEPS=1700: 12.2 min of CPU, BLEU 10.12; STEPS=3400 with two threads gave BLEU 11.73
-#   in 16.0 min, a minute over the budget. The 20 is not reached.
+# - STEPS=3000 (~6.6 passes over the pairs), measured end to end on the quiet 2-core machine, 2026-12-03, with
+#   torch's default two threads: 8.7 min wall for the whole script (523 s; 1,025 s of CPU), test_2016 BLEU 21.17,
+#   chrF 44.25 (copy-source 0.48 / 16.3); SEED=1 on one thread: BLEU 20.65 in 16.0 min of CPU. That machine ran
+#   13,000 tokens/s on two threads; the one of 2026-12-02 ran 7,768, at which these steps would take an estimated
+#   14-15 minutes (not measured). With one thread only, take STEPS=2100: 14.6 min of CPU, BLEU 19.17 (2026-12-02).
+# The options themselves are in examples/multi30k/t5.yaml.
 set -euo pipefail
 DATA=${SHARED_DATA:-../shared/data}/multi30k
 OUT=${1:-runs/multi30k}
-STEPS=${STEPS:-2400}
+STEPS=${STEPS:-3000}
+SEED=${SEED:-0}  # initialisation and data order
 WARMUP=${WARMUP:-100}
 LOG_EVERY=${LOG_EVERY:-50}
 LMFORGE=${LMFORGE:-lmforge}
@@ -36,14 +38,8 @@ start=$(date +%s)
 python examples/multi30k/make_pairs.py "$DATA" --out "$OUT"
 $LMFORGE prepare "$OUT/train_text.txt" --tokenizer.kind bpe --tokenizer.vocab-size 4000 --out "$OUT/data" \
     --overwrite
-$LMFORGE train --data "$OUT/data" --preset t5-tiny --model.d-model 128 --model.n-head 4 --model.n-layer 3 \
-    --model.n-decoder-layer 3 --model.d-ff 512 --model.max-seq-len 64 --model.dropout 0 --objective seq2seq \
-    --objective-options.pairs "$OUT/train.tsv" --objective-options.pairs-val-fraction 0.01 \
-    --objective-options.max-source-len 48 --objective-options.max-target-len 48 \
-    --objective-options.label-smoothing 0.1 --objective-options.length-buckets 100 --out "$OUT/t5" \
-    --steps "$STEPS" --batch-size 64 --optim.lr 3e-3 --optim.warmup-steps "$WARMUP" --optim.schedule cosine \
-    --optim.min-lr-ratio 0.1 --eval-every 0 --eval-batches 0 --log-every "$LOG_EVERY" --checkpoint-every 100000 \
-    --no-tensorboard
+$LMFORGE train --config examples/multi30k/t5.yaml --data "$OUT/data" --objective-options.pairs "$OUT/train.tsv" \
+    --out "$OUT/t5" --steps "$STEPS" --seed "$SEED" --optim.warmup-steps "$WARMUP" --log-every "$LOG_EVERY"
 $LMFORGE eval --task translation --checkpoint "$OUT/t5" --file "$OUT/test_2016.tsv" --max-new-tokens 64 \
     --max-source-len 48 --batch-size 64 --num-beams 4 --out "$OUT/test"
 echo "lmforge pipeline wall time: $(( $(date +%s) - start )) s"

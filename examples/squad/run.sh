@@ -44,13 +44,10 @@ fi
 $LMFORGE prepare builtin:python-docs "$OUT/pretrain.txt" --tokenizer.kind wordpiece --tokenizer.vocab-size 8000 \
     --val-fraction 0.02 --out "$OUT/data" --overwrite
 # MLM on 128-token sequences (the cheap part of BERT's own two-phase recipe), then QA on 256-token windows.
-$LMFORGE train --data "$OUT/data" --preset bert-tiny --objective mlm --out "$OUT/bert" --steps "$MLM_STEPS" \
-    --batch-size 32 --seq-len 128 --optim.lr 2e-3 --optim.warmup-steps 100 --eval-every 500 --eval-batches 20 \
-    --log-every 100 --no-tensorboard
-$LMFORGE train --data "$OUT/data" --init-from "$OUT/bert" --objective extractive_qa --out "$OUT/qa" \
+$LMFORGE train --config examples/squad/mlm.yaml --data "$OUT/data" --out "$OUT/bert" --steps "$MLM_STEPS"
+$LMFORGE train --config examples/squad/qa.yaml --data "$OUT/data" --init-from "$OUT/bert" --out "$OUT/qa" \
     --objective-options.squad "$QUESTIONS" --objective-options.val-squad "$OUT/squad-val.json" \
-    --objective-options.doc-stride 128 --steps "$QA_STEPS" --batch-size 16 --optim.lr "$QA_LR" \
-    --optim.warmup-steps 100 --eval-every 100 --eval-batches 0 --log-every 100 --select-by best_f1 --no-tensorboard
+    --steps "$QA_STEPS" --optim.lr "$QA_LR"
 # The no-answer threshold of the best F1 on the validation article, then the scored article at that threshold.
 $LMFORGE eval --task qa --checkpoint "$OUT/qa" --file "$OUT/squad-val.json" --out "$OUT/val"
 THRESHOLD=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['best_f1_threshold'])" \

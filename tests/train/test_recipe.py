@@ -93,3 +93,21 @@ def test_fast_recipe_run_resumes_exactly_and_refuses_hf_export_naming_the_option
 def test_muon_under_fsdp_is_refused_in_one_line(tiny_data):
     with pytest.raises(UserError, match="muon orthogonalises whole matrices"):
         resolve(TrainConfig, data=str(tiny_data), recipe="fast", parallel__strategy="fsdp")
+
+
+EXAMPLE_CONFIGS = sorted((Path(__file__).parents[2] / "examples").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLE_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_example_config_resolves_with_its_objectives_options(tiny_data, path):
+    """The task recipes' YAML files (examples/*/*.yaml) hold only options `lmforge train` knows, with valid values."""
+    from lmforge.train.objectives import options_classes
+
+    cfg = resolve(TrainConfig, config=path, data=str(tiny_data))  # an unknown key or a bad value is a UserError
+    assert type(cfg.objective_options) is options_classes()[cfg.objective]
+
+
+def test_the_examples_ship_one_config_per_training_stage():
+    assert {f"{p.parent.name}/{p.name}" for p in EXAMPLE_CONFIGS} >= {
+        "sst2/classifier.yaml", "multi30k/t5.yaml", "squad/mlm.yaml", "squad/qa.yaml",
+        "cnn_dailymail/pretrain.yaml", "cnn_dailymail/summariser.yaml"}
