@@ -13,10 +13,6 @@ falls clearly slower than HF's, the fault is in lmforge; if they match, the plat
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +22,8 @@ from lmforge.config import resolve
 from lmforge.eval.metrics import IGNORE_INDEX
 from lmforge.train.config import TrainConfig
 from lmforge.train.objectives import get_objective
-from lmforge.train.optim import lr_factor, param_groups
 from lmforge.train.runtime import setup_runtime
-
-Loss = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+from same_batches import BatchLoss, train_on_batches
 
 
 def hf_bert(cfg, pad_id: int) -> nn.Module:
@@ -53,61 +47,24 @@ def full_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return labels
 
 
-def hf_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean loss, summed loss, correct predictions) over the selected tokens."""
+def hf_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """(mean loss, summed loss, selected tokens, correct predictions) over the selected tokens."""
     labels = full_labels(batch)
     logits = model(input_ids=batch["input_ids"]).logits
     flat = logits.flatten(0, 1).float()
     loss_sum = F.cross_entropy(flat, labels.flatten(), reduction="sum", ignore_index=IGNORE_INDEX)
     real = labels != IGNORE_INDEX
     correct = ((logits.argmax(-1) == labels) & real).sum()
-    return loss_sum / real.sum(), loss_sum, correct
+    return loss_sum / real.sum(), loss_sum, real.sum(), correct
 
 
-def lmforge_loss(objective) -> Loss:
-    def loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def lmforge_loss(objective) -> BatchLoss:
+    def loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         out = objective.forward(model, batch)
-        return out.loss, out.sums["mlm_loss"], out.sums["mlm_correct"]
+        count = (batch["mlm_labels"] != IGNORE_INDEX).sum()
+        return out.loss, out.sums["mlm_loss"], count, out.sums["mlm_correct"]
 
     return loss
-
-
-def evaluate(model: nn.Module, loss: Loss, batches: list[dict[str, torch.Tensor]]) -> tuple[float, float]:
-    """(mean loss, accuracy) over the selected tokens of every val batch."""
-    model.eval()
-    total = correct = count = 0.0
-    with torch.no_grad():
-        for b in batches:
-            _, s, c = loss(model, b)
-            total += float(s)
-            correct += float(c)
-            count += float((b["mlm_labels"] != IGNORE_INDEX).sum())
-    model.train()
-    return total / count, correct / count
-
-
-def train(name: str, model: nn.Module, loss: Loss, batches: list, val: list, cfg: TrainConfig,
-          eval_every: int) -> list[dict]:
-    opt = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                            betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.steps, cfg.optim))
-    rows, window, cpu0 = [], [], time.process_time()
-    for step, batch in enumerate(batches, 1):
-        mean, _, _ = loss(model, batch)
-        mean.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        window.append(float(mean.detach()))
-        if step % eval_every == 0 or step == len(batches):
-            val_loss, val_acc = evaluate(model, loss, val)
-            row = {"side": name, "step": step, "train_loss": sum(window) / len(window), "val_loss": val_loss,
-                   "val_ppl": math.exp(val_loss), "val_acc": val_acc, "cpu_s": time.process_time() - cpu0}
-            rows.append(row)
-            window = []
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    return rows
 
 
 def main() -> None:
@@ -139,7 +96,7 @@ def main() -> None:
             model, loss = hf_bert(cfg.model, objective.pad_id).train(), hf_loss
         n = sum(p.numel() for p in model.parameters())
         print(f"{side}: {n:,} parameters", flush=True)
-        train(side, model, loss, batches, val, cfg, args.eval_every)
+        train_on_batches(side, model, loss, batches, val, cfg, args.eval_every)
 
 
 if __name__ == "__main__":

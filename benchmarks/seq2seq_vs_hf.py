@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
-import time
+from functools import partial
 
 import torch
 from torch import nn
@@ -38,8 +36,8 @@ from lmforge.models.io import tied_names
 from lmforge.train.config import TrainConfig
 from lmforge.train.objectives import get_objective
 from lmforge.train.objectives.seq2seq import target_losses
-from lmforge.train.optim import lr_factor, param_groups
 from lmforge.train.runtime import setup_runtime
+from same_batches import train_on_batches
 
 
 def hf_t5(cfg) -> nn.Module:
@@ -61,40 +59,6 @@ def step_loss(side: str, model: nn.Module, batch: dict, smoothing: float):
     loss_sum, count, loss = target_losses(logits, labels, smoothing)
     correct = ((logits.argmax(-1) == labels) & (labels != IGNORE_INDEX)).sum()
     return loss, loss_sum, count, correct
-
-
-def evaluate(side: str, model: nn.Module, batches: list) -> tuple[float, float]:
-    model.eval()
-    total = count = correct = 0.0
-    with torch.no_grad():
-        for b in batches:
-            _, s, n, c = step_loss(side, model, b, 0.0)
-            total, count, correct = total + float(s), count + float(n), correct + float(c)
-    model.train()
-    return total / count, correct / count
-
-
-def train(side: str, model: nn.Module, batches: list, val: list, cfg: TrainConfig, smoothing: float,
-          eval_every: int) -> None:
-    opt = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                            betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.steps, cfg.optim))
-    window, cpu0 = [], time.process_time()
-    for step, batch in enumerate(batches, 1):
-        loss, _, _, _ = step_loss(side, model, batch, smoothing)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        window.append(float(loss.detach()))
-        if step % eval_every == 0 or step == len(batches):
-            val_loss, val_acc = evaluate(side, model, val)
-            print(json.dumps({"side": side, "step": step, "train_loss": round(sum(window) / len(window), 4),
-                              "val_loss": round(val_loss, 4), "val_ppl": round(math.exp(val_loss), 2),
-                              "val_acc": round(val_acc, 4), "cpu_s": round(time.process_time() - cpu0, 1)}),
-                  flush=True)
-            window = []
 
 
 def main() -> None:
@@ -143,7 +107,8 @@ def main() -> None:
                 assert set(missing) <= set(tied_names(model)) and not unexpected, (missing, unexpected)
         model.train()
         print(f"{side}: {sum(q.numel() for q in model.parameters()):,} parameters", flush=True)
-        train(side, model, batches, val, cfg, args.label_smoothing, args.eval_every)
+        train_on_batches(side, model, partial(step_loss, side, smoothing=args.label_smoothing), batches, val, cfg,
+                         args.eval_every, eval_loss=partial(step_loss, side, smoothing=0.0))
 
 
 if __name__ == "__main__":
