@@ -21,9 +21,7 @@ from torch import nn
 from lmforge.config import resolve
 from lmforge.eval.metrics import IGNORE_INDEX
 from lmforge.train.config import TrainConfig
-from lmforge.train.objectives import get_objective
-from lmforge.train.runtime import setup_runtime
-from same_batches import BatchLoss, train_on_batches
+from same_batches import BatchLoss, draw_batches, train_on_batches
 
 
 def hf_bert(cfg, pad_id: int) -> nn.Module:
@@ -84,10 +82,7 @@ def main() -> None:
                   batch_size=args.batch_size, steps=args.steps, eval_batches=args.eval_batches,
                   tensorboard=False, seed=args.seed, **{"optim.lr": args.lr, "optim.warmup_steps": args.warmup,
                                                          "model.max_seq_len": 128})
-    objective = get_objective("mlm")(cfg, setup_runtime("cpu"))
-    stream = objective.train_batches()
-    batches = [next(stream) for _ in range(args.steps)]
-    val = list(objective.eval_batches())
+    objective, batches, val = draw_batches(cfg)
     for side in args.sides:
         torch.manual_seed(args.seed)
         if side == "lmforge":

@@ -14,9 +14,18 @@ import torch
 from torch import nn
 
 from lmforge.train.config import TrainConfig
+from lmforge.train.objectives import Objective, get_objective
 from lmforge.train.optim import lr_factor, param_groups
+from lmforge.train.runtime import setup_runtime
 
 BatchLoss = Callable[[nn.Module, dict], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def draw_batches(cfg: TrainConfig) -> tuple[Objective, list[dict], list[dict]]:
+    """The run's objective on the CPU, `cfg.steps` training batches drawn from it once, and its held-out batches."""
+    objective = get_objective(cfg.objective)(cfg, setup_runtime("cpu"))
+    stream = objective.train_batches()
+    return objective, [next(stream) for _ in range(cfg.steps)], list(objective.eval_batches())
 
 
 def evaluate(model: nn.Module, loss: BatchLoss, batches: list[dict]) -> tuple[float, float]:

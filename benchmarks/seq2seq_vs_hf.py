@@ -34,10 +34,8 @@ from lmforge.interop.hf import family_for_lmforge, from_hf_state, normalize_hf_s
 from lmforge.models import build_model
 from lmforge.models.io import tied_names
 from lmforge.train.config import TrainConfig
-from lmforge.train.objectives import get_objective
 from lmforge.train.objectives.seq2seq import target_losses
-from lmforge.train.runtime import setup_runtime
-from same_batches import train_on_batches
+from same_batches import draw_batches, train_on_batches
 
 
 def hf_t5(cfg) -> nn.Module:
@@ -87,10 +85,7 @@ def main() -> None:
                  "objective_options.length_buckets": 100}
     cfg = resolve(TrainConfig, data=args.data, preset="t5-tiny", objective="seq2seq", batch_size=args.batch_size,
                   steps=args.steps, eval_batches=args.eval_batches, tensorboard=False, seed=args.seed, **overrides)
-    objective = get_objective("seq2seq")(cfg, setup_runtime("cpu"))
-    stream = objective.train_batches()
-    batches = [next(stream) for _ in range(args.steps)]
-    val = list(objective.eval_batches())
+    _, batches, val = draw_batches(cfg)
     for side in args.sides:
         torch.manual_seed(args.seed)
         if side == "hf":
