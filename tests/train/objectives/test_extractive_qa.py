@@ -221,3 +221,18 @@ def test_val_squad_holds_out_another_file_and_trains_on_every_question_of_squad(
     assert obj.v2  # the validation file's unanswerable questions make it a v2.0 evaluation
     m = obj.summarize(total(obj.forward(Oracle(b).eval(), b).sums for b in obj.eval_batches()))
     assert m["questions"] == 12 and m["f1"] == 1.0
+
+
+def test_val_fraction_holds_out_whole_paragraphs(tmp_path, tiny_data):
+    """Every question of a held-out paragraph is held out, so no scored context was trained on."""
+    path = toy_squad(tmp_path / "one.json", n=40, seed=3)
+    data = json.loads((tmp_path / "one.json").read_text())
+    for p in data["data"][0]["paragraphs"]:  # three questions on each paragraph
+        p["qas"] = [{**p["qas"][0], "id": f"{p['qas'][0]['id']}-{k}"} for k in range(3)]
+    (tmp_path / "one.json").write_text(json.dumps(data))
+    obj = make_objective(tiny_data, "extractive_qa", "bert-tiny", objective_options__squad=path,
+                         objective_options__val_fraction=0.3)
+    trained = {obj.questions[q].context for q in range(len(obj.questions)) if q not in set(obj.val_questions)}
+    held = [obj.questions[q].context for q in obj.val_questions]
+    assert held and trained and not trained & set(held)
+    assert len(held) == 3 * len(set(held))

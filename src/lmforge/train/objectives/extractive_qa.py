@@ -15,7 +15,8 @@ not hold the whole answer, and every window of an unanswerable question, targets
 start and end. Training takes the first gold answer; the unit of training is a window. The loss is the mean of the
 start and the end cross-entropy (over the window's real tokens).
 
-Held-out questions (`val_fraction`, chosen by a hash of the question's index; or, with `val_squad`, every question
+Held-out questions (`val_fraction` of the paragraphs, chosen by a hash of the paragraph's index, every question of
+a held-out paragraph held out, so no scored context was trained on; or, with `val_squad`, every question
 of that second file, and then every question of `squad` trains) are evaluated question by question,
 all windows of a question in one batch: the answer is the best-scoring span (start logit + end logit) with
 end >= start, at most `max_answer_len` tokens, inside the context, over its windows, mapped back to the
@@ -54,8 +55,9 @@ from lmforge.train.objectives.seq2seq import ExampleBatches
 @dataclass
 class ExtractiveQAOptions(Options):
     squad: str | None = field(None, "SQuAD v1.1 or v2.0 JSON file of questions (data -> paragraphs -> context, qas)")
-    val_fraction: float = field(0.1, "fraction of the questions held out for evaluation (chosen by a hash of the "
-                                     "question's index, so always the same ones); ignored with val_squad", min=0,
+    val_fraction: float = field(0.1, "fraction of the paragraphs whose questions are held out for evaluation "
+                                     "(chosen by a hash of the paragraph's index, so always the same ones); "
+                                     "ignored with val_squad", min=0,
                                 lt=1)
     val_squad: str | None = field(None, "SQuAD file whose questions are the held-out ones (e.g. another "
                                         "article's, so no validation context is trained on); every question of "
@@ -124,7 +126,11 @@ class ExtractiveQA(ExampleBatches, Objective):
         if o.val_squad:
             self.train_idx, self.val_idx = np.arange(n_train), np.arange(n_train, len(self.questions))
         else:
-            self.split_examples(len(self.questions), o.val_fraction, "questions", o.squad)
+            # Whole paragraphs are held out, not single questions: a held-out question on a trained paragraph is
+            # scored on a text the model has read beside its neighbours' answers.
+            paragraph: dict[str, int] = {}
+            groups = [paragraph.setdefault(q.context, len(paragraph)) for q in self.questions]
+            self.split_examples(len(self.questions), o.val_fraction, "questions", o.squad, groups=groups)
         self.val_questions = self.val_idx
         # Training walks the windows of the training questions.
         self.train_idx = np.array([w for q in self.train_idx for w in self.windows_of[q]], dtype=np.int64)

@@ -66,11 +66,18 @@ class ExampleBatches:
 
     def split_examples(self, n: int, fraction: float, what: str, where: str | Path,
                        lengths: Sequence[int] | None = None, bucket_batches: int = 0,
-                       val_from: int | None = None) -> None:
+                       val_from: int | None = None, groups: Sequence[int] | None = None) -> None:
         """`lengths` (one per example) with `bucket_batches` > 0: training batches of similar lengths
         (`EpochSampler`). `val_from`: the examples from this index on are the held-out ones (another file's),
-        every one before it trains, and `fraction` is ignored."""
-        val = held_out(n, fraction) if val_from is None else np.arange(n) >= val_from
+        every one before it trains, and `fraction` is ignored. `groups` (one group index per example): whole
+        groups are held out, `fraction` of them by a hash of the group's index (e.g. QA's paragraphs)."""
+        if val_from is not None:
+            val = np.arange(n) >= val_from
+        elif groups is not None:
+            group = np.asarray(groups, dtype=np.int64)
+            val = held_out(int(group.max()) + 1, fraction)[group] if n else np.zeros(0, dtype=bool)
+        else:
+            val = held_out(n, fraction)
         self.train_idx, self.val_idx = np.flatnonzero(~val), np.flatnonzero(val)
         if len(self.train_idx) < self.rt.world_size:
             raise UserError(f"only {len(self.train_idx)} training {what}", where=where, fix=f"give more {what}")
