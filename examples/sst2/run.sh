@@ -35,6 +35,7 @@ mkdir -p "$OUT"
 start=$(date +%s)
 $LMFORGE prepare "$DATA/train.tsv" --read.csv-column sentence --tokenizer.kind wordpiece \
     --tokenizer.vocab-size 8000 --val-fraction 0.02 --out "$OUT/data" --overwrite
+BERT=(--optim.lr 5e-4 --model.dropout 0.1)  # the BERT recipe's own, over the LSTM's in classifier.yaml
 if [ "$MODEL" = lstm ]; then
     START=()
 elif [ "$PRETRAIN_STEPS" -gt 0 ]; then
@@ -42,9 +43,9 @@ elif [ "$PRETRAIN_STEPS" -gt 0 ]; then
         --model.max-seq-len 128 --objective mlm --out "$OUT/bert" --steps "$PRETRAIN_STEPS" --batch-size 64 \
         --seq-len 64 --optim.lr "$PRETRAIN_LR" --optim.warmup-steps "$WARMUP" --eval-every 500 --eval-batches 20 \
         --log-every 100 --no-tensorboard
-    START=(--init-from "$OUT/bert" --optim.lr 5e-4 --model.dropout 0.1)
+    START=(--init-from "$OUT/bert" "${BERT[@]}")
 else
-    START=(--preset bert-tiny --model.max-seq-len 128 --optim.lr 5e-4 --model.dropout 0.1)
+    START=(--preset bert-tiny --model.max-seq-len 128 "${BERT[@]}")
 fi
 $LMFORGE train --config examples/sst2/classifier.yaml --data "$OUT/data" ${START[@]+"${START[@]}"} \
     --objective-options.pairs "$DATA/train.tsv" --out "$OUT/classifier" --steps "$FINETUNE_STEPS" --seed "$SEED"

@@ -18,6 +18,7 @@ from lmforge.cli.main import main
 from lmforge.config import resolve
 from lmforge.errors import UserError
 from lmforge.train import TrainConfig
+from lmforge.train.objectives import options_classes
 from lmforge.train.recipe import load_recipe, recipe_names
 
 SMALL = ["--model.n-layer", "1", "--model.d-model", "32", "--model.n-head", "2", "--seq-len", "32",
@@ -101,8 +102,6 @@ EXAMPLE_CONFIGS = sorted((Path(__file__).parents[2] / "examples").glob("*/*.yaml
 @pytest.mark.parametrize("path", EXAMPLE_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_example_config_resolves_with_its_objectives_options(tiny_data, path):
     """The task recipes' YAML files (examples/*/*.yaml) hold only options `lmforge train` knows, with valid values."""
-    from lmforge.train.objectives import options_classes
-
     cfg = resolve(TrainConfig, config=path, data=str(tiny_data))  # an unknown key or a bad value is a UserError
     assert type(cfg.objective_options) is options_classes()[cfg.objective]
 

@@ -232,7 +232,7 @@ def test_val_fraction_holds_out_whole_paragraphs(tmp_path, tiny_data):
     (tmp_path / "one.json").write_text(json.dumps(data))
     obj = make_objective(tiny_data, "extractive_qa", "bert-tiny", objective_options__squad=path,
                          objective_options__val_fraction=0.3)
-    trained = {obj.questions[q].context for q in range(len(obj.questions)) if q not in set(obj.val_questions)}
     held = [obj.questions[q].context for q in obj.val_questions]
+    trained = {q.context for i, q in enumerate(obj.questions) if i not in set(obj.val_questions)}
     assert held and trained and not trained & set(held)
     assert len(held) == 3 * len(set(held))

@@ -57,8 +57,7 @@ class ExtractiveQAOptions(Options):
     squad: str | None = field(None, "SQuAD v1.1 or v2.0 JSON file of questions (data -> paragraphs -> context, qas)")
     val_fraction: float = field(0.1, "fraction of the paragraphs whose questions are held out for evaluation "
                                      "(chosen by a hash of the paragraph's index, so always the same ones); "
-                                     "ignored with val_squad", min=0,
-                                lt=1)
+                                     "ignored with val_squad", min=0, lt=1)
     val_squad: str | None = field(None, "SQuAD file whose questions are the held-out ones (e.g. another "
                                         "article's, so no validation context is trained on); every question of "
                                         "squad then trains")

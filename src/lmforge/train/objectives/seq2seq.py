@@ -75,7 +75,7 @@ class ExampleBatches:
             val = np.arange(n) >= val_from
         elif groups is not None:
             group = np.asarray(groups, dtype=np.int64)
-            val = held_out(int(group.max()) + 1, fraction)[group] if n else np.zeros(0, dtype=bool)
+            val = held_out(int(group.max(initial=-1)) + 1, fraction)[group]
         else:
             val = held_out(n, fraction)
         self.train_idx, self.val_idx = np.flatnonzero(~val), np.flatnonzero(val)
