@@ -157,3 +157,35 @@ def test_bad_labels_are_one_line(kw, message):
     with pytest.raises(UserError) as e:
         ModelConfig(**{**small_cfg().to_dict(), **kw})
     assert message in e.value.line()
+
+
+@pytest.mark.parametrize("pool", ["mean", "last", "max"])
+def test_a_bidirectional_classifier_reads_both_ways_and_ignores_right_padding(pool):
+    torch.manual_seed(0)
+    cfg = small_cfg(labels=["a", "b"], bidirectional=True, pooling=pool)
+    model = build_model(cfg).eval()
+    assert isinstance(model, LSTMClassifier) and model.head.in_features == 2 * 32
+    assert cfg.num_params() == sum(p.numel() for p in model.parameters())
+    idx = torch.randint(1, 50, (1, 5))
+    padded = torch.cat([idx, torch.zeros(1, 4, dtype=torch.long)], 1)
+    mask = torch.tensor([[1] * 5 + [0] * 4])
+    alone = model(idx)
+    torch.testing.assert_close(model(padded, mask), alone)
+    # Beside a longer text in one batch: the right-to-left LSTM still starts at this text's own last token.
+    batch = torch.cat([padded, torch.randint(1, 50, (1, 9))])
+    torch.testing.assert_close(model(batch, torch.cat([mask, torch.ones(1, 9, dtype=torch.long)]))[:1], alone)
+    if pool == "last":  # the pooled right-to-left half is that LSTM's state after reading the text reversed
+        backward = torch.nn.LSTM(32, 32, batch_first=True)
+        backward.load_state_dict({k.removesuffix("_reverse"): v for k, v in model.lstm.state_dict().items()
+                                  if k.endswith("_reverse")})
+        with torch.no_grad():
+            _, (h, _) = backward(model.tok(idx.flip(1)))
+            pooled = torch.cat([model.lstm(model.tok(idx))[0][:, -1, :32], h[-1]], -1)
+        torch.testing.assert_close(alone, model.head(pooled))
+
+
+def test_bidirectional_is_for_an_lstm_classifier_only():
+    with pytest.raises(UserError, match="bidirectional is for a recurrent"):
+        ModelConfig(**{**get_preset("tiny").to_dict(), "bidirectional": True})
+    with pytest.raises(UserError, match="a language model cannot read the text right to left"):
+        build_model(small_cfg(bidirectional=True))

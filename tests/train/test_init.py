@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from lmforge.models import build_model, get_preset
@@ -53,6 +55,21 @@ def test_init_from_loads_matching_tensors_and_reports_the_rest(tmp_path):
     assert torch.equal(target.embed.tok.weight, source.embed.tok.weight)
     assert torch.equal(target.blocks[3].mlp.down.weight, source.blocks[3].mlp.down.weight)
     assert report.loaded_params == sum(p.numel() for p in target.parameters()) - target.score.weight.numel()
+
+
+def test_an_lstm_language_model_starts_the_forward_half_of_a_bidirectional_classifier(tmp_path):
+    from lmforge.models.io import save_model
+    from lmforge.train.init import init_from
+
+    source_cfg = dataclasses.replace(get_preset("lstm-tiny"), vocab_size=64, d_model=32)
+    source = build_model(source_cfg)
+    save_model(tmp_path / "lm", source, source_cfg)
+    target = build_model(dataclasses.replace(source_cfg, labels=["a", "b"], bidirectional=True))
+    report = init_from(target, tmp_path / "lm")
+    assert sorted(report.new) == sorted(["head.weight", "head.bias", *(
+        f"lstm.{kind}_l0_reverse" for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))])
+    assert torch.equal(target.lstm.weight_ih_l0, source.lstm.weight_ih_l0) and report.dropped == []
+    # (With two layers the second reads both directions, 2 x d_model wide: the language model's does not fit.)
 
 
 def test_a_checkpoint_of_another_shape_is_one_line(tmp_path, tiny_data, capsys):

@@ -84,6 +84,9 @@ class ModelConfig(Config):
                               help="class names, in the order of the logits: a sequence classifier over them (as "
                                    "Hugging Face's id2label; the classification objective sets them from its "
                                    "labelled file); empty: a language model")
+    bidirectional: bool = field(False, "lstm classify head: a second LSTM reads the text right to left and the head "
+                                "reads both directions' states (twice the LSTM's cost; a language model cannot "
+                                "look ahead, so only a classifier takes it)")
     multi_label: bool = field(False, "classify head: the labels are independent (a sigmoid each; a text may have "
                                      "none, one or several), as Hugging Face's problem_type "
                                      "multi_label_classification; off: exactly one label per text (softmax)")
@@ -126,6 +129,8 @@ class ModelConfig(Config):
             problems.append(f"multi_label is for a classify head, not '{self.head}'")
         if self.pooling == "first" and family(self.family).kind in (Kind.DECODER, Kind.RECURRENT):
             problems.append("pooling 'first' reads one token in a causal model: use last or mean")
+        if self.bidirectional and family(self.family).kind is not Kind.RECURRENT:
+            problems.append(f"bidirectional is for a recurrent (lstm) classifier, not a {self.family} model")
         if self.init == "t5" and family(self.family).kind is not Kind.ENCODER_DECODER:
             problems.append(f"init 't5' is T5's initialisation, for encoder-decoders (a {self.family} model takes "
                             "init 'normal')")

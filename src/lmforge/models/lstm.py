@@ -9,7 +9,10 @@ The attention fields (n_head, pos, norm, ...) are ignored.
 
 `LSTMClassifier` is the same embedding + LSTM read by a pooled linear head (n_classes logits per sequence). A
 config with `labels` (the class names) describes one: `build_model` builds it with one logit per label, and that is
-how a checkpoint of it reloads (mean pooling unless `pooling` says last or max).
+how a checkpoint of it reloads (mean pooling unless `pooling` says last or max). With `bidirectional`, a second LSTM
+reads each text right to left (packed, so it starts at the text's own last token, not in its padding) and the head
+reads both directions' states; max pooling over them is InferSent's BiLSTM-max sentence encoder (Conneau et al.
+2017), the SST-2 recipe's model.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from lmforge.errors import UserError
 from lmforge.models.config import ModelConfig
 from lmforge.models.heads import pool as pool_states
 from lmforge.models.heads import pooling
@@ -31,6 +35,9 @@ State = tuple[Tensor, Tensor]  # (h, c), each (n_layer, B, d_model)
 class LSTMLM(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        if cfg.bidirectional:
+            raise UserError("a language model cannot read the text right to left: bidirectional is for an lstm "
+                            "classifier", fix="drop --model.bidirectional, or train --objective classification")
         self.cfg = cfg
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
@@ -52,7 +59,8 @@ class LSTMLM(nn.Module):
 
 
 class LSTMClassifier(nn.Module):
-    """Embedding -> LSTM -> pooled over the sequence (mean of real tokens, or the last one) -> n_classes logits.
+    """Embedding -> LSTM (one or both directions) -> pooled over the real tokens (mean, last or max) -> n_classes
+    logits.
 
     Its `tok` and `lstm` are named as in `LSTMLM`, so `from_lm` starts it from a trained language model.
     """
@@ -72,8 +80,8 @@ class LSTMClassifier(nn.Module):
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         self.lstm = nn.LSTM(cfg.d_model, cfg.d_model, num_layers=cfg.n_layer, batch_first=True,
-                            dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)
-        self.head = nn.Linear(cfg.d_model, n_classes)
+                            dropout=cfg.dropout if cfg.n_layer > 1 else 0.0, bidirectional=cfg.bidirectional)
+        self.head = nn.Linear(cfg.d_model * (2 if cfg.bidirectional else 1), n_classes)
         _init(self.tok, self.lstm, cfg)
         nn.init.normal_(self.head.weight, std=cfg.init_std)
         nn.init.zeros_(self.head.bias)
@@ -90,9 +98,20 @@ class LSTMClassifier(nn.Module):
     def forward(self, idx: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Class logits (B, n_classes) for tokens idx (B, T); `attention_mask` (B, T) is 1 on real tokens,
         0 on right padding."""
-        h, _ = self.lstm(self.drop(self.tok(idx)))  # (B, T, C)
+        x = self.drop(self.tok(idx))  # (B, T, C)
+        if self.cfg.bidirectional and attention_mask is not None:
+            # The right-to-left LSTM must start at each text's last real token, not in its padding: a packed
+            # sequence runs each row over its own length only.
+            lengths = attention_mask.sum(1).clamp(min=1).cpu()
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            h, _ = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True,
+                                                    total_length=idx.shape[1])  # (B, T, 2C), zeros past the end
+        else:
+            h, _ = self.lstm(x)  # (B, T, C), or (B, T, 2C) bidirectional
         # "last": the state after the last real token; with right padding, the padding never reaches it
         pooled = pool_states(h, attention_mask, self.pool)
+        if self.cfg.bidirectional and self.pool == "last":  # the right-to-left LSTM ends on the first token
+            pooled = torch.cat([pooled[:, :self.cfg.d_model], h[:, 0, self.cfg.d_model:]], dim=-1)
         return self.head(self.drop(pooled))  # (B, n_classes)
 
 
