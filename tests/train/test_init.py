@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from lmforge.models import build_model, get_preset
@@ -121,3 +122,73 @@ def test_a_head_for_other_labels_starts_fresh_but_the_backbone_loads(tmp_path):
     target = build_model(cfg)
     report = init_from(target, tmp_path / "two")
     assert report.new == ["classifier.weight", "classifier.bias"] and "pooler.weight" in report.loaded
+
+
+def hf_directory(tmp_path, tiny_data, kind: str):
+    """A random tiny `transformers` BERT (BertForPreTraining) or GPT-2 (GPT2LMHeadModel), 64 wide, saved with the
+    tokenizer of `tiny_data`: what a downloaded Hugging Face model directory holds."""
+    import shutil
+
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if kind == "bert":
+        hf = transformers.BertForPreTraining(transformers.BertConfig(
+            vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+            max_position_embeddings=128))
+    else:
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=512, n_embd=64, n_layer=2, n_head=2,
+                                                                  n_positions=128))
+    hf.save_pretrained(tmp_path / "hf")
+    shutil.copy(tiny_data / "tokenizer.json", tmp_path / "hf" / "tokenizer.json")
+    return tmp_path / "hf", hf.state_dict()
+
+
+# lmforge tensor -> the Hugging Face one it comes from (random matrices: norms start at 1 / 0 on both sides).
+HF_TENSORS = {
+    "bert": {"embed.tok.weight": lambda s: s["bert.embeddings.word_embeddings.weight"],
+             "embed.pos.weight": lambda s: s["bert.embeddings.position_embeddings.weight"],
+             "encoder.blocks.1.attn.wqkv.weight": lambda s: torch.cat(
+                 [s[f"bert.encoder.layer.1.attention.self.{n}.weight"] for n in ("query", "key", "value")]),
+             "encoder.blocks.1.mlp.down.weight": lambda s: s["bert.encoder.layer.1.output.dense.weight"],
+             "pooler.weight": lambda s: s["bert.pooler.dense.weight"]},
+    "gpt2": {"embed.tok.weight": lambda s: s["transformer.wte.weight"],
+             "embed.pos.weight": lambda s: s["transformer.wpe.weight"],
+             "blocks.1.mlp.down.weight": lambda s: s["transformer.h.1.mlp.c_proj.weight"].T},  # Conv1D: transposed
+}
+
+
+@pytest.mark.parametrize(("kind", "report"), [
+    ("bert", "loaded 31 tensors (embed, encoder, pooler; 0.11M parameters); new: classifier (2 tensors); dropped: "
+             "mlm_head, nsp_head (7 tensors)"),
+    ("gpt2", "loaded 28 tensors (embed, blocks, norm_f; 0.14M parameters); new: score (1 tensors)"),  # lm_head: tied
+])
+def test_a_hugging_face_directory_fine_tunes_as_a_classifier_from_its_weights(tmp_path, tiny_data, kind, report):
+    """`--init-from HF_DIR`: the architecture and weights are the directory's, the classify head is new. At lr 0 the
+    fine-tuned checkpoint still holds the transformers tensors, so every one of them was loaded (not left fresh)."""
+    from lmforge.checkpoints import load_model, resolve_checkpoint
+
+    hf_dir, hf_state = hf_directory(tmp_path, tiny_data, kind)
+    labels = str(write_tsv(tmp_path / "labels.tsv", toy_examples(60), header=("text", "label")))
+    rc, records = run_train(tiny_data, tmp_path / "cls", "--init-from", str(hf_dir), "--objective", "classification",
+                            "--objective-options.pairs", labels, "--steps", "2", "--optim.lr", "0")
+    assert rc == 0
+    line = next(r["report"] for r in records if r.get("event") == "init_from")
+    assert line == f"init from {hf_dir}: {report}", line
+    model, cfg = load_model(resolve_checkpoint(tmp_path / "cls"))
+    assert cfg.family == kind.removesuffix("2") and cfg.head == "classify" and cfg.labels == ["no", "yes"]
+    assert (cfg.n_layer, cfg.d_model, cfg.max_seq_len) == (2, 64, 128)  # the directory's, not a preset's
+    ours = model.state_dict()
+    for name, theirs in HF_TENSORS[kind].items():
+        assert torch.equal(ours[name], theirs(hf_state)), name
+
+
+def test_a_hugging_face_directory_with_another_tokenizer_is_refused(tmp_path, tiny_data, capsys):
+    hf_dir, _ = hf_directory(tmp_path, tiny_data, "bert")
+    (hf_dir / "tokenizer.json").write_text((tiny_data / "tokenizer.json").read_text().replace('"Ġthe"', '"Ġteh"', 1))
+    labels = str(write_tsv(tmp_path / "labels.tsv", toy_examples(20), header=("text", "label")))
+    capsys.readouterr()
+    rc, _ = run_train(tiny_data, tmp_path / "cls", "--init-from", str(hf_dir), "--objective", "classification",
+                      "--objective-options.pairs", labels)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "another tokenizer than the checkpoint's" in err, err
+    assert not (tmp_path / "cls" / "checkpoints").exists()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from train.objectives import run_train
+from train.objectives import run_train, write_tsv
 from train.objectives.test_classification import toy_examples
+from train.objectives.test_extractive_qa import QA, toy_squad
 
 
 def write_labelled(path, rows):
@@ -74,3 +76,58 @@ def test_resuming_under_another_select_by_is_one_line(tmp_path, tiny_data, capsy
     rc, _ = run_train(tiny_data, tmp_path / "run", "--steps", "4", "--resume", "--select-by", "loss")
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "select_by" in err, err
+
+
+def copy_pairs(n: int = 200) -> list[tuple[str, str]]:
+    """(4-6 of 12 one-token words, the same words): a t5-tiny copies it well enough in 60 steps for the generated
+    text's scores to rise unevenly, each metric peaking at its own evaluation."""
+    rng = np.random.default_rng(0)
+    words = ["are", "statement", "and", "can", "method", "with", "not", "type", "str", "string", "return", "that"]
+    rows = [" ".join(words[k] for k in rng.integers(len(words), size=int(rng.integers(4, 7)))) for _ in range(n)]
+    return [(r, r) for r in rows]
+
+
+def selected(records, key, out):
+    """(the first evaluation with the best `key` in metrics.jsonl, checkpoints/best's metrics.json)."""
+    evals = [r for r in records if r.get("event") == "eval"]
+    lower = key == "val_loss"
+    best = min(evals, key=lambda e: e[key]) if lower else max(evals, key=lambda e: e[key])  # the first of ties
+    return best, json.loads((out / "checkpoints" / "best" / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("select_by", ["bleu", "val_rouge_l"])
+def test_seq2seq_selects_by_the_generated_texts_score(tmp_path, tiny_data, capsys, select_by):
+    pairs = write_tsv(tmp_path / "p.tsv", copy_pairs())
+    rc, records = run_train(tiny_data, tmp_path / "run", "--preset", "t5-tiny", "--objective", "seq2seq",
+                            "--objective-options.pairs", str(pairs), "--objective-options.generate-eval",
+                            "--steps", "60", "--eval-every", "6", "--eval-batches", "0", "--log-every", "6",
+                            "--optim.lr", "3e-3", "--optim.schedule", "constant", "--select-by", select_by)
+    assert rc == 0
+    key = "val_" + select_by.removeprefix("val_")
+    best, saved = selected(records, key, tmp_path / "run")
+    by_loss, _ = selected(records, "val_loss", tmp_path / "run")
+    assert best["step"] != by_loss["step"]  # else selecting by the loss would pass too (this run: 48 or 54 vs 60)
+    assert saved["step"] == best["step"] and saved[key] == best[key]
+    assert best[key] > 0 and best["step"] < 60
+    summary = capsys.readouterr().out
+    assert f"(val {key[4:]} {best[key]:.4f}, val loss {best['val_loss']:.4f} at step {best['step']})" in summary
+    # The summary's first line reports the last evaluation's generated-text scores beside its loss.
+    last = [r for r in records if r.get("event") == "eval"][-1]
+    assert last["val_bleu"] != best["val_bleu"] and last["val_chrf"] > 0
+    assert (f"trained 60 steps (completed): val loss {last['val_loss']:.4f}, accuracy {last['val_accuracy']:.4f}, "
+            f"BLEU {last['val_bleu']:.2f}, chrF {last['val_chrf']:.2f}, ROUGE-L {last['val_rouge_l']:.4f}\n") in summary
+
+
+def test_extractive_qa_selects_by_exact_match(tmp_path, tiny_data, capsys):
+    rc, records = run_train(tiny_data, tmp_path / "run", *QA, "--objective-options.squad",
+                            toy_squad(tmp_path / "toy.json", n=240), "--objective-options.max-len", "64",
+                            "--seq-len", "64", "--batch-size", "16", "--objective-options.val-fraction", "0.2",
+                            "--eval-batches", "0", "--steps", "40", "--eval-every", "5", "--log-every", "5",
+                            "--optim.lr", "3e-3", "--optim.schedule", "constant", "--select-by", "exact_match")
+    assert rc == 0
+    best, saved = selected(records, "val_exact_match", tmp_path / "run")
+    by_loss, _ = selected(records, "val_loss", tmp_path / "run")
+    assert best["step"] < by_loss["step"]  # exact match peaks (at 1.0) early, the loss keeps falling (10 vs 35)
+    assert saved["step"] == best["step"] and saved["val_exact_match"] == best["val_exact_match"]
+    assert f"(val exact_match {best['val_exact_match']:.4f}, val loss {best['val_loss']:.4f} at step " \
+           f"{best['step']})" in capsys.readouterr().out

@@ -86,6 +86,41 @@ def test_lstm_classifier_learns_a_toy_task_and_its_checkpoint_reloads(tmp_path, 
     assert top["text"].strip() and top["text"].strip() in "zebra"  # a piece of the word the labels depend on
 
 
+@pytest.mark.parametrize(("preset", "pooling", "model_class"), [
+    ("tiny", "auto", "DecoderLM"),  # a gpt reads its last real token
+    ("llama-tiny", "auto", "DecoderLM"),
+    ("bert-tiny", "mean", "EncoderModel"),  # the mean of the real tokens instead of [CLS] through the pooler
+])
+def test_transformer_classifier_learns_the_toy_task_and_its_checkpoint_reloads(tmp_path, tiny_data, preset, pooling,
+                                                                               model_class):
+    import lmforge.models as models
+    from lmforge.checkpoints import load_model, resolve_checkpoint
+
+    pairs = labelled(tmp_path, toy_examples(300))
+    run = tmp_path / "run"
+    options = ["--objective-options.pairs", pairs, "--objective-options.pairs-val-fraction", "0.2"]
+    rc, records = run_train(tiny_data, run, "--preset", preset, "--objective", "classification", *options,
+                            "--model.n-layer", "2", "--model.pooling", pooling, "--eval-batches", "0", "--steps",
+                            "60", "--optim.lr", "1e-3", "--optim.schedule", "constant", "--log-every", "2")
+    assert rc == 0
+    assert_learns(records)
+    val = last_eval(records)
+    assert val["val_examples"] == 43
+    assert val["val_accuracy"] >= 0.8 and val["val_f1"] >= 0.8  # chance: 0.5 (seeds 0-2: 0.93-0.98)
+
+    model, cfg = load_model(resolve_checkpoint(run))
+    assert isinstance(model, getattr(models, model_class))
+    assert (cfg.head, cfg.labels, cfg.pooling) == ("classify", ["no", "yes"], pooling)
+    # The reloaded model scores the held-out examples exactly as the run's last evaluation did.
+    obj = make_objective(tiny_data, "classification", preset, model__d_model=64, model__n_layer=2,
+                         model__pooling=pooling, eval_batches=0, objective_options__pairs=pairs,
+                         objective_options__pairs_val_fraction=0.2)
+    with torch.no_grad():
+        again = obj.summarize(total(obj.forward(model.eval(), b).sums for b in obj.eval_batches()))
+    assert again["accuracy"] == val["val_accuracy"] and again["f1"] == pytest.approx(val["val_f1"])
+    assert again["loss"] == pytest.approx(val["val_loss"], rel=1e-5)
+
+
 def test_batches_frame_texts_after_eos_with_their_label_ids(tmp_path, tiny_data):
     from lmforge.data.loaders import TokenDataset
 

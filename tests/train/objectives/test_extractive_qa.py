@@ -146,6 +146,19 @@ def test_a_tiny_bert_learns_to_find_the_answer_word(tmp_path, tiny_data):
     assert val["val_exact_match"] >= first + 0.3, (val, first)  # this run: 1.0 against 0.03
 
 
+def test_the_summary_reports_exact_match_and_token_f1(tmp_path, tiny_data, capsys):
+    rc, records = run_train(tiny_data, tmp_path / "run", *QA, "--objective-options.squad",
+                            toy_squad(tmp_path / "toy.json", n=240), "--objective-options.max-len", "64",
+                            "--seq-len", "64", "--batch-size", "16", "--objective-options.val-fraction", "0.2",
+                            "--eval-batches", "0", "--optim.lr", "3e-3", "--optim.schedule", "constant")
+    assert rc == 0
+    val = last_eval(records)
+    assert val["val_exact_match"] < val["val_f1"] < 1  # part-right spans: a swap of the two would show (0.97, 0.98)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (f"trained 5 steps (completed): val loss {val['val_loss']:.4f}, F1 {val['val_f1']:.4f}, "
+                     f"exact match {val['val_exact_match']:.4f}"), first  # token F1, not a classifier's macro-F1
+
+
 def test_skip_bad_rows_trains_on_the_rest(tmp_path, tiny_data, capsys):
     path = tmp_path / "toy.json"
     toy_squad(path, n=30)
