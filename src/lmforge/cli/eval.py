@@ -26,11 +26,12 @@ With --compare: a Kneser-Ney n-gram model, an LSTM and a Transformer side by sid
 OUT/compare.png (bar chart) and OUT/compare.json. Models not given as checkpoints are trained here, briefly
 (--steps, CPU-friendly), into OUT/lstm and OUT/transformer; a re-run reuses them (delete them to retrain).
 
-With --task classification: a classifier checkpoint (any family with a classify head) on a labelled --file (.tsv
-with a header row, or .jsonl), its columns named by --text-column / --label-column, texts framed and padded as in
-training. Writes OUT/metrics.json (accuracy, macro-F1, per-class precision/recall/F1, confusion matrix, counts),
-OUT/predictions.jsonl (text, gold, predicted, probability) and OUT/confusion.png. A label the checkpoint does not
-know is an error; --skip-bad-rows leaves such rows out and counts them.
+With --task classification: a classifier checkpoint (any family with a classify head) on a labelled --file
+(.tsv or .csv with a header row, or .jsonl), its columns named by --text-column / --label-column, texts framed and
+padded as in training. Writes OUT/metrics.json (accuracy, macro-F1, per-class precision/recall/F1, confusion
+matrix, counts), OUT/predictions.jsonl (text, gold, predicted, probability) and OUT/confusion.png. A label the
+checkpoint does not know, an empty text or label, or a text longer than the model's context (without
+--max-source-len) is an error; --skip-bad-rows leaves such rows out and counts them.
 
 With --task qa: an extractive-QA checkpoint (--objective extractive_qa) on a SQuAD v1.1 or v2.0 JSON --file:
 exact match and F1 (official normalisation; v2.0 with --no-answer-threshold and the best threshold's scores).
@@ -41,6 +42,8 @@ With --task translation / summarisation: a seq2seq checkpoint (an encoder-decode
 --objective seq2seq) generates a target for every pair of --file (--source-column / --target-column), greedy or
 with --num-beams N; translation prints BLEU and chrF (sacrebleu, with its signature), summarisation ROUGE-1/2/L
 (rouge-score). Writes OUT/metrics.json (all five scores) and OUT/predictions.jsonl (source, reference, generated).
+An empty source or reference, or a source longer than the model's context (without --max-source-len), is an
+error; --skip-bad-rows leaves such pairs out and counts them.
 
 examples:
   lmforge eval --checkpoint runs/train --data runs/data                     # val perplexity of the best checkpoint
@@ -73,9 +76,9 @@ class EvalConfig(CompareConfig):
                                   f"results to OUT/compare.json and OUT/compare.png (default {COMPARE_OUT}); with "
                                   f"a --task on a file: OUT/metrics.json, OUT/predictions.jsonl (classification: "
                                   f"and OUT/confusion.png) (default {CLASSIFY_OUT})")
-    file: str | None = field(None, "with a --task on a file: the labelled file or file of pairs (.tsv with a header "
-                                   "row, or .jsonl; may be gzipped), or for qa a SQuAD JSON file")
-    text_column: str = field("text", "with --task classification: column (TSV header / JSON key) of the text")
+    file: str | None = field(None, "with a --task on a file: the labelled file or file of pairs (.tsv or .csv with a "
+                                   "header row, or .jsonl; may be gzipped), or for qa a SQuAD JSON file")
+    text_column: str = field("text", "with --task classification: column (TSV/CSV header / JSON key) of the text")
     label_column: str = field("label", "with --task classification: column of the gold label")
     label_separator: str = field(",", "with --task classification of a multi-label checkpoint: what separates a "
                                       "row's labels")
@@ -224,10 +227,10 @@ TASK_FLAGS = {"classification": ("file", "text_column", "label_column", "label_s
               "qa": ("file", "skip_bad_rows", "max_len", "doc_stride", "max_query_len", "max_answer_len",
                      "no_answer_threshold"),
               "translation": ("file", *GENERATION_FLAGS), "summarisation": ("file", *GENERATION_FLAGS)}
-FILE_KINDS = {"classification": ".tsv or .jsonl with a text and a label column",
+FILE_KINDS = {"classification": ".tsv, .csv or .jsonl with a text and a label column",
               "qa": "SQuAD v1.1 or v2.0 JSON",
-              "translation": ".tsv or .jsonl with a source and a target column",
-              "summarisation": ".tsv or .jsonl with a source and a target column"}
+              "translation": ".tsv, .csv or .jsonl with a source and a target column",
+              "summarisation": ".tsv, .csv or .jsonl with a source and a target column"}
 
 
 def _refuse_task_flags(cfg: EvalConfig) -> None:

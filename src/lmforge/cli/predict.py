@@ -15,8 +15,8 @@ from lmforge.runtime import PRECISIONS
 ORDER = 37
 
 DESCRIPTION = """\
-Predict with a task checkpoint on every row of a file (.tsv with a header row, or .jsonl; may be gzipped), as
-JSON lines: the row's input columns plus the prediction, in file order. What is predicted follows what the
+Predict with a task checkpoint on every row of a file (.tsv or .csv with a header row, or .jsonl; may be
+gzipped), as JSON lines: the row's input columns plus the prediction, in file order. What is predicted follows what the
 checkpoint's model can do:
 
   classifier (--objective classification)       "predicted" label and its "probability" (multi-label: the
@@ -34,7 +34,7 @@ examples:
 
 @dataclass
 class PredictOptions(Config):
-    file: str | None = field(None, "the input file (.tsv with a header row, or .jsonl)")
+    file: str | None = field(None, "the input file (.tsv or .csv with a header row, or .jsonl)")
     out: str = field("predictions.jsonl", "output JSONL file (written whole or not at all)")
     text_column: str = field("text", "classifier: column of the text")
     question_column: str = field("question", "extractive QA: column of the question")
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint
     o = resolve(PredictOptions, argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "checkpoint"}))
     if not o.file:
-        raise UserError("no input file given", fix="pass --file FILE (.tsv with a header row, or .jsonl)")
+        raise UserError("no input file given", fix="pass --file FILE (.tsv or .csv with a header row, or .jsonl)")
     out, n, what = predict_file(checkpoint, o.file, out=o.out, text_column=o.text_column,
                                 question_column=o.question_column, context_column=o.context_column,
                                 source_column=o.source_column, batch_size=o.batch_size,

@@ -8,8 +8,8 @@
 Any checkpoint whose model can classify (`models.registry.can(cfg, CLASSIFY)`) is read with its own tokenizer and
 its own classes (`cfg.labels`); the texts are framed and padded as the classification objective frames and pads
 them (`data.examples.encode_texts`, `pad`), so a checkpoint scores a file as its training run's evaluation
-scored its held-out examples. The file is read as training reads one (TSV with a header row, or JSONL), with its
-own column names. A gold label the checkpoint does not know is one error line, or with `skip_bad_rows` the row is
+scored its held-out examples. The file is read as training reads one (TSV or CSV with a header row, or JSONL), with
+its own column names. A gold label the checkpoint does not know is one error line, or with `skip_bad_rows` the row is
 left out and counted.
 
 Written into `out`: metrics.json (the scores and counts), predictions.jsonl (text, gold, predicted, probability of
@@ -147,7 +147,7 @@ def evaluate_classifier(checkpoint: str | Path, file: str | Path, *, out: str | 
     from lmforge.eval.task_checkpoint import open_task_checkpoint, require_file
     from lmforge.models.registry import CLASSIFY, text_frame
 
-    file = require_file(file, "labelled file", fix="pass --file FILE (.tsv with a header row, or .jsonl)")
+    file = require_file(file, "labelled file", fix="pass --file FILE (.tsv or .csv with a header row, or .jsonl)")
     ckpt = open_task_checkpoint(checkpoint, capability=CLASSIFY, needed_for="classification",
                                 fix="pass a checkpoint trained with --objective classification", device=device,
                                 precision=precision, verify=verify)

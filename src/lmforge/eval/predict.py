@@ -14,7 +14,7 @@ What the checkpoint's model can do decides what is predicted (`models.registry.c
   generated greedily or with beams (`eval.seq2seq.generate_targets`); for free continuation of a prompt use
   `lmforge generate`. Columns: `source_column`.
 
-The file is TSV with a header row, or JSONL (either may be gzipped); each output line is the input's columns
+The file is TSV or CSV with a header row, or JSONL (any of them may be gzipped); each output line is the input's columns
 plus the prediction, in file order, written atomically.
 """
 
@@ -37,7 +37,7 @@ def predict_file(checkpoint: str | Path, file: str | Path, *, out: str | Path, t
     from lmforge.eval.task_checkpoint import open_task_checkpoint, require_file
     from lmforge.models.registry import CLASSIFY, EXTRACT_SPAN, GENERATE, can, describe
 
-    file = require_file(file, "input file", fix="pass --file FILE (.tsv with a header row, or .jsonl)")
+    file = require_file(file, "input file", fix="pass --file FILE (.tsv or .csv with a header row, or .jsonl)")
     ckpt = open_task_checkpoint(checkpoint, device=device, precision=precision, verify=verify)
     path, model, cfg, tok, special, rt = ckpt.path, ckpt.model, ckpt.cfg, ckpt.tokenizer, ckpt.special, ckpt.runtime
 

@@ -115,7 +115,7 @@ def evaluate_seq2seq(checkpoint: str | Path, file: str | Path, *, task: str, out
 
     if task not in GENERATION_TASKS:
         raise ValueError(f"task must be one of {sorted(GENERATION_TASKS)}")
-    file = require_file(file, "pairs file", fix="pass --file FILE (.tsv with a header row, or .jsonl)")
+    file = require_file(file, "pairs file", fix="pass --file FILE (.tsv or .csv with a header row, or .jsonl)")
     ckpt = open_task_checkpoint(checkpoint, capability=GENERATE, needed_for=task,
                                 fix="pass a checkpoint trained with --objective seq2seq", device=device,
                                 precision=precision, verify=verify)

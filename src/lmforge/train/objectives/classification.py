@@ -1,7 +1,7 @@
 """Sequence classification (`classification`): one label per text, cross-entropy on the model's class logits.
 
-The labelled file is `--objective-options.pairs`, read as seq2seq reads its pairs: TSV with a header row, or JSONL
-with one object per line (either may be gzipped); the text is in column `text`, its label in column `label`
+The labelled file is `--objective-options.pairs`, read as seq2seq reads its pairs: TSV or CSV with a header row, or
+JSONL with one object per line (any of them may be gzipped); the text is in column `text`, its label in column `label`
 (`--objective-options.text-column` / `label-column` name others; a JSONL label may be a number or a boolean). The
 prepared data directory (`--data`) supplies the tokenizer, so the classifier reads texts with the tokenizer of the
 language models trained on the same shards, framed as the model's kind read text in pretraining
@@ -55,7 +55,7 @@ COLUMNS_FIX = "name the columns with --objective-options.text-column / label-col
 
 @dataclass
 class ClassificationOptions(ExamplesFileOptions):
-    text_column: str = field("text", "column (TSV header / JSON key) of the text")
+    text_column: str = field("text", "column (TSV/CSV header / JSON key) of the text")
     label_column: str = field("label", "column of the label (text, or a JSON number or boolean)")
     multi_label: bool = field(False, "each text has any number of labels, separated by the label separator (an "
                                      "empty label field: none); a sigmoid per label, binary cross-entropy, a label "
@@ -100,7 +100,8 @@ class Classification(ExampleBatches, Objective):
         o = self.opts
         if not o.pairs:
             raise UserError("objective 'classification' trains on labelled texts, but no labels file is given",
-                            fix="pass --objective-options.pairs FILE (.tsv with a header row, or .jsonl) with columns "
+                            fix="pass --objective-options.pairs FILE (.tsv or .csv with a header row, or .jsonl) with "
+                                "columns "
                                 "text and label (or name them with --objective-options.text-column / label-column)")
         train_ds = TokenDataset.open(cfg.data, "train")
         require_vocab(cfg, train_ds.vocab_size, cfg.data)

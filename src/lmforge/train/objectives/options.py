@@ -31,7 +31,8 @@ SPELLING = {"pad": "<pad>", "unk": "<unk>", "bos": "<bos>", "eos": "<eos>", "mas
 class ExamplesFileOptions(Options):
     """A file of examples: text pairs (seq2seq, contrastive) or labelled texts (classification)."""
 
-    pairs: str | None = field(None, "TSV (with a header row) or JSONL file of text pairs, or of (text, label) pairs "
+    pairs: str | None = field(None, "TSV or CSV (with a header row) or JSONL file of text pairs, or of (text, label) "
+                                    "pairs "
                                     "for classification (contrastive without it: unsupervised SimCSE on the "
                                     "prepared data)")
     pairs_val_fraction: float = field(0.1, "fraction of the examples held out for evaluation (chosen by a hash of "
@@ -47,7 +48,7 @@ class ExamplesFileOptions(Options):
 class TextPairsOptions(ExamplesFileOptions):
     """A file of (source, target) text pairs."""
 
-    source_column: str = field("source", "column (TSV header / JSON key) of the source or anchor text")
+    source_column: str = field("source", "column (TSV/CSV header / JSON key) of the source or anchor text")
     target_column: str = field("target", "column of the target or positive text")
     max_target_len: int | None = field(None, "truncate targets to this many tokens (default: no truncation)",
                                         min=2)

@@ -1,7 +1,7 @@
 """Sequence-to-sequence cross-entropy on text pairs (`seq2seq`), and what the encoder-decoder objectives share.
 
-A pairs file is TSV with a header row, or JSONL with one object per line (either may be gzipped; read by
-`lmforge.data.examples.read_pairs`); the columns (TSV header names / JSON keys) are
+A pairs file is TSV or CSV with a header row, or JSONL with one object per line (any of them may be gzipped; read
+by `lmforge.data.examples.read_pairs`); the columns (header names / JSON keys) are
 `--objective-options.source-column` and `target-column`. The prepared data directory
 (`--data`) supplies the tokenizer. A fixed fraction of the pairs (`pairs_val_fraction`, chosen by a hash of the
 pair's index, so always the same ones) is held out for evaluation.
@@ -219,7 +219,7 @@ class Seq2Seq(ExampleBatches, EncoderDecoderObjective):
         self.label_smoothing = o.label_smoothing
         if not o.pairs:
             raise UserError("objective 'seq2seq' trains on text pairs, but no pairs file is given",
-                            fix="pass --objective-options.pairs FILE (.tsv with a header row, or .jsonl)")
+                            fix="pass --objective-options.pairs FILE (.tsv or .csv with a header row, or .jsonl)")
         self.decoder_only = kind_of(cfg.model) == Kind.DECODER
         if self.decoder_only:
             require_special(self.special_ids, ("sep",), self.name, cfg.data,
