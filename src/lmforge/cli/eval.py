@@ -87,9 +87,11 @@ class EvalConfig(CompareConfig):
     max_source_len: int | None = field(None, "with --task classification / translation / summarisation: truncate "
                                              "texts to N tokens (default: a text longer than the model's "
                                              "max_seq_len is an error)", min=1)
-    skip_bad_rows: bool = field(False, "with --task classification: leave out rows whose label the checkpoint does "
-                                       "not know; qa: questions whose answer is not in the context; and count them "
-                                       "(default: an error)")
+    skip_bad_rows: bool = field(False, "leave out and count bad rows instead of stopping at the first (default: an "
+                                       "error): with --task classification rows whose label the checkpoint does not "
+                                       "know; classification / translation / summarisation rows with an empty text "
+                                       "or target, or a text longer than the model's context (without "
+                                       "--max-source-len); qa questions whose answer is not in the context")
     max_new_tokens: int = field(128, "with --task translation / summarisation: longest generated target", min=1)
     num_beams: int = field(1, "with --task translation / summarisation: beam search with this many beams (1 = "
                               "greedy)", min=1)
@@ -160,13 +162,15 @@ def _run_classification(cfg: EvalConfig, out, verify: bool) -> int:
                             label_separator=cfg.label_separator, device=cfg.device,
                             precision=cfg.precision, verify=verify)
     s = r.scores
-    skipped = f", {r.skipped:,} skipped (unknown label)" if r.skipped else ""
+    skipped = f", {r.skipped:,} skipped" if r.skipped else ""
     worst = min(s.per_class, key=lambda c: s.per_class[c].f1)
     lines = [f"{r.checkpoint} on {Path(r.file).name} ({s.examples:,} examples{skipped}): accuracy {s.accuracy:.4f} | "
              f"macro-F1 {s.macro_f1:.4f}",
              "  per class F1: " + ", ".join(f"{c} {p.f1:.3f}" for c, p in s.per_class.items())
              + (f" (lowest: {worst})" if len(s.per_class) > 2 else ""),
              f"  metrics:     {r.metrics}", f"  predictions: {r.predictions}"]
+    if r.bad_rows is not None and r.bad_rows.skipped:
+        lines.insert(1, f"  {r.bad_rows.summary()}")
     if r.plot is not None:
         lines.append(f"  confusion:   {r.plot}")
     out.print("\n".join(lines), highlight=False)
@@ -204,12 +208,15 @@ def _run_seq2seq(cfg: EvalConfig, out, verify: bool) -> int:
                          batch_size=cfg.batch_size, max_source_len=cfg.max_source_len,
                          max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams,
                          length_penalty=cfg.length_penalty, no_repeat_ngram_size=cfg.no_repeat_ngram_size,
-                         device=cfg.device, precision=cfg.precision, verify=verify)
+                         skip_bad_rows=cfg.skip_bad_rows, device=cfg.device, precision=cfg.precision, verify=verify)
     names = {"bleu": "BLEU", "chrf": "chrF", "rouge_1": "ROUGE-1", "rouge_2": "ROUGE-2", "rouge_l": "ROUGE-L"}
     shown = " | ".join(f"{names[k]} {r.scores[k]:.2f}" if k in r.signatures else f"{names[k]} {r.scores[k]:.4f}"
                        for k in GENERATION_TASKS[cfg.task])
-    lines = [f"{r.checkpoint} on {Path(r.file).name} ({r.pairs:,} pairs, "
+    skipped = f", {r.bad_rows.skipped:,} skipped" if r.bad_rows is not None and r.bad_rows.skipped else ""
+    lines = [f"{r.checkpoint} on {Path(r.file).name} ({r.pairs:,} pairs{skipped}, "
              f"{'greedy' if cfg.num_beams == 1 else f'{cfg.num_beams} beams'}): {shown}"]
+    if skipped:
+        lines.append(f"  {r.bad_rows.summary()}")
     lines += [f"  {names[k]} signature: {r.signatures[k]}" for k in GENERATION_TASKS[cfg.task] if k in r.signatures]
     lines += [f"  metrics:     {r.metrics}", f"  predictions: {r.predictions}"]
     out.print("\n".join(lines), highlight=False)
@@ -220,7 +227,7 @@ def _run_seq2seq(cfg: EvalConfig, out, verify: bool) -> int:
 COMPARE_ONLY = ("compare", "lstm_checkpoint", "ngram_order", "steps", "lr", "transformer_preset", "lstm_preset",
                 "seed")
 GENERATION_FLAGS = ("source_column", "target_column", "max_source_len", "max_new_tokens", "num_beams",
-                    "length_penalty", "no_repeat_ngram_size")
+                    "length_penalty", "no_repeat_ngram_size", "skip_bad_rows")
 # The settings each task on a file reads; given with another task, they would be silently ignored.
 TASK_FLAGS = {"classification": ("file", "text_column", "label_column", "label_separator", "max_source_len",
                                   "skip_bad_rows"),
