@@ -133,7 +133,8 @@ def test_classification_writes_metrics_predictions_and_confusion_plot(capsys, cl
 
     metrics = json.loads((out_dir / "metrics.json").read_text())
     predictions = [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text().splitlines()]
-    assert metrics["counts"] == {"rows": 21, "scored": 21, "skipped": 0} and metrics["classes"] == ["no", "yes"]
+    assert metrics["counts"] == {"rows": 21, "scored": 21, "skipped": 0, "skipped_by_reason": {}}
+    assert metrics["classes"] == ["no", "yes"]
     assert [p["text"] for p in predictions] == [t for t, _ in rows]
     assert [p["gold"] for p in predictions] == [y for _, y in rows]
     assert all(0.5 <= p["probability"] <= 1 for p in predictions)  # the probability of the predicted class
@@ -167,9 +168,31 @@ def test_unseen_labels_are_one_line_or_skipped_with_a_count(capsys, classifier, 
 
     code, out, _ = classify(capsys, "--checkpoint", classifier, "--file", file, "--out", tmp_path / "o",
                             "--skip-bad-rows")
-    assert code == 0 and "(6 examples, 2 skipped (unknown label))" in out
-    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["counts"] == {"rows": 8, "scored": 6,
-                                                                                   "skipped": 2}
+    assert code == 0 and "(6 examples, 2 skipped)" in out
+    assert f"skipped 2 row(s) of {file}: 2 with a label the checkpoint does not know" in out
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["counts"] == {
+        "rows": 8, "scored": 6, "skipped": 2, "skipped_by_reason": {"with a label the checkpoint does not know": 2}}
+
+
+def test_a_csv_file_with_empty_and_too_long_texts_is_one_line_or_skipped_with_a_count(capsys, classifier, tmp_path):
+    import csv
+
+    rows = [*zebra_examples(6), ("", "yes"), (" ".join(["word"] * 100), "no"), ("commas, and\na newline", "no")]
+    file = tmp_path / "dev.csv"
+    with open(file, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("id", "sentence", "label"), *((n, t, y) for n, (t, y) in enumerate(rows))])
+    argv = ["--checkpoint", classifier, "--file", file, "--text-column", "sentence", "--out", tmp_path / "o"]
+    code, out, err = classify(capsys, *argv)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert f"{file}: line 8: the source and target must both be non-empty text" in err and "--skip-bad-rows" in err
+    code, out, err = classify(capsys, *argv, "--skip-bad-rows")
+    assert code == 0, err
+    assert "(7 examples, 2 skipped)" in out and f"skipped 2 row(s) of {file}: 1 empty, 1 longer than the context" in out
+    predictions = [json.loads(line) for line in (tmp_path / "o" / "predictions.jsonl").read_text().splitlines()]
+    assert predictions[-1]["text"] == "commas, and\na newline"  # a quoted CSV field keeps its comma and newline
+    counts = json.loads((tmp_path / "o" / "metrics.json").read_text())["counts"]
+    assert counts == {"rows": 9, "scored": 7, "skipped": 2,
+                      "skipped_by_reason": {"empty": 1, "longer than the context": 1}}
 
 
 def test_classification_mistakes_are_one_line_and_exit_2(capsys, classifier, checkpoints, tiny_data, tmp_path):

@@ -46,6 +46,21 @@ def test_a_classifier_labels_every_row_as_eval_does(capsys, tiny_data, tmp_path)
     assert [r["probability"] for r in rows] == pytest.approx([s["probability"] for s in scored])
 
 
+def test_rows_with_an_empty_or_too_long_text_are_one_line_or_skipped_with_a_count(capsys, tiny_data, tmp_path):
+    ckpt = tiny(tiny_data, tmp_path, "lstm-tiny", labels=["neg", "pos"], head="classify")
+    file = tmp_path / "in.csv"
+    file.write_text('sentence\n"A fine film, really."\n""\n' + " ".join(["word"] * 100) + "\nOkay .\n",
+                    encoding="utf-8")
+    argv = [ckpt, "--file", file, "--text-column", "sentence", "--out", tmp_path / "p.jsonl"]
+    code, out, err = predict(capsys, *argv)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "line 3: the source and target must both be non-empty text" in err and "--skip-bad-rows" in err
+    code, out, err = predict(capsys, *argv, "--skip-bad-rows")
+    assert code == 0, err
+    assert f"skipped 2 row(s) of {file}: 1 empty, 1 longer than the context" in out and "for 2 rows" in out
+    assert [r["sentence"] for r in lines(tmp_path / "p.jsonl")] == ["A fine film, really.", "Okay ."]
+
+
 def test_a_seq2seq_model_generates_a_target_for_every_source(capsys, tiny_data, tmp_path):
     ckpt = tiny(tiny_data, tmp_path, "t5-tiny")
     (tmp_path / "in.jsonl").write_text('{"en": "A man rides a bike."}\n{"en": "Two dogs."}\n', encoding="utf-8")

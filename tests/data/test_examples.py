@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lmforge.data.examples import EpochSampler, held_out, pad, read_pairs
+from lmforge.data.examples import BadRows, EpochSampler, held_out, pad, read_pairs
 from lmforge.errors import UserError
 
 
@@ -23,13 +24,65 @@ def test_reads_tsv_and_jsonl_pairs_with_named_columns(tmp_path):
     assert read_pairs(jsonl) == pairs
 
 
+def test_reads_csv_pairs_with_quoted_commas_and_newlines_and_named_columns(tmp_path):
+    csv_file = tmp_path / "p.csv"
+    csv_file.write_text(',id,article,highlights\r\n0,a1,"Paris, France.\nIt rained.","Rain in ""Paris"""\r\n'
+                        '1,a2,plain,short\r\n\r\n', encoding="utf-8")
+    assert read_pairs(csv_file, "article", "highlights") == [("Paris, France.\nIt rained.", 'Rain in "Paris"'),
+                                                             ("plain", "short")]
+    assert read_pairs(csv_file, "", "id")[1] == ("1", "a2")  # a header name may be empty (pandas' index column)
+
+
+def test_reads_the_cnn_dailymail_sample_csv():
+    sample = Path(__file__).parents[3] / "shared/data/cnn_dailymail/sample100.csv"
+    if not sample.is_file():
+        pytest.skip(f"no {sample}")
+    pairs = read_pairs(sample, "article", "highlights")
+    assert len(pairs) == 100 and all("\n" in target for _, target in pairs[:5])
+
+
+def test_bad_rows_are_one_line_naming_the_skip_option_or_skipped_and_counted(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text('source,target\na,b\n"  ",c\nd,\ne,f\n', encoding="utf-8")
+    with pytest.raises(UserError, match="line 3: the source and target must both be non-empty text.*"
+                                        "pass --skip-bad-rows to skip"):
+        read_pairs(path, bad_rows=BadRows(path, flag="--skip-bad-rows"))
+    with pytest.raises(UserError) as e:
+        read_pairs(path)  # a reader that cannot skip names no option
+    assert "skip" not in e.value.line()
+    bad = BadRows(path, skip=True, flag="--skip-bad-rows")
+    assert read_pairs(path, bad_rows=bad) == [("a", "b"), ("e", "f")]
+    assert bad.skipped == 2 and bad.summary() == f"skipped 2 row(s) of {path}: 2 empty"
+
+
+def test_too_long_texts_are_one_line_or_skipped_and_counted(tmp_path):
+    from lmforge.data.examples import encode_texts, kept_rows
+
+    class Tokenizer:  # one token per word
+        def encode_batch(self, texts, add_special_tokens=False):
+            return [type("Encoding", (), {"ids": list(range(len(t.split())))})() for t in texts]
+
+    texts = ["one two", "one two three four", "one"]
+    frame = ([7], [8])
+    with pytest.raises(UserError, match="example 2 has 6 tokens with 7 8, more than model.max_seq_len 5"):
+        encode_texts(Tokenizer(), texts, frame, {}, limit=5, truncate=False, where="f.csv", fix="truncate")
+    bad = BadRows("f.csv", skip=True, flag="--skip-bad-rows")
+    ids = encode_texts(Tokenizer(), texts, frame, {}, limit=5, truncate=False, where="f.csv", fix="x", bad_rows=bad)
+    assert kept_rows(texts, ids) == (["one two", "one"], [[7, 0, 1, 8], [7, 0, 8]])
+    assert bad.summary() == "skipped 1 row(s) of f.csv: 1 longer than the context"
+
+
 @pytest.mark.parametrize(("name", "text", "message"), [
     ("p.tsv", "en\tde\na\tb\n", "the TSV header has no column 'source', 'target' (it has: 'en', 'de')"),
     ("p.tsv", "source\ttarget\na\tb\tc\n", "line 2 has 3 tab-separated fields, the header 2"),
     ("p.tsv", "source\ttarget\na\t \n", "line 2: the source and target must both be non-empty text"),
     ("p.jsonl", '{"source": "a", "target": "b"}\n{"source": "a"\n', "line 2 is not valid JSON"),
     ("p.jsonl", '{"source": "a", "tgt": "b"}\n', "line 1 lacks the key(s) 'source' and 'target'"),
-    ("p.csv", "source,target\na,b\n", "pairs file must be .tsv (with a header row) or .jsonl"),
+    ("p.txt", "source,target\na,b\n", "pairs file must be .tsv or .csv (with a header row) or .jsonl"),
+    ("p.csv", "en,de\na,b\n", "the CSV header has no column 'source', 'target' (it has: 'en', 'de')"),
+    ("p.csv", "source,target\na,b,c\n", "line 2 has 3 comma-separated fields, the header 2"),
+    ("p.csv", 'source,target\n"a,b\n', "malformed CSV at line 2"),
+    ("p.csv", "source,target\na,\n", "line 2: the source and target must both be non-empty text"),
     ("p.tsv", "source\ttarget\n", "pairs file holds no pairs"),
 ])
 def test_bad_pairs_files_are_one_line(tmp_path, name, text, message):

@@ -78,7 +78,8 @@ def test_summarisation_reports_rouge_and_beams_are_a_choice(capsys, trained, tmp
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert f"ROUGE-1 {metrics['rouge_1']:.4f} | ROUGE-2 {metrics['rouge_2']:.4f} | ROUGE-L {metrics['rouge_l']:.4f}" \
         in out and "2 beams" in out
-    assert metrics["generation"]["num_beams"] == 2 and metrics["counts"] == {"pairs": 6}
+    assert metrics["generation"]["num_beams"] == 2
+    assert metrics["counts"] == {"pairs": 6, "skipped": 0, "skipped_by_reason": {}}
 
 
 def test_generated_text_scores_from_additive_statistics_equal_the_corpus_scores():
@@ -124,6 +125,27 @@ def test_bad_input_is_one_line(capsys, trained, tiny_data, tmp_path):
     code, _, err = run(capsys, "--task", "translation", "--checkpoint", runs["tiny"], "--file", long_source,
                        "--max-source-len", "16", "--max-new-tokens", "4", "--out", tmp_path / "o", "--device", "cpu")
     assert code == 0, err
+
+
+def test_bad_pairs_are_one_line_or_skipped_with_a_count(capsys, trained, tmp_path):
+    rows, runs = trained
+    import csv
+
+    file = tmp_path / "dev.csv"  # a CSV file of pairs, one with an empty target and one too long for the model
+    with open(file, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("source", "target"), *rows[:4], ("some words", ""), (" ".join(["word"] * 300),
+                                                                                     "short")])
+    argv = ["--task", "translation", "--checkpoint", runs["tiny"], "--file", file, "--max-new-tokens", "4",
+            "--out", tmp_path / "o", "--device", "cpu"]
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "line 6: the source and target must both be non-empty text" in err and "--skip-bad-rows" in err
+    code, out, err = run(capsys, *argv, "--skip-bad-rows")
+    assert code == 0, err
+    assert "(4 pairs, 2 skipped, greedy)" in out
+    assert f"skipped 2 row(s) of {file}: 1 empty, 1 longer than the context" in out
+    counts = json.loads((tmp_path / "o" / "metrics.json").read_text())["counts"]
+    assert counts == {"pairs": 4, "skipped": 2, "skipped_by_reason": {"empty": 1, "longer than the context": 1}}
 
 
 @pytest.mark.parametrize("preset", ["tiny", "t5-tiny"])

@@ -26,11 +26,12 @@ With --compare: a Kneser-Ney n-gram model, an LSTM and a Transformer side by sid
 OUT/compare.png (bar chart) and OUT/compare.json. Models not given as checkpoints are trained here, briefly
 (--steps, CPU-friendly), into OUT/lstm and OUT/transformer; a re-run reuses them (delete them to retrain).
 
-With --task classification: a classifier checkpoint (any family with a classify head) on a labelled --file (.tsv
-with a header row, or .jsonl), its columns named by --text-column / --label-column, texts framed and padded as in
-training. Writes OUT/metrics.json (accuracy, macro-F1, per-class precision/recall/F1, confusion matrix, counts),
-OUT/predictions.jsonl (text, gold, predicted, probability) and OUT/confusion.png. A label the checkpoint does not
-know is an error; --skip-bad-rows leaves such rows out and counts them.
+With --task classification: a classifier checkpoint (any family with a classify head) on a labelled --file
+(.tsv or .csv with a header row, or .jsonl), its columns named by --text-column / --label-column, texts framed and
+padded as in training. Writes OUT/metrics.json (accuracy, macro-F1, per-class precision/recall/F1, confusion
+matrix, counts), OUT/predictions.jsonl (text, gold, predicted, probability) and OUT/confusion.png. A label the
+checkpoint does not know, an empty text or label, or a text longer than the model's context (without
+--max-source-len) is an error; --skip-bad-rows leaves such rows out and counts them.
 
 With --task qa: an extractive-QA checkpoint (--objective extractive_qa) on a SQuAD v1.1 or v2.0 JSON --file:
 exact match and F1 (official normalisation; v2.0 with --no-answer-threshold and the best threshold's scores).
@@ -41,6 +42,8 @@ With --task translation / summarisation: a seq2seq checkpoint (an encoder-decode
 --objective seq2seq) generates a target for every pair of --file (--source-column / --target-column), greedy or
 with --num-beams N; translation prints BLEU and chrF (sacrebleu, with its signature), summarisation ROUGE-1/2/L
 (rouge-score). Writes OUT/metrics.json (all five scores) and OUT/predictions.jsonl (source, reference, generated).
+An empty source or reference, or a source longer than the model's context (without --max-source-len), is an
+error; --skip-bad-rows leaves such pairs out and counts them.
 
 examples:
   lmforge eval --checkpoint runs/train --data runs/data                     # val perplexity of the best checkpoint
@@ -73,9 +76,9 @@ class EvalConfig(CompareConfig):
                                   f"results to OUT/compare.json and OUT/compare.png (default {COMPARE_OUT}); with "
                                   f"a --task on a file: OUT/metrics.json, OUT/predictions.jsonl (classification: "
                                   f"and OUT/confusion.png) (default {CLASSIFY_OUT})")
-    file: str | None = field(None, "with a --task on a file: the labelled file or file of pairs (.tsv with a header "
-                                   "row, or .jsonl; may be gzipped), or for qa a SQuAD JSON file")
-    text_column: str = field("text", "with --task classification: column (TSV header / JSON key) of the text")
+    file: str | None = field(None, "with a --task on a file: the labelled file or file of pairs (.tsv or .csv with a "
+                                   "header row, or .jsonl; may be gzipped), or for qa a SQuAD JSON file")
+    text_column: str = field("text", "with --task classification: column (TSV/CSV header / JSON key) of the text")
     label_column: str = field("label", "with --task classification: column of the gold label")
     label_separator: str = field(",", "with --task classification of a multi-label checkpoint: what separates a "
                                       "row's labels")
@@ -84,9 +87,11 @@ class EvalConfig(CompareConfig):
     max_source_len: int | None = field(None, "with --task classification / translation / summarisation: truncate "
                                              "texts to N tokens (default: a text longer than the model's "
                                              "max_seq_len is an error)", min=1)
-    skip_bad_rows: bool = field(False, "with --task classification: leave out rows whose label the checkpoint does "
-                                       "not know; qa: questions whose answer is not in the context; and count them "
-                                       "(default: an error)")
+    skip_bad_rows: bool = field(False, "leave out and count bad rows instead of stopping at the first (default: an "
+                                       "error): with --task classification rows whose label the checkpoint does not "
+                                       "know; classification / translation / summarisation rows with an empty text "
+                                       "or target, or a text longer than the model's context (without "
+                                       "--max-source-len); qa questions whose answer is not in the context")
     max_new_tokens: int = field(128, "with --task translation / summarisation: longest generated target", min=1)
     num_beams: int = field(1, "with --task translation / summarisation: beam search with this many beams (1 = "
                               "greedy)", min=1)
@@ -157,13 +162,15 @@ def _run_classification(cfg: EvalConfig, out, verify: bool) -> int:
                             label_separator=cfg.label_separator, device=cfg.device,
                             precision=cfg.precision, verify=verify)
     s = r.scores
-    skipped = f", {r.skipped:,} skipped (unknown label)" if r.skipped else ""
+    skipped = f", {r.skipped:,} skipped" if r.skipped else ""
     worst = min(s.per_class, key=lambda c: s.per_class[c].f1)
     lines = [f"{r.checkpoint} on {Path(r.file).name} ({s.examples:,} examples{skipped}): accuracy {s.accuracy:.4f} | "
              f"macro-F1 {s.macro_f1:.4f}",
              "  per class F1: " + ", ".join(f"{c} {p.f1:.3f}" for c, p in s.per_class.items())
              + (f" (lowest: {worst})" if len(s.per_class) > 2 else ""),
              f"  metrics:     {r.metrics}", f"  predictions: {r.predictions}"]
+    if r.bad_rows is not None and r.bad_rows.skipped:
+        lines.insert(1, f"  {r.bad_rows.summary()}")
     if r.plot is not None:
         lines.append(f"  confusion:   {r.plot}")
     out.print("\n".join(lines), highlight=False)
@@ -201,12 +208,15 @@ def _run_seq2seq(cfg: EvalConfig, out, verify: bool) -> int:
                          batch_size=cfg.batch_size, max_source_len=cfg.max_source_len,
                          max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams,
                          length_penalty=cfg.length_penalty, no_repeat_ngram_size=cfg.no_repeat_ngram_size,
-                         device=cfg.device, precision=cfg.precision, verify=verify)
+                         skip_bad_rows=cfg.skip_bad_rows, device=cfg.device, precision=cfg.precision, verify=verify)
     names = {"bleu": "BLEU", "chrf": "chrF", "rouge_1": "ROUGE-1", "rouge_2": "ROUGE-2", "rouge_l": "ROUGE-L"}
     shown = " | ".join(f"{names[k]} {r.scores[k]:.2f}" if k in r.signatures else f"{names[k]} {r.scores[k]:.4f}"
                        for k in GENERATION_TASKS[cfg.task])
-    lines = [f"{r.checkpoint} on {Path(r.file).name} ({r.pairs:,} pairs, "
+    skipped = f", {r.bad_rows.skipped:,} skipped" if r.bad_rows is not None and r.bad_rows.skipped else ""
+    lines = [f"{r.checkpoint} on {Path(r.file).name} ({r.pairs:,} pairs{skipped}, "
              f"{'greedy' if cfg.num_beams == 1 else f'{cfg.num_beams} beams'}): {shown}"]
+    if skipped:
+        lines.append(f"  {r.bad_rows.summary()}")
     lines += [f"  {names[k]} signature: {r.signatures[k]}" for k in GENERATION_TASKS[cfg.task] if k in r.signatures]
     lines += [f"  metrics:     {r.metrics}", f"  predictions: {r.predictions}"]
     out.print("\n".join(lines), highlight=False)
@@ -217,17 +227,17 @@ def _run_seq2seq(cfg: EvalConfig, out, verify: bool) -> int:
 COMPARE_ONLY = ("compare", "lstm_checkpoint", "ngram_order", "steps", "lr", "transformer_preset", "lstm_preset",
                 "seed")
 GENERATION_FLAGS = ("source_column", "target_column", "max_source_len", "max_new_tokens", "num_beams",
-                    "length_penalty", "no_repeat_ngram_size")
+                    "length_penalty", "no_repeat_ngram_size", "skip_bad_rows")
 # The settings each task on a file reads; given with another task, they would be silently ignored.
 TASK_FLAGS = {"classification": ("file", "text_column", "label_column", "label_separator", "max_source_len",
                                   "skip_bad_rows"),
               "qa": ("file", "skip_bad_rows", "max_len", "doc_stride", "max_query_len", "max_answer_len",
                      "no_answer_threshold"),
               "translation": ("file", *GENERATION_FLAGS), "summarisation": ("file", *GENERATION_FLAGS)}
-FILE_KINDS = {"classification": ".tsv or .jsonl with a text and a label column",
+FILE_KINDS = {"classification": ".tsv, .csv or .jsonl with a text and a label column",
               "qa": "SQuAD v1.1 or v2.0 JSON",
-              "translation": ".tsv or .jsonl with a source and a target column",
-              "summarisation": ".tsv or .jsonl with a source and a target column"}
+              "translation": ".tsv, .csv or .jsonl with a source and a target column",
+              "summarisation": ".tsv, .csv or .jsonl with a source and a target column"}
 
 
 def _refuse_task_flags(cfg: EvalConfig) -> None:

@@ -15,8 +15,8 @@ from lmforge.runtime import PRECISIONS
 ORDER = 37
 
 DESCRIPTION = """\
-Predict with a task checkpoint on every row of a file (.tsv with a header row, or .jsonl; may be gzipped), as
-JSON lines: the row's input columns plus the prediction, in file order. What is predicted follows what the
+Predict with a task checkpoint on every row of a file (.tsv or .csv with a header row, or .jsonl; may be
+gzipped), as JSON lines: the row's input columns plus the prediction, in file order. What is predicted follows what the
 checkpoint's model can do:
 
   classifier (--objective classification)       "predicted" label and its "probability" (multi-label: the
@@ -34,7 +34,7 @@ examples:
 
 @dataclass
 class PredictOptions(Config):
-    file: str | None = field(None, "the input file (.tsv with a header row, or .jsonl)")
+    file: str | None = field(None, "the input file (.tsv or .csv with a header row, or .jsonl)")
     out: str = field("predictions.jsonl", "output JSONL file (written whole or not at all)")
     text_column: str = field("text", "classifier: column of the text")
     question_column: str = field("question", "extractive QA: column of the question")
@@ -47,24 +47,31 @@ class PredictOptions(Config):
     num_beams: int = field(1, "seq2seq: beam search with this many beams (1 = greedy)", min=1)
     no_answer_threshold: float = field(0.0, "extractive QA: answer \"\" when the no-answer score beats the best "
                                             "span's by more than this", finite=True)
+    skip_bad_rows: bool = field(False, "leave out (no output line) and count rows with an empty text, or a text / "
+                                       "source longer than the model's context without --max-source-len (default: "
+                                       "an error)")
     device: str = field("auto", "device to run on", choices=DEVICES)
     precision: str = field("auto", "auto = bf16 autocast on CUDA, fp32 elsewhere", choices=PRECISIONS)
 
 
 def run(args: argparse.Namespace) -> int:
+    from lmforge.data.examples import BadRows
     from lmforge.eval.predict import predict_file
 
     verify = verify_wanted(args)
     checkpoint = args.checkpoint
     o = resolve(PredictOptions, argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "checkpoint"}))
     if not o.file:
-        raise UserError("no input file given", fix="pass --file FILE (.tsv with a header row, or .jsonl)")
+        raise UserError("no input file given", fix="pass --file FILE (.tsv or .csv with a header row, or .jsonl)")
+    bad_rows = BadRows(o.file, skip=o.skip_bad_rows, flag="--skip-bad-rows")
     out, n, what = predict_file(checkpoint, o.file, out=o.out, text_column=o.text_column,
                                 question_column=o.question_column, context_column=o.context_column,
                                 source_column=o.source_column, batch_size=o.batch_size,
                                 max_source_len=o.max_source_len, max_new_tokens=o.max_new_tokens,
-                                num_beams=o.num_beams, no_answer_threshold=o.no_answer_threshold, device=o.device,
-                                precision=o.precision, verify=verify)
+                                num_beams=o.num_beams, no_answer_threshold=o.no_answer_threshold,
+                                bad_rows=bad_rows, device=o.device, precision=o.precision, verify=verify)
+    if bad_rows.skipped:
+        print(bad_rows.summary())
     print(f"wrote {what} for {n:,} rows to {out}")
     return 0
 

@@ -21,7 +21,7 @@ import re
 import shutil
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -363,9 +363,17 @@ def _column_index(header: list[str], name: str, where: str) -> int:
                     fix="choose the column with the csv_column option (a name or a 0-based index)")
 
 
-def _read_csv(path: str, gz: bool, opts: ReadOptions, decode: _Decoder, tsv: bool) -> Iterator[str]:
+def delimited_rows(lines: Iterable[str], tsv: bool) -> Any:
+    """A `csv.reader` over text lines, as lmforge reads every CSV and TSV file (corpora, task files): TSV has no
+    quoting (a quote character is text); CSV fields may be quoted and span lines. `reader.line_num` is the line
+    a row ends on; malformed CSV raises `csv.Error`."""
     # Long documents are normal; the csv module's default 128 KiB field limit (process-wide) is too small.
     csv.field_size_limit(2**31 - 1)
+    return csv.reader(lines, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL,
+                      strict=not tsv)
+
+
+def _read_csv(path: str, gz: bool, opts: ReadOptions, decode: _Decoder, tsv: bool) -> Iterator[str]:
     bad: list[int] = []  # offsets of invalid UTF-8 in the lines the reader consumed for the current row
 
     def lines(f: IO[bytes]) -> Iterator[str]:
@@ -378,9 +386,7 @@ def _read_csv(path: str, gz: bool, opts: ReadOptions, decode: _Decoder, tsv: boo
                 yield line.decode("utf-8", "surrogateescape")
 
     with _open(path, gz) as f:
-        # TSV has no quoting (a quote character is text); CSV fields may be quoted and span lines.
-        reader = csv.reader(lines(f), delimiter="\t" if tsv else ",",
-                            quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL, strict=not tsv)
+        reader = delimited_rows(lines(f), tsv)
         try:
             header = next(reader, None)
             if header is None:

@@ -8,9 +8,10 @@
 Any checkpoint whose model can classify (`models.registry.can(cfg, CLASSIFY)`) is read with its own tokenizer and
 its own classes (`cfg.labels`); the texts are framed and padded as the classification objective frames and pads
 them (`data.examples.encode_texts`, `pad`), so a checkpoint scores a file as its training run's evaluation
-scored its held-out examples. The file is read as training reads one (TSV with a header row, or JSONL), with its
-own column names. A gold label the checkpoint does not know is one error line, or with `skip_bad_rows` the row is
-left out and counted.
+scored its held-out examples. The file is read as training reads one (TSV or CSV with a header row, or JSONL), with
+its own column names. A gold label the checkpoint does not know, an empty text or label, or a text longer than the
+model's context (without `max_source_len`) is one error line, or with `skip_bad_rows` the row is left out and
+counted (`BadRows`).
 
 Written into `out`: metrics.json (the scores and counts), predictions.jsonl (text, gold, predicted, probability of
 the prediction, one line per row scored, in file order) and confusion.png (when matplotlib is installed).
@@ -28,6 +29,7 @@ from lmforge.atomic import atomic_file
 if TYPE_CHECKING:
     from torch import nn
 
+    from lmforge.data.examples import BadRows
     from lmforge.eval.metrics import ClassificationScores, MultiLabelScores
     from lmforge.eval.task_checkpoint import TaskCheckpoint
 
@@ -39,10 +41,11 @@ class ClassifierEval:
     checkpoint: Path  # the checkpoint scored (a run directory resolves to its best checkpoint)
     file: Path
     scores: ClassificationScores | MultiLabelScores
-    skipped: int  # rows left out with skip_bad_rows (gold label unknown to the checkpoint)
+    skipped: int  # rows left out with skip_bad_rows (gold label unknown to the checkpoint, empty, too long)
     metrics: Path
     predictions: Path
     plot: Path | None  # None when matplotlib is missing
+    bad_rows: BadRows | None = None  # the skipped rows by reason; its summary() is the line to print
 
 
 def class_probabilities(model: nn.Module, texts: list[list[int]], pad_id: int, *, batch_size: int = 32,
@@ -141,28 +144,28 @@ def evaluate_classifier(checkpoint: str | Path, file: str | Path, *, out: str | 
     them to that many tokens, as `--objective-options.max-source-len` does in training.
     """
     from lmforge.atomic import write_json
-    from lmforge.data.examples import encode_texts, read_pairs
+    from lmforge.data.examples import UNKNOWN_LABEL, BadRows, encode_texts, kept_rows, read_pairs
     from lmforge.errors import UserError
     from lmforge.eval.metrics import classification_scores
     from lmforge.eval.task_checkpoint import open_task_checkpoint, require_file
     from lmforge.models.registry import CLASSIFY, text_frame
 
-    file = require_file(file, "labelled file", fix="pass --file FILE (.tsv with a header row, or .jsonl)")
+    file = require_file(file, "labelled file", fix="pass --file FILE (.tsv or .csv with a header row, or .jsonl)")
     ckpt = open_task_checkpoint(checkpoint, capability=CLASSIFY, needed_for="classification",
                                 fix="pass a checkpoint trained with --objective classification", device=device,
                                 precision=precision, verify=verify)
     path, model, cfg, tok, special, rt = ckpt.path, ckpt.model, ckpt.cfg, ckpt.tokenizer, ckpt.special, ckpt.runtime
+    bad_rows = BadRows(file, skip=skip_bad_rows, flag="--skip-bad-rows")
     rows = read_pairs(file, text_column, label_column, flags="--text-column / --label-column",
-                      label_separator=label_separator if cfg.multi_label else None)
+                      label_separator=label_separator if cfg.multi_label else None, bad_rows=bad_rows)
     if cfg.multi_label:
         return _evaluate_multilabel(ckpt, file, rows, out=out, text_column=text_column,
                                     label_column=label_column, batch_size=batch_size, max_source_len=max_source_len,
-                                    skip_bad_rows=skip_bad_rows, label_separator=label_separator)
+                                    bad_rows=bad_rows, label_separator=label_separator)
 
     known = {name: i for i, name in enumerate(cfg.labels)}
     kept = [(text, label.strip()) for text, label in rows if label.strip() in known]
-    skipped = len(rows) - len(kept)
-    if skipped and not skip_bad_rows:
+    if len(kept) < len(rows) and not skip_bad_rows:
         bad = [(n, label.strip()) for n, (_, label) in enumerate(rows, start=1) if label.strip() not in known]
         unseen = list(dict.fromkeys(label for _, label in bad))
         raise UserError(f"{len(bad)} row(s) have labels the checkpoint does not know: "
@@ -170,13 +173,19 @@ def evaluate_classifier(checkpoint: str | Path, file: str | Path, *, out: str | 
                         f"{bad[0][0]}; column '{label_column}'; it knows {', '.join(map(repr, cfg.labels))})",
                         where=file, fix="pass --skip-bad-rows to score the other rows, or name the right column "
                                         "with --label-column")
+    if len(kept) < len(rows):
+        bad_rows.count(UNKNOWN_LABEL, len(rows) - len(kept))
     if not kept:
         raise UserError(f"no row of the file has a label the checkpoint knows ({', '.join(map(repr, cfg.labels))})",
                         where=file, fix="name the label column with --label-column")
 
-    texts = encode_texts(tok, [text for text, _ in kept], text_frame(cfg, special), special,
-                         limit=max_source_len or cfg.max_seq_len, truncate=max_source_len is not None, where=file,
-                         fix="truncate texts with --max-source-len N, or shorten the text")
+    kept, texts = kept_rows(kept, encode_texts(
+        tok, [text for text, _ in kept], text_frame(cfg, special), special, limit=max_source_len or cfg.max_seq_len,
+        truncate=max_source_len is not None, where=file, bad_rows=bad_rows,
+        fix="truncate texts with --max-source-len N, or shorten the text"))
+    if not kept:
+        raise UserError(f"every row was skipped as bad ({bad_rows.summary()})", where=file,
+                        fix="truncate texts with --max-source-len N")
     predicted, probs = predict(model, texts, special.get("pad", 0), batch_size=batch_size, device=rt.device,
                                autocast=rt.autocast)
     names = list(cfg.labels)
@@ -189,22 +198,28 @@ def evaluate_classifier(checkpoint: str | Path, file: str | Path, *, out: str | 
     metrics, predictions = out / METRICS_FILE, out / PREDICTIONS_FILE
     write_json(metrics, {"task": "classification", "checkpoint": str(path), "file": str(file),
                          "text_column": text_column, "label_column": label_column, **scores.to_dict(),
-                         "counts": {"rows": len(rows), "scored": len(kept), "skipped": skipped}})
+                         "counts": _counts(kept, bad_rows)})
     with atomic_file(predictions, "w") as f:
         for (text, label), p, prob in zip(kept, guess, probs, strict=True):
             f.write(json.dumps({"text": text, "gold": label, "predicted": p, "probability": round(prob, 6)},
                                ensure_ascii=False) + "\n")
     plot = plot_confusion(scores, out / CONFUSION_PLOT)
-    return ClassifierEval(checkpoint=path, file=file, scores=scores, skipped=skipped, metrics=metrics,
-                          predictions=predictions, plot=plot)
+    return ClassifierEval(checkpoint=path, file=file, scores=scores, skipped=bad_rows.skipped, metrics=metrics,
+                          predictions=predictions, plot=plot, bad_rows=bad_rows)
+
+
+def _counts(kept: list[Any], bad_rows: BadRows) -> dict[str, Any]:
+    """metrics.json's counts: the rows read, scored and skipped (and why)."""
+    return {"rows": len(kept) + bad_rows.skipped, "scored": len(kept), "skipped": bad_rows.skipped,
+            "skipped_by_reason": dict(bad_rows.counts)}
 
 
 def _evaluate_multilabel(ckpt: TaskCheckpoint, file: Path, rows: list[tuple[str, str]], *, out: str | Path,
                          text_column: str, label_column: str, batch_size: int, max_source_len: int | None,
-                         skip_bad_rows: bool, label_separator: str) -> ClassifierEval:
+                         bad_rows: BadRows, label_separator: str) -> ClassifierEval:
     """`evaluate_classifier` for a multi-label checkpoint: label sets, a label predicted over probability 0.5."""
     from lmforge.atomic import write_json
-    from lmforge.data.examples import encode_texts, split_labels
+    from lmforge.data.examples import UNKNOWN_LABEL, encode_texts, kept_rows, split_labels
     from lmforge.errors import UserError
     from lmforge.eval.metrics import multilabel_scores
     from lmforge.models.registry import text_frame
@@ -213,7 +228,7 @@ def _evaluate_multilabel(ckpt: TaskCheckpoint, file: Path, rows: list[tuple[str,
     names = list(cfg.labels)
     sets = [split_labels(label, label_separator) for _, label in rows]
     bad = [(n, [x for x in s if x not in names]) for n, s in enumerate(sets, start=1) if any(x not in names for x in s)]
-    if bad and not skip_bad_rows:
+    if bad and not bad_rows.skip:
         unseen = list(dict.fromkeys(x for _, xs in bad for x in xs))
         raise UserError(f"{len(bad)} row(s) have labels the checkpoint does not know: "
                         f"{', '.join(map(repr, unseen[:5]))}{' ...' if len(unseen) > 5 else ''} (first at row "
@@ -221,13 +236,19 @@ def _evaluate_multilabel(ckpt: TaskCheckpoint, file: Path, rows: list[tuple[str,
                         f"{', '.join(map(repr, names))})", where=file,
                         fix="pass --skip-bad-rows to score the other rows, or --label-separator / --label-column")
     skip = {n for n, _ in bad}
+    if skip:
+        bad_rows.count(UNKNOWN_LABEL, len(skip))
     kept = [(text, s) for n, ((text, _), s) in enumerate(zip(rows, sets), start=1) if n not in skip]
     if not kept:
         raise UserError("no row of the file has only labels the checkpoint knows", where=file,
                         fix="name the label column with --label-column")
-    texts = encode_texts(tok, [text for text, _ in kept], text_frame(cfg, special), special,
-                         limit=max_source_len or cfg.max_seq_len, truncate=max_source_len is not None, where=file,
-                         fix="truncate texts with --max-source-len N, or shorten the text")
+    kept, texts = kept_rows(kept, encode_texts(
+        tok, [text for text, _ in kept], text_frame(cfg, special), special, limit=max_source_len or cfg.max_seq_len,
+        truncate=max_source_len is not None, where=file, bad_rows=bad_rows,
+        fix="truncate texts with --max-source-len N, or shorten the text"))
+    if not kept:
+        raise UserError(f"every row was skipped as bad ({bad_rows.summary()})", where=file,
+                        fix="truncate texts with --max-source-len N")
     probs = class_probabilities(model, texts, special.get("pad", 0), batch_size=batch_size, device=rt.device,
                                 autocast=rt.autocast)
     guess = [[names[k] for k, p in enumerate(row) if p > 0.5] for row in probs]
@@ -237,14 +258,14 @@ def _evaluate_multilabel(ckpt: TaskCheckpoint, file: Path, rows: list[tuple[str,
     metrics, predictions = out / METRICS_FILE, out / PREDICTIONS_FILE
     write_json(metrics, {"task": "classification", "multi_label": True, "checkpoint": str(path), "file": str(file),
                          "text_column": text_column, "label_column": label_column, **scores.to_dict(),
-                         "counts": {"rows": len(rows), "scored": len(kept), "skipped": len(skip)}})
+                         "counts": _counts(kept, bad_rows)})
     with atomic_file(predictions, "w") as f:
         for (text, gold), g, row in zip(kept, guess, probs, strict=True):
             f.write(json.dumps({"text": text, "gold": gold, "predicted": g,
                                 "probabilities": {n: round(p, 6) for n, p in zip(names, row)}},
                                ensure_ascii=False) + "\n")
-    return ClassifierEval(checkpoint=path, file=file, scores=scores, skipped=len(skip), metrics=metrics,
-                          predictions=predictions, plot=None)
+    return ClassifierEval(checkpoint=path, file=file, scores=scores, skipped=bad_rows.skipped, metrics=metrics,
+                          predictions=predictions, plot=None, bad_rows=bad_rows)
 
 
 __all__ = ["ClassifierEval", "class_probabilities", "evaluate_classifier", "plot_confusion", "predict"]

@@ -14,7 +14,7 @@ What the checkpoint's model can do decides what is predicted (`models.registry.c
   generated greedily or with beams (`eval.seq2seq.generate_targets`); for free continuation of a prompt use
   `lmforge generate`. Columns: `source_column`.
 
-The file is TSV with a header row, or JSONL (either may be gzipped); each output line is the input's columns
+The file is TSV or CSV with a header row, or JSONL (any of them may be gzipped); each output line is the input's columns
 plus the prediction, in file order, written atomically.
 """
 
@@ -22,27 +22,36 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lmforge.data.examples import BadRows
 
 
 def predict_file(checkpoint: str | Path, file: str | Path, *, out: str | Path, text_column: str = "text",
                  question_column: str = "question", context_column: str = "context",
                  source_column: str = "source", batch_size: int = 16, max_source_len: int | None = None,
                  max_new_tokens: int = 128, num_beams: int = 1, no_answer_threshold: float = 0.0,
-                 device: str = "auto", precision: str = "auto", verify: bool = True) -> tuple[Path, int, str]:
-    """Write one JSON line per row of `file` with the checkpoint's prediction; (out, rows, what was predicted)."""
+                 bad_rows: BadRows | None = None, device: str = "auto", precision: str = "auto",
+                 verify: bool = True) -> tuple[Path, int, str]:
+    """Write one JSON line per row of `file` with the checkpoint's prediction; (out, rows, what was predicted).
+
+    A row with an empty text, or a text / source longer than the model's context (without `max_source_len`), is
+    one error line, or when `bad_rows` skips (`--skip-bad-rows`) has no output line and is counted there."""
     from lmforge.atomic import atomic_file
-    from lmforge.data.examples import read_pairs
+    from lmforge.data.examples import BadRows, kept_rows, read_pairs
     from lmforge.errors import UserError
     from lmforge.eval.task_checkpoint import open_task_checkpoint, require_file
     from lmforge.models.registry import CLASSIFY, EXTRACT_SPAN, GENERATE, can, describe
 
-    file = require_file(file, "input file", fix="pass --file FILE (.tsv with a header row, or .jsonl)")
+    file = require_file(file, "input file", fix="pass --file FILE (.tsv or .csv with a header row, or .jsonl)")
     ckpt = open_task_checkpoint(checkpoint, device=device, precision=precision, verify=verify)
     path, model, cfg, tok, special, rt = ckpt.path, ckpt.model, ckpt.cfg, ckpt.tokenizer, ckpt.special, ckpt.runtime
 
+    bad_rows = bad_rows or BadRows(file)
+
     def column(name: str, flag: str) -> list[str]:  # one column: read as a pair of it with itself
-        return [text for text, _ in read_pairs(file, name, name, flags=flag)]
+        return [text for text, _ in read_pairs(file, name, name, flags=flag, bad_rows=bad_rows)]
 
     records: list[dict[str, Any]]
     if can(cfg, CLASSIFY):
@@ -52,9 +61,10 @@ def predict_file(checkpoint: str | Path, file: str | Path, *, out: str | Path, t
 
         what = "labels"
         texts = column(text_column, "--text-column")
-        ids = encode_texts(tok, texts, text_frame(cfg, special), special, limit=max_source_len or cfg.max_seq_len,
-                           truncate=max_source_len is not None, where=file,
-                           fix="truncate texts with --max-source-len N, or shorten the text")
+        texts, ids = kept_rows(texts, encode_texts(
+            tok, texts, text_frame(cfg, special), special, limit=max_source_len or cfg.max_seq_len,
+            truncate=max_source_len is not None, where=file, bad_rows=bad_rows,
+            fix="truncate texts with --max-source-len N, or shorten the text"))
         probs = class_probabilities(model, ids, special.get("pad", 0), batch_size=batch_size, device=rt.device,
                                     autocast=rt.autocast)
         records = []
@@ -68,14 +78,14 @@ def predict_file(checkpoint: str | Path, file: str | Path, *, out: str | Path, t
     elif can(cfg, EXTRACT_SPAN):
         what = "answers"
         records = _answers(model, cfg, tok, special, rt, file, question_column, context_column, batch_size,
-                           no_answer_threshold)
+                           no_answer_threshold, bad_rows)
     elif can(cfg, GENERATE):
         from lmforge.eval.seq2seq import encode_sources, generate_targets
 
         what = "generated targets"
         sources = column(source_column, "--source-column")
-        ids = encode_sources(cfg, tok, special, sources, max_source_len=max_source_len, where=file,
-                             needed_for="predict")
+        sources, ids = kept_rows(sources, encode_sources(cfg, tok, special, sources, max_source_len=max_source_len,
+                                                         where=file, needed_for="predict", bad_rows=bad_rows))
         with rt.autocast():
             generated = generate_targets(model, tok, ids, special, max_new_tokens=max_new_tokens,
                                          num_beams=num_beams, batch_size=batch_size)
@@ -92,7 +102,8 @@ def predict_file(checkpoint: str | Path, file: str | Path, *, out: str | Path, t
 
 
 def _answers(model: Any, cfg: Any, tok: Any, special: dict[str, int], rt: Any, file: Path, question_column: str,
-             context_column: str, batch_size: int, no_answer_threshold: float) -> list[dict[str, Any]]:
+             context_column: str, batch_size: int, no_answer_threshold: float,
+             bad_rows: BadRows) -> list[dict[str, Any]]:
     """Each (question, context) row's answer, read as extractive-QA training reads a question."""
     import torch
 
@@ -105,7 +116,8 @@ def _answers(model: Any, cfg: Any, tok: Any, special: dict[str, int], rt: Any, f
     if "cls" not in special or "sep" not in special:
         raise UserError("question answering frames questions with <cls> and <sep>, which the checkpoint's tokenizer "
                         "lacks", fix="use a checkpoint trained with --objective extractive_qa")
-    rows = read_pairs(file, question_column, context_column, flags="--question-column / --context-column")
+    rows = read_pairs(file, question_column, context_column, flags="--question-column / --context-column",
+                      bad_rows=bad_rows)
     questions = [Question(str(n), q, c, ()) for n, (q, c) in enumerate(rows)]
     built = question_windows(tok, questions, cls=special["cls"], sep=special["sep"], max_len=cfg.max_seq_len,
                              stride=128, max_query_len=64, where=file, fix="shorten the question")

@@ -24,7 +24,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from lmforge.atomic import atomic_file
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
     from torch import nn
 
+    from lmforge.data.examples import BadRows
     from lmforge.models.config import ModelConfig
 
 GENERATION_TASKS = {"translation": ("bleu", "chrf"), "summarisation": ("rouge_1", "rouge_2", "rouge_l")}
@@ -48,6 +49,7 @@ class Seq2SeqEval:
     pairs: int
     metrics: Path
     predictions: Path
+    bad_rows: BadRows | None = None  # the pairs skipped with skip_bad_rows, by reason; summary() is the line to print
 
 
 def generate_targets(model: nn.Module, tokenizer: Tokenizer, sources: Sequence[Sequence[int]],
@@ -71,12 +73,25 @@ def generate_targets(model: nn.Module, tokenizer: Tokenizer, sources: Sequence[S
     return texts
 
 
+@overload
 def encode_sources(model_cfg: ModelConfig, tokenizer: Tokenizer, special_ids: Mapping[str, int],
                    texts: Sequence[str], *, max_source_len: int | None, where: str | Path,
-                   needed_for: str) -> list[list[int]]:
+                   needed_for: str, bad_rows: None = None) -> list[list[int]]: ...
+
+
+@overload
+def encode_sources(model_cfg: ModelConfig, tokenizer: Tokenizer, special_ids: Mapping[str, int],
+                   texts: Sequence[str], *, max_source_len: int | None, where: str | Path,
+                   needed_for: str, bad_rows: BadRows) -> list[list[int] | None]: ...
+
+
+def encode_sources(model_cfg: ModelConfig, tokenizer: Tokenizer, special_ids: Mapping[str, int],
+                   texts: Sequence[str], *, max_source_len: int | None, where: str | Path,
+                   needed_for: str, bad_rows: BadRows | None = None) -> list[list[int]] | list[list[int] | None]:
     """Each source text framed as the seq2seq objective frames it; one line when it does not fit the model (or
-    cut to `max_source_len` tokens), or when the tokenizer lacks the template's special tokens."""
-    from lmforge.data.examples import seq2seq_source
+    cut to `max_source_len` tokens), or when the tokenizer lacks the template's special tokens. With `bad_rows` a
+    source too long is rejected through it: when it skips, the source's entry is None (`kept_rows` drops them)."""
+    from lmforge.data.examples import TOO_LONG, seq2seq_source
     from lmforge.errors import UserError
     from lmforge.models.registry import Kind, kind_of
 
@@ -87,16 +102,20 @@ def encode_sources(model_cfg: ModelConfig, tokenizer: Tokenizer, special_ids: Ma
                         f"the checkpoint's tokenizer lacks", fix="score a checkpoint trained with --objective seq2seq")
     framing = len(seq2seq_source(model_cfg, special_ids, []))
     limit = model_cfg.max_seq_len - framing - (1 if kind_of(model_cfg) == Kind.DECODER else 0)
-    out = []
+    out: list[list[int] | None] = []
     for n, enc in enumerate(tokenizer.encode_batch(list(texts), add_special_tokens=False), start=1):
         ids = enc.ids
         if max_source_len is not None:
             ids = ids[:min(max_source_len, limit)]
         if len(ids) > limit:
-            raise UserError(f"the source of row {n} has {len(ids)} tokens, more than the {limit} the model's "
-                            f"{model_cfg.max_seq_len} positions leave (with the template's {framing} and room to "
-                            f"generate)", where=where, fix="truncate sources with --max-source-len N, or shorten "
-                                                           "the text")
+            message = (f"the source of row {n} has {len(ids)} tokens, more than the {limit} the model's "
+                       f"{model_cfg.max_seq_len} positions leave (with the template's {framing} and room to generate)")
+            fix = "truncate sources with --max-source-len N, or shorten the text"
+            if bad_rows is None:
+                raise UserError(message, where=where, fix=fix)
+            bad_rows.reject(TOO_LONG, message, fix=fix)
+            out.append(None)
+            continue
         out.append(seq2seq_source(model_cfg, special_ids, ids))
     return out
 
@@ -104,25 +123,35 @@ def encode_sources(model_cfg: ModelConfig, tokenizer: Tokenizer, special_ids: Ma
 def evaluate_seq2seq(checkpoint: str | Path, file: str | Path, *, task: str, out: str | Path,
                      source_column: str = "source", target_column: str = "target", batch_size: int = 16,
                      max_source_len: int | None = None, max_new_tokens: int = 128, num_beams: int = 1,
-                     length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, device: str = "auto",
-                     precision: str = "auto", verify: bool = True) -> Seq2SeqEval:
-    """Generate a target for every pair of `file` with `checkpoint` (or a run directory's best) and score it."""
+                     length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, skip_bad_rows: bool = False,
+                     device: str = "auto", precision: str = "auto", verify: bool = True) -> Seq2SeqEval:
+    """Generate a target for every pair of `file` with `checkpoint` (or a run directory's best) and score it.
+
+    An empty source or reference, or a source too long for the model (without `max_source_len`), is one error line,
+    or with `skip_bad_rows` the pair is left out and counted (`Seq2SeqEval.bad_rows`)."""
     from lmforge.atomic import write_json
-    from lmforge.data.examples import read_pairs
+    from lmforge.data.examples import BadRows, kept_rows, read_pairs
+    from lmforge.errors import UserError
     from lmforge.eval.metrics import bleu, chrf, rouge
     from lmforge.eval.task_checkpoint import open_task_checkpoint, require_file
     from lmforge.models.registry import GENERATE
 
     if task not in GENERATION_TASKS:
         raise ValueError(f"task must be one of {sorted(GENERATION_TASKS)}")
-    file = require_file(file, "pairs file", fix="pass --file FILE (.tsv with a header row, or .jsonl)")
+    file = require_file(file, "pairs file", fix="pass --file FILE (.tsv or .csv with a header row, or .jsonl)")
     ckpt = open_task_checkpoint(checkpoint, capability=GENERATE, needed_for=task,
                                 fix="pass a checkpoint trained with --objective seq2seq", device=device,
                                 precision=precision, verify=verify)
     path, model, cfg, tok, special, rt = ckpt.path, ckpt.model, ckpt.cfg, ckpt.tokenizer, ckpt.special, ckpt.runtime
-    rows = read_pairs(file, source_column, target_column, flags="--source-column / --target-column")
-    sources = encode_sources(cfg, tok, special, [s for s, _ in rows], max_source_len=max_source_len, where=file,
-                             needed_for=task)
+    bad_rows = BadRows(file, skip=skip_bad_rows, flag="--skip-bad-rows")
+    rows = read_pairs(file, source_column, target_column, flags="--source-column / --target-column",
+                      bad_rows=bad_rows)
+    rows, sources = kept_rows(rows, encode_sources(cfg, tok, special, [s for s, _ in rows],
+                                                   max_source_len=max_source_len, where=file, needed_for=task,
+                                                   bad_rows=bad_rows))
+    if not rows:
+        raise UserError(f"every pair was skipped as bad ({bad_rows.summary()})", where=file,
+                        fix="truncate sources with --max-source-len N")
     with rt.autocast():
         generated = generate_targets(model, tok, sources, special, max_new_tokens=max_new_tokens,
                                      num_beams=num_beams, length_penalty=length_penalty,
@@ -140,13 +169,15 @@ def evaluate_seq2seq(checkpoint: str | Path, file: str | Path, *, task: str, out
                                 "max_source_len": max_source_len}
     write_json(metrics, {"task": task, "checkpoint": str(path), "file": str(file), "source_column": source_column,
                          "target_column": target_column, **scores, "signatures": signatures,
-                         "generation": settings, "counts": {"pairs": len(rows)}})
+                         "generation": settings,
+                         "counts": {"pairs": len(rows), "skipped": bad_rows.skipped,
+                                    "skipped_by_reason": dict(bad_rows.counts)}})
     with atomic_file(predictions, "w") as f:
         for (source, reference), text in zip(rows, generated, strict=True):
             f.write(json.dumps({"source": source, "reference": reference, "generated": text},
                                ensure_ascii=False) + "\n")
     return Seq2SeqEval(checkpoint=path, file=file, task=task, scores=scores, signatures=signatures, pairs=len(rows),
-                       metrics=metrics, predictions=predictions)
+                       metrics=metrics, predictions=predictions, bad_rows=bad_rows)
 
 
 __all__ = ["GENERATION_TASKS", "Seq2SeqEval", "encode_sources", "evaluate_seq2seq", "generate_targets"]

@@ -258,3 +258,28 @@ def test_macro_f1_against_a_hand_computed_example():
     assert macro_f1(total([class_sums(torch.tensor([0, 1]), torch.tensor([0, 0]), 2)]), 2) == pytest.approx(
         (2 / 3 + 0) / 2)
     assert macro_f1({}, 3) == 0.0
+
+
+def test_a_csv_labels_file_with_bad_rows_is_one_line_or_skipped_and_counted(tmp_path, tiny_data, capsys):
+    import csv
+
+    rows = [*toy_examples(30), ("", "yes"), (" ".join(["word"] * 300), "no"), ("quoted, with\na newline", "no")]
+    file = tmp_path / "labels.csv"
+    with open(file, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("sentence", "label"), *rows])
+    flags = [*LSTM, "--objective-options.pairs", str(file), "--objective-options.text-column", "sentence",
+             "--model.max-seq-len", "128", "--steps", "2"]
+    rc, _ = run_train(tiny_data, tmp_path / "run", *flags)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert f"{file}: line 32: the source and target must both be non-empty text" in err
+    assert "--objective-options.skip-bad-rows" in err and not (tmp_path / "run").exists()
+
+    obj = make_objective(tiny_data, "classification", "lstm-tiny", model__max_seq_len=128,
+                         objective_options__pairs=str(file), objective_options__text_column="sentence",
+                         objective_options__skip_bad_rows=True)
+    assert f"skipped 2 row(s) of {file}: 1 empty, 1 longer than the context" in capsys.readouterr().err
+    assert obj.skipped_rows == 2 and len(obj.texts) == len(obj.targets) == 31
+    assert obj.targets.tolist() == [obj.labels.index(y) for _, y in [*toy_examples(30), rows[-1]]]
+    rc, _ = run_train(tiny_data, tmp_path / "run", *flags, "--objective-options.skip-bad-rows")
+    assert rc == 0

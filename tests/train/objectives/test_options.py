@@ -46,11 +46,13 @@ def test_the_objective_chooses_its_options_dataclass(tiny_data):
     (["--preset", "t5-tiny", "--objective", "seq2seq", "--objective-options.mlm-probability", "0.2"], None,
      "option 'objective_options.mlm_probability' is an option of objective mlm, mlm_nsp, not of 'seq2seq' (fix: "
      "options of objective 'seq2seq': pairs, pairs_val_fraction, max_source_len, source_column, target_column, "
-     "max_target_len, generate_eval, eval_max_new_tokens, label_smoothing, length_buckets)"),
+     "max_target_len, generate_eval, eval_max_new_tokens, label_smoothing, length_buckets, "
+     "skip_bad_rows)"),
     (["--preset", "lstm-tiny", "--objective", "classification", "--objective-options.source-column", "en"], None,
      "option 'objective_options.source_column' is an option of objective contrastive, seq2seq, not of "
      "'classification' (fix: options of objective 'classification': pairs, pairs_val_fraction, max_source_len, "
-     "text_column, label_column, multi_label, label_separator, length_buckets, class_weights, val_pairs)"),
+     "text_column, label_column, multi_label, label_separator, length_buckets, class_weights, val_pairs, "
+     "skip_bad_rows)"),
     ([], {"sentinels": 50},
      "option 'objective_options.sentinels' is an option of objective span_corruption, not of 'causal_lm' (fix: "
      "objective 'causal_lm' takes none)"),

@@ -67,6 +67,24 @@ def test_source_longer_than_the_positions_is_one_line_and_truncation_fixes_it(tm
     assert rc == 0
 
 
+def test_bad_pairs_are_one_line_or_skipped_and_counted(tmp_path, tiny_data, capsys):
+    pairs = write_tsv(tmp_path / "p.tsv", [*toy_pairs(20), ("a source", " "), (" ".join(["word"] * 100), "short")])
+    flags = [*T5, "--objective-options.pairs", str(pairs), "--model.max-seq-len", "32", "--steps", "2"]
+    rc, _ = run_train(tiny_data, tmp_path / "run", *flags)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "line 22: the source and target must both be non-empty text" in err
+    assert "--objective-options.skip-bad-rows" in err and not (tmp_path / "run").exists()
+
+    obj = make_objective(tiny_data, "seq2seq", "t5-tiny", model__max_seq_len=32, objective_options__pairs=str(pairs),
+                         objective_options__skip_bad_rows=True)
+    assert f"skipped 2 row(s) of {pairs}: 1 empty, 1 longer than the context" in capsys.readouterr().err
+    assert obj.skipped_rows == 2 and len(obj.sources) == len(obj.target_texts) == 20
+    assert obj.target_texts == [t for _, t in toy_pairs(20)]
+    rc, _ = run_train(tiny_data, tmp_path / "run", *flags, "--objective-options.skip-bad-rows")
+    assert rc == 0
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (T5, "objective 'seq2seq' trains on text pairs, but no pairs file is given"),
     ([*T5, "--objective-options.pairs", "missing.tsv"], "missing.tsv: pairs file not found"),

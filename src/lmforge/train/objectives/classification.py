@@ -1,7 +1,7 @@
 """Sequence classification (`classification`): one label per text, cross-entropy on the model's class logits.
 
-The labelled file is `--objective-options.pairs`, read as seq2seq reads its pairs: TSV with a header row, or JSONL
-with one object per line (either may be gzipped); the text is in column `text`, its label in column `label`
+The labelled file is `--objective-options.pairs`, read as seq2seq reads its pairs: TSV or CSV with a header row, or
+JSONL with one object per line (any of them may be gzipped); the text is in column `text`, its label in column `label`
 (`--objective-options.text-column` / `label-column` name others; a JSONL label may be a number or a boolean). The
 prepared data directory (`--data`) supplies the tokenizer, so the classifier reads texts with the tokenizer of the
 language models trained on the same shards, framed as the model's kind read text in pretraining
@@ -23,7 +23,8 @@ held-out labels or predictions, as scikit-learn's default).
 Length: a text longer than `model.max_seq_len` tokens (with its framing tokens) is an error unless
 `--objective-options.max-source-len N` truncates texts to N tokens. An LSTM has no position limit, so N may exceed
 max_seq_len; the cap exists because a batch is padded to its longest text, and one huge text would make its batches
-slow, which should be a choice.
+slow, which should be a choice. A bad row (an empty text or label, a text too long) is one error line, or with
+`--objective-options.skip-bad-rows` skipped, and the count printed (`skipped N row(s) of FILE: ...`).
 
 The objective trains every family whose registry entry has a `classify` head (`lmforge.models.registry`: gpt and
 llama pool the last real token, bert its [CLS] through the pooler, lstm the mean); the model built from
@@ -42,12 +43,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.config import field
-from lmforge.data.examples import encode_texts, pad, read_pairs, split_labels
+from lmforge.data.examples import BadRows, encode_texts, kept_rows, pad, read_pairs, split_labels
 from lmforge.errors import UserError
 from lmforge.eval.metrics import class_sums, label_sums, macro_f1
 from lmforge.models.registry import CLASSIFY, families_that, text_frame
 from lmforge.train.objectives import Objective, Output, register
-from lmforge.train.objectives.options import ExamplesFileOptions, length_buckets_field, require_vocab
+from lmforge.train.objectives.options import (
+    SKIP_BAD_ROWS_FLAG,
+    ExamplesFileOptions,
+    length_buckets_field,
+    report_bad_rows,
+    require_vocab,
+    skip_bad_rows_field,
+)
 from lmforge.train.objectives.seq2seq import ExampleBatches
 
 COLUMNS_FIX = "name the columns with --objective-options.text-column / label-column"
@@ -55,7 +63,7 @@ COLUMNS_FIX = "name the columns with --objective-options.text-column / label-col
 
 @dataclass
 class ClassificationOptions(ExamplesFileOptions):
-    text_column: str = field("text", "column (TSV header / JSON key) of the text")
+    text_column: str = field("text", "column (TSV/CSV header / JSON key) of the text")
     label_column: str = field("label", "column of the label (text, or a JSON number or boolean)")
     multi_label: bool = field(False, "each text has any number of labels, separated by the label separator (an "
                                      "empty label field: none); a sigmoid per label, binary cross-entropy, a label "
@@ -68,6 +76,7 @@ class ClassificationOptions(ExamplesFileOptions):
                                             "separated (default: all 1)")
     val_pairs: str | None = field(None, "a second labelled file (same columns) whose texts are the held-out ones, "
                                         "instead of a fraction of pairs; every example of pairs then trains")
+    skip_bad_rows: bool = skip_bad_rows_field("text", "label")
 
     def problems(self) -> list[str]:
         out = super().problems()
@@ -100,20 +109,37 @@ class Classification(ExampleBatches, Objective):
         o = self.opts
         if not o.pairs:
             raise UserError("objective 'classification' trains on labelled texts, but no labels file is given",
-                            fix="pass --objective-options.pairs FILE (.tsv with a header row, or .jsonl) with columns "
-                                "text and label (or name them with --objective-options.text-column / label-column)")
+                            fix="pass --objective-options.pairs FILE (.tsv or .csv with a header row, or .jsonl) with "
+                                "columns text and label (or name them with --objective-options.text-column / "
+                                "label-column)")
         train_ds = TokenDataset.open(cfg.data, "train")
         require_vocab(cfg, train_ds.vocab_size, cfg.data)
         self.tokenizer_dir = train_ds.tokenizer_path.parent
         special = train_ds.special_ids
         self.pad_id = special.get("pad", 0)  # padding is masked: its id only must exist
 
-        examples = read_pairs(o.pairs, o.text_column, o.label_column, options="text-column / label-column",
-                              label_separator=o.label_separator if o.multi_label else None)
-        n_train = len(examples)  # with val_pairs, the held-out examples follow the training ones
-        if o.val_pairs:
-            examples += read_pairs(o.val_pairs, o.text_column, o.label_column, options="text-column / label-column",
-                                   label_separator=o.label_separator if o.multi_label else None)
+        tok = load_tokenizer(train_ds.tokenizer_path)
+        files = [o.pairs, *([o.val_pairs] if o.val_pairs else [])]  # with val_pairs, its examples are the held-out
+        bad_rows = [BadRows(file, skip=o.skip_bad_rows, flag=SKIP_BAD_ROWS_FLAG) for file in files]
+        examples: list[tuple[str, str]] = []
+        self.texts: list[list[int]] = []
+        n_train = 0
+        for file, bad in zip(files, bad_rows):
+            read = read_pairs(file, o.text_column, o.label_column, options="text-column / label-column",
+                              label_separator=o.label_separator if o.multi_label else None, bad_rows=bad)
+            ids = encode_texts(tok, [text for text, _ in read], text_frame(cfg.model, special), special,
+                               limit=o.max_source_len or cfg.model.max_seq_len,
+                               truncate=o.max_source_len is not None, where=file, bad_rows=bad,
+                               fix="truncate texts with --objective-options.max-source-len N (an lstm reads any "
+                                   "length), or raise --model.max-seq-len, or shorten the text")
+            read, ids = kept_rows(read, ids)
+            if not read:
+                raise UserError(f"every row was skipped as bad ({bad.summary()})", where=file,
+                                fix="check the columns and the length limits")
+            examples += read
+            self.texts += ids
+            n_train = n_train or len(examples)  # the training file's examples come first
+        self.skipped_rows = report_bad_rows(rt, *bad_rows)
         self.multi_label = o.multi_label
         if cfg.model.multi_label and not o.multi_label:  # e.g. --init-from a multi-label checkpoint
             raise UserError("the model is a multi-label classifier (model.multi_label) but the objective reads one "
@@ -135,13 +161,6 @@ class Classification(ExampleBatches, Objective):
             index = {name: i for i, name in enumerate(self.labels)}
             self.targets = np.array([index[name] for name in names], dtype=np.int64)
         self.weights = self._class_weights(self.targets[:n_train])
-
-        tok = load_tokenizer(train_ds.tokenizer_path)
-        self.texts = encode_texts(tok, [text for text, _ in examples], text_frame(cfg.model, special), special,
-                                  limit=o.max_source_len or cfg.model.max_seq_len,
-                                  truncate=o.max_source_len is not None, where=o.pairs,
-                                  fix="truncate texts with --objective-options.max-source-len N (an lstm reads any "
-                                      "length), or raise --model.max-seq-len, or shorten the text")
 
         self.split_examples(len(examples), o.pairs_val_fraction, "examples", o.pairs,
                             lengths=[len(t) for t in self.texts], bucket_batches=o.length_buckets,

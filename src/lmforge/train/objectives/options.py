@@ -20,6 +20,7 @@ from lmforge.errors import UserError
 from lmforge.train.objectives import Options
 
 if TYPE_CHECKING:
+    from lmforge.data.examples import BadRows
     from lmforge.data.loaders import TokenDataset
     from lmforge.train.config import TrainConfig
 
@@ -31,7 +32,8 @@ SPELLING = {"pad": "<pad>", "unk": "<unk>", "bos": "<bos>", "eos": "<eos>", "mas
 class ExamplesFileOptions(Options):
     """A file of examples: text pairs (seq2seq, contrastive) or labelled texts (classification)."""
 
-    pairs: str | None = field(None, "TSV (with a header row) or JSONL file of text pairs, or of (text, label) pairs "
+    pairs: str | None = field(None, "TSV or CSV (with a header row) or JSONL file of text pairs, or of (text, label) "
+                                    "pairs "
                                     "for classification (contrastive without it: unsupervised SimCSE on the "
                                     "prepared data)")
     pairs_val_fraction: float = field(0.1, "fraction of the examples held out for evaluation (chosen by a hash of "
@@ -47,7 +49,7 @@ class ExamplesFileOptions(Options):
 class TextPairsOptions(ExamplesFileOptions):
     """A file of (source, target) text pairs."""
 
-    source_column: str = field("source", "column (TSV header / JSON key) of the source or anchor text")
+    source_column: str = field("source", "column (TSV/CSV header / JSON key) of the source or anchor text")
     target_column: str = field("target", "column of the target or positive text")
     max_target_len: int | None = field(None, "truncate targets to this many tokens (default: no truncation)",
                                         min=2)
@@ -60,6 +62,26 @@ def length_buckets_field(examples: str, measured_by: str) -> Any:
                     f"{measured_by} in pools of this many batches, and the batches shuffled (each batch is padded to "
                     f"its longest: random batches of SST-2's phrases or Multi30k's pairs are more than half "
                     f"padding); 0: random batches", min=0)
+
+
+SKIP_BAD_ROWS_FLAG = "--objective-options.skip-bad-rows"
+
+
+def skip_bad_rows_field(text: str, target: str) -> Any:
+    """The `skip_bad_rows` option, one text for every objective that reads a file of examples
+    (`data.examples.BadRows`)."""
+    return field(False, f"skip (and count) rows with an empty {text} or {target}, or a {text} longer than the "
+                        f"model's context when nothing truncates it, instead of stopping at the first")
+
+
+def report_bad_rows(rt, *bad_rows: BadRows) -> int:
+    """Print (rank 0) one line per file with rows skipped as bad; the number skipped in all."""
+    for bad in bad_rows:
+        if bad.skipped and rt.is_main:
+            from lmforge.progress import console
+
+            console.print(f"[yellow]{bad.summary()}[/yellow]", highlight=False)
+    return sum(bad.skipped for bad in bad_rows)
 
 
 def require_special(special_ids: dict[str, int], names: Iterable[str], objective: str,

@@ -1,10 +1,12 @@
 """Sequence-to-sequence cross-entropy on text pairs (`seq2seq`), and what the encoder-decoder objectives share.
 
-A pairs file is TSV with a header row, or JSONL with one object per line (either may be gzipped; read by
-`lmforge.data.examples.read_pairs`); the columns (TSV header names / JSON keys) are
+A pairs file is TSV or CSV with a header row, or JSONL with one object per line (any of them may be gzipped; read
+by `lmforge.data.examples.read_pairs`); the columns (header names / JSON keys) are
 `--objective-options.source-column` and `target-column`. The prepared data directory
 (`--data`) supplies the tokenizer. A fixed fraction of the pairs (`pairs_val_fraction`, chosen by a hash of the
-pair's index, so always the same ones) is held out for evaluation.
+pair's index, so always the same ones) is held out for evaluation. A bad pair (an empty source or target, one
+longer than the model's positions when nothing truncates it) is one error line, or with
+`--objective-options.skip-bad-rows` skipped, and the count printed (`skipped N row(s) of FILE: ...`).
 
 An encoder-decoder reads `source <eos>` and is trained, teacher-forced, to produce `target <eos>` from a decoder
 input that starts with the decoder-start token: `<pad>` as in T5 (so an exported model's
@@ -18,38 +20,54 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from torch import Tensor, nn
 
 from lmforge.config import field
-from lmforge.data.examples import EpochSampler, held_out, pad, read_pairs
+from lmforge.data.examples import TOO_LONG, BadRows, EpochSampler, held_out, pad, read_pairs
 from lmforge.data.tokenizer import decoder_start_id
 from lmforge.errors import UserError
 from lmforge.eval.metrics import IGNORE_INDEX, next_token_nll
 from lmforge.models.registry import Kind, kind_of
 from lmforge.train.objectives import Objective, Output, register
 from lmforge.train.objectives.options import (
+    SKIP_BAD_ROWS_FLAG,
     TextPairsOptions,
     length_buckets_field,
+    report_bad_rows,
     require_pair_lengths,
     require_special,
     require_vocab,
+    skip_bad_rows_field,
     warn_no_evaluation,
 )
 
 
+@overload
 def fit_length(ids: list[int], limit: int, truncate: bool, *, what: str, where: str | Path, fix: str,
-               reserved: int = 0) -> list[int]:
+               reserved: int = 0, bad_rows: None = None) -> list[int]: ...
+
+
+@overload
+def fit_length(ids: list[int], limit: int, truncate: bool, *, what: str, where: str | Path, fix: str,
+               reserved: int = 0, bad_rows: BadRows) -> list[int] | None: ...
+
+
+def fit_length(ids: list[int], limit: int, truncate: bool, *, what: str, where: str | Path, fix: str,
+               reserved: int = 0, bad_rows: BadRows | None = None) -> list[int] | None:
     """ids cut to `limit - reserved` when truncating (room for the `reserved` special tokens the caller adds),
-    else one line when they do not fit."""
+    else one line when they do not fit (with `bad_rows`: rejected through it, None when it skips the row)."""
     if len(ids) + reserved <= limit:
         return ids
     if truncate:
         return ids[:limit - reserved]
-    raise UserError(f"{what} has {len(ids) + reserved} tokens, more than the {limit} the model's positions allow",
-                    where=where, fix=fix)
+    message = f"{what} has {len(ids) + reserved} tokens, more than the {limit} the model's positions allow"
+    if bad_rows is None:
+        raise UserError(message, where=where, fix=fix)
+    bad_rows.reject(TOO_LONG, message, fix=fix)
+    return None
 
 
 class ExampleBatches:
@@ -196,6 +214,7 @@ class Seq2SeqOptions(TextPairsOptions):
                                         "spread over the vocabulary (0.1 in the Transformer paper); evaluation still "
                                         "reports the plain loss", min=0, lt=1)
     length_buckets: int = length_buckets_field("pairs", "source + target length")
+    skip_bad_rows: bool = skip_bad_rows_field("source", "target")
 
 
 @register("seq2seq", options=Seq2SeqOptions)
@@ -219,7 +238,7 @@ class Seq2Seq(ExampleBatches, EncoderDecoderObjective):
         self.label_smoothing = o.label_smoothing
         if not o.pairs:
             raise UserError("objective 'seq2seq' trains on text pairs, but no pairs file is given",
-                            fix="pass --objective-options.pairs FILE (.tsv with a header row, or .jsonl)")
+                            fix="pass --objective-options.pairs FILE (.tsv or .csv with a header row, or .jsonl)")
         self.decoder_only = kind_of(cfg.model) == Kind.DECODER
         if self.decoder_only:
             require_special(self.special_ids, ("sep",), self.name, cfg.data,
@@ -227,7 +246,8 @@ class Seq2Seq(ExampleBatches, EncoderDecoderObjective):
         max_len = cfg.model.max_seq_len
         require_pair_lengths(cfg)
         self.tokenizer = load_tokenizer(self.train_ds.tokenizer_path)
-        texts = read_pairs(o.pairs, o.source_column, o.target_column)
+        bad = BadRows(o.pairs, skip=o.skip_bad_rows, flag=SKIP_BAD_ROWS_FLAG)
+        texts = read_pairs(o.pairs, o.source_column, o.target_column, bad_rows=bad)
         src_ids = self.tokenizer.encode_batch([s for s, _ in texts], add_special_tokens=False)
         tgt_ids = self.tokenizer.encode_batch([t for _, t in texts], add_special_tokens=False)
         fix = ("shorten the texts, or truncate with --objective-options.max-source-len / max-target-len, or raise "
@@ -235,21 +255,33 @@ class Seq2Seq(ExampleBatches, EncoderDecoderObjective):
         framing = len(seq2seq_source(cfg.model, self.special_ids, []))
         self.sources: list[list[int]] = []
         self.targets: list[list[int]] = []
-        self.target_texts = [t for _, t in texts]
+        self.target_texts: list[str] = []
         for i, (s, t) in enumerate(zip(src_ids, tgt_ids)):
-            s = fit_length(s.ids, o.max_source_len or max_len, o.max_source_len is not None, reserved=framing,
-                           what=f"the source of pair {i + 1} (with {self._framing_words()})", where=o.pairs, fix=fix)
+            source_ids = fit_length(s.ids, o.max_source_len or max_len, o.max_source_len is not None,
+                                    reserved=framing, what=f"the source of pair {i + 1} (with {self._framing_words()})",
+                                    where=o.pairs, fix=fix, bad_rows=bad)
+            if source_ids is None:
+                continue
             # The decoder reads <start> + target and predicts target + <eos>: both as long as target + 1.
-            t = fit_length(t.ids, o.max_target_len or max_len, o.max_target_len is not None, reserved=1,
-                           what=f"the target of pair {i + 1} (with <eos>)", where=o.pairs, fix=fix)
-            source = seq2seq_source(cfg.model, self.special_ids, s)
+            target_ids = fit_length(t.ids, o.max_target_len or max_len, o.max_target_len is not None, reserved=1,
+                                    what=f"the target of pair {i + 1} (with <eos>)", where=o.pairs, fix=fix,
+                                    bad_rows=bad)
+            if target_ids is None:
+                continue
+            source = seq2seq_source(cfg.model, self.special_ids, source_ids)
             # A decoder reads the prompt and the target but the last token: one sequence of the model's positions.
-            if self.decoder_only and len(source) + len(t) > max_len:
-                raise UserError(f"pair {i + 1} reads {len(source) + len(t)} tokens as `<eos> source <sep> target`, "
-                                f"more than the model's max_seq_len {max_len}", where=o.pairs, fix=fix)
+            if self.decoder_only and len(source) + len(target_ids) > max_len:
+                bad.reject(TOO_LONG, f"pair {i + 1} reads {len(source) + len(target_ids)} tokens as `<eos> source "
+                                     f"<sep> target`, more than the model's max_seq_len {max_len}", fix=fix)
+                continue
             self.sources.append(source)
-            self.targets.append([*t, self.eos_id])
-        self.split_examples(len(texts), o.pairs_val_fraction, "pairs", o.pairs,
+            self.targets.append([*target_ids, self.eos_id])
+            self.target_texts.append(texts[i][1])
+        self.skipped_rows = report_bad_rows(rt, bad)
+        if not self.sources:
+            raise UserError(f"every pair was skipped as bad ({bad.summary()})", where=o.pairs,
+                            fix="check the columns and the length limits")
+        self.split_examples(len(self.sources), o.pairs_val_fraction, "pairs", o.pairs,
                             lengths=[len(s) + len(t) for s, t in zip(self.sources, self.targets)],
                             bucket_batches=o.length_buckets)
 
