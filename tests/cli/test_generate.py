@@ -131,6 +131,7 @@ def test_num_beams_on_the_cli_prints_the_best_beam_and_says_once_that_it_does_no
 @pytest.mark.parametrize("extra, message", [
     (["--num-beams", "0"], "--num-beams"),
     (["--num-beams", "2", "--top-p", "0.5"], "--top-p 0.5 only shape sampling"),
+    (["--no-repeat-ngram-size", "3"], "--no-repeat-ngram-size only applies with --num-beams N (N > 1)"),
 ])
 def test_bad_beam_options_are_one_line(tmp_path, tiny_data, capsys, extra, message):
     ckpt = checkpoint(tmp_path, tiny_data, "gpt")

@@ -97,3 +97,59 @@ def test_bad_input_is_one_line(capsys, tiny_data, tmp_path):
         code, out, err = predict(capsys, *argv, "--out", tmp_path / "p.jsonl")
         assert code == 2 and out == "" and err.count("\n") == 1 and expected in err, (argv, err)
     assert not (tmp_path / "p.jsonl").exists()
+
+
+def beam_spy(monkeypatch):
+    """Every call of the beam search `generate_targets` makes: the GenerationConfig it got and the ids it found."""
+    from lmforge.infer import generate
+
+    calls = []
+    real = generate.beam_search_ids
+
+    def spy(model, prompts, cfg, **kw):
+        ids = real(model, prompts, cfg, **kw)
+        calls.append((cfg, ids))
+        return ids
+
+    monkeypatch.setattr(generate, "beam_search_ids", spy)
+    return calls
+
+
+def repeats(rows):
+    return any(len(set(row)) < len(row) for row in rows)
+
+
+def test_beam_options_reach_the_beam_search(capsys, tiny_data, tmp_path, monkeypatch):
+    """`generate`'s beam options shape predict's beams: without --no-repeat-ngram-size 1 a random model repeats
+    tokens, with it no generated target holds a token twice; each option arrives in the search's config."""
+    ckpt = tiny(tiny_data, tmp_path, "t5-tiny")
+    (tmp_path / "in.jsonl").write_text('{"source": "A man rides a bike."}\n{"source": "Two dogs run."}\n',
+                                       encoding="utf-8")
+    calls = beam_spy(monkeypatch)
+    base = [ckpt, "--file", tmp_path / "in.jsonl", "--num-beams", "2", "--max-new-tokens", "12"]
+    code, _, err = predict(capsys, *base, "--out", tmp_path / "plain.jsonl")
+    assert code == 0, err
+    ((cfg, plain),) = calls
+    assert cfg.num_beams == 2 and cfg.no_repeat_ngram_size == 0 and repeats(plain)
+    code, _, err = predict(capsys, *base, "--no-repeat-ngram-size", "1", "--length-penalty", "-0.5",
+                           "--early-stopping", "--out", tmp_path / "banned.jsonl")
+    assert code == 0, err
+    cfg, banned = calls[1]
+    assert (cfg.num_beams, cfg.no_repeat_ngram_size, cfg.length_penalty, cfg.early_stopping) == (2, 1, -0.5, True)
+    assert banned and not repeats(banned)
+    assert [r["generated"] for r in lines(tmp_path / "banned.jsonl")] != \
+        [r["generated"] for r in lines(tmp_path / "plain.jsonl")]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--no-repeat-ngram-size", "2"], "--no-repeat-ngram-size only applies with --num-beams N (N > 1)"),
+    (["--length-penalty", "2", "--early-stopping"], "--length-penalty, --early-stopping only apply with --num-beams"),
+    (["--num-beams", "2", "--no-repeat-ngram-size", "-1"], "--no-repeat-ngram-size is -1, but must be >= 0"),
+    (["--num-beams", "0"], "--num-beams is 0, but must be >= 1"),
+])
+def test_bad_beam_options_are_one_line(capsys, tiny_data, tmp_path, extra, message):
+    ckpt = tiny(tiny_data, tmp_path, "t5-tiny")
+    (tmp_path / "in.tsv").write_text("source\nTwo dogs.\n", encoding="utf-8")
+    code, out, err = predict(capsys, ckpt, "--file", tmp_path / "in.tsv", *extra, "--out", tmp_path / "p.jsonl")
+    assert code == 2 and out == "" and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "p.jsonl").exists()

@@ -82,6 +82,31 @@ def test_summarisation_reports_rouge_and_beams_are_a_choice(capsys, trained, tmp
     assert metrics["counts"] == {"pairs": 6, "skipped": 0, "skipped_by_reason": {}}
 
 
+def test_beam_options_reach_the_beam_search(capsys, tiny_data, tmp_path, monkeypatch):
+    """`generate`'s beam options shape eval's beams: without --no-repeat-ngram-size 1 a random model repeats tokens,
+    with it no generated target holds a token twice; each option arrives in the search's config and metrics.json."""
+    from cli.test_predict import beam_spy, repeats, tiny
+
+    ckpt = tiny(tiny_data, tmp_path, "t5-tiny")
+    pairs = write_tsv(tmp_path / "dev.tsv", [("A man rides a bike.", "Ein Mann."), ("Two dogs run.", "Zwei Hunde.")])
+    calls = beam_spy(monkeypatch)
+    base = ["--task", "translation", "--checkpoint", ckpt, "--file", pairs, "--num-beams", "2", "--max-new-tokens",
+            "12", "--device", "cpu"]
+    code, _, err = run(capsys, *base, "--out", tmp_path / "plain")
+    assert code == 0, err
+    ((cfg, plain),) = calls
+    assert cfg.num_beams == 2 and cfg.no_repeat_ngram_size == 0 and repeats(plain)
+    code, out, err = run(capsys, *base, "--no-repeat-ngram-size", "1", "--length-penalty", "-0.5", "--early-stopping",
+                         "--out", tmp_path / "banned")
+    assert code == 0 and "2 beams" in out, err
+    cfg, banned = calls[1]
+    assert (cfg.num_beams, cfg.no_repeat_ngram_size, cfg.length_penalty, cfg.early_stopping) == (2, 1, -0.5, True)
+    assert banned and not repeats(banned)
+    settings = json.loads((tmp_path / "banned" / "metrics.json").read_text())["generation"]
+    assert settings == {"max_new_tokens": 12, "num_beams": 2, "length_penalty": -0.5, "no_repeat_ngram_size": 1,
+                        "early_stopping": True, "max_source_len": None}
+
+
 def test_generated_text_scores_from_additive_statistics_equal_the_corpus_scores():
     from lmforge.eval.metrics import bleu, chrf, rouge, text_scores, text_sums
 
@@ -116,6 +141,12 @@ def test_bad_input_is_one_line(capsys, trained, tiny_data, tmp_path):
          "--num-beams only applies with --task translation or summarisation"),
         (["--task", "translation", "--checkpoint", runs["tiny"], "--file", good, "--no-repeat-ngram-size", "2"],
          "--no-repeat-ngram-size only applies with --num-beams N (N > 1)"),
+        (["--task", "translation", "--checkpoint", runs["tiny"], "--file", good, "--early-stopping"],
+         "--early-stopping only applies with --num-beams N (N > 1)"),
+        (["--task", "qa", "--checkpoint", runs["tiny"], "--file", good, "--early-stopping"],
+         "--early-stopping only applies with --task translation or summarisation"),
+        (["--task", "translation", "--checkpoint", runs["tiny"], "--file", good, "--num-beams", "2",
+          "--length-penalty", "nan"], "--length-penalty is nan, but must be a finite number"),
     ]
     for argv, expected in cases:
         code, out, err = run(capsys, *argv, "--out", tmp_path / "o", "--device", "cpu")

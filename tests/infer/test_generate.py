@@ -95,3 +95,23 @@ def test_models_without_a_transformer_decoder_are_refused_in_one_line(family):
     model = build_model(ModelConfig(family=family, vocab_size=64, max_seq_len=32, n_layer=1, n_head=2, d_model=32))
     with pytest.raises(UserError, match=f"generate text; this checkpoint is a {family} "):
         generate_ids(model, [[1, 2, 3]], GenerationConfig(max_new_tokens=2))
+
+
+def test_beam_options_are_one_definition_shared_by_generate_eval_and_predict():
+    """The same flags, defaults, bounds and help in every verb that beam-searches: inherited, never redeclared."""
+    import dataclasses
+
+    from lmforge.cli.eval import EvalConfig
+    from lmforge.cli.generate import GenerateConfig
+    from lmforge.cli.predict import PredictOptions
+    from lmforge.infer.generate import BEAM_ONLY, BeamSearchConfig
+
+    own = {f.name: f for f in dataclasses.fields(BeamSearchConfig)}
+    assert set(BEAM_ONLY) == set(own) - {"num_beams"}
+    for cls in (GenerateConfig, EvalConfig, PredictOptions):
+        theirs = {f.name: f for f in dataclasses.fields(cls)}
+        for name, f in own.items():
+            assert (theirs[name].default, theirs[name].metadata) == (f.default, f.metadata), (cls, name)
+        redeclared = [(c.__name__, n) for c in cls.__mro__ if c is not BeamSearchConfig
+                      for n in vars(c).get("__annotations__", {}) if n in own]
+        assert not redeclared, redeclared

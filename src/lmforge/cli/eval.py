@@ -12,6 +12,7 @@ from pathlib import Path
 from lmforge.cli.common import add_no_verify, add_verb, verify_wanted
 from lmforge.config import field, resolve
 from lmforge.errors import UserError
+from lmforge.infer.generate import BeamSearchConfig
 from lmforge.recipes.compare import CompareConfig
 
 ORDER = 35
@@ -40,10 +41,12 @@ context. Writes OUT/metrics.json and OUT/predictions.jsonl (id, question, gold, 
 
 With --task translation / summarisation: a seq2seq checkpoint (an encoder-decoder, or a decoder fine-tuned with
 --objective seq2seq) generates a target for every pair of --file (--source-column / --target-column), greedy or
-with --num-beams N; translation prints BLEU and chrF (sacrebleu, with its signature), summarisation ROUGE-1/2/L
-(rouge-score). Writes OUT/metrics.json (all five scores) and OUT/predictions.jsonl (source, reference, generated).
-An empty source or reference, or a source longer than the model's context (without --max-source-len), is an
-error; --skip-bad-rows leaves such pairs out and counts them.
+with --num-beams N, where --length-penalty, --no-repeat-ngram-size and --early-stopping shape the search as they
+do in `lmforge generate` (the same options; refused without --num-beams N > 1); translation prints BLEU and chrF
+(sacrebleu, with its signature), summarisation ROUGE-1/2/L (rouge-score). Writes OUT/metrics.json (all five
+scores and the generation settings) and OUT/predictions.jsonl (source, reference, generated). An empty source or
+reference, or a source longer than the model's context (without --max-source-len), is an error; --skip-bad-rows
+leaves such pairs out and counts them.
 
 examples:
   lmforge eval --checkpoint runs/train --data runs/data                     # val perplexity of the best checkpoint
@@ -54,10 +57,11 @@ examples:
   lmforge eval --compare --data runs/data --lstm-checkpoint runs/lstm --checkpoint runs/train --out runs/cmp
   lmforge eval --task classification --checkpoint runs/sst2 --file dev.tsv --text-column content --out runs/dev
   lmforge eval --task qa --checkpoint runs/bert-squad --file squad-v2.0-dev.json --out runs/squad-dev
-  lmforge eval --task translation --checkpoint runs/mt --file test.tsv --source-column en --target-column de \
+  lmforge eval --task translation --checkpoint runs/mt --file test.tsv --source-column en --target-column de \\
       --num-beams 4 --out runs/mt-test
-  lmforge eval --task summarisation --checkpoint runs/sum --file test.jsonl --source-column article \
-      --target-column highlights --max-source-len 400 --max-new-tokens 80
+  lmforge eval --task summarisation --checkpoint runs/sum --file test.jsonl --source-column article \\
+      --target-column highlights --max-source-len 400 --max-new-tokens 80 --num-beams 4 --no-repeat-ngram-size 3 \\
+      --length-penalty 2.0 --early-stopping
 """
 
 TASKS = ("perplexity", "classification", "qa", "translation", "summarisation")
@@ -66,7 +70,9 @@ COMPARE_OUT, CLASSIFY_OUT = "runs/compare", "runs/eval"
 
 
 @dataclass
-class EvalConfig(CompareConfig):
+class EvalConfig(BeamSearchConfig, CompareConfig):
+    # num_beams, length_penalty, no_repeat_ngram_size, early_stopping: `lmforge generate`'s (BeamSearchConfig),
+    # read with --task translation / summarisation.
     compare: bool = field(False, "compare an n-gram model, an LSTM and a Transformer (trained here unless given)")
     task: str = field("perplexity", "what to score: perplexity (a language model on --data), classification (a "
                                     "classifier on a labelled --file), qa (SQuAD EM/F1), translation (BLEU, "
@@ -93,11 +99,6 @@ class EvalConfig(CompareConfig):
                                        "or target, or a text longer than the model's context (without "
                                        "--max-source-len); qa questions whose answer is not in the context")
     max_new_tokens: int = field(128, "with --task translation / summarisation: longest generated target", min=1)
-    num_beams: int = field(1, "with --task translation / summarisation: beam search with this many beams (1 = "
-                              "greedy)", min=1)
-    length_penalty: float = field(1.0, "with --num-beams: a finished hypothesis scores sum(log p) / length ** this")
-    no_repeat_ngram_size: int = field(0, "with --num-beams: never generate an n-gram of this size twice (0 = off)",
-                                      min=0)
     max_len: int | None = field(None, "with --task qa: tokens per window (default: the model's max_seq_len)", min=8)
     doc_stride: int = field(128, "with --task qa: context tokens between the starts of consecutive windows", min=1)
     max_query_len: int = field(64, "with --task qa: truncate questions to this many tokens", min=1)
@@ -198,16 +199,11 @@ def _run_qa(cfg: EvalConfig, out, verify: bool) -> int:
 
 def _run_seq2seq(cfg: EvalConfig, out, verify: bool) -> int:
     from lmforge.eval.seq2seq import GENERATION_TASKS, evaluate_seq2seq
-    from lmforge.infer.generate import GenerationConfig, check_beam_options
 
-    check_beam_options(GenerationConfig(temperature=0.0, num_beams=cfg.num_beams))
-    if cfg.num_beams == 1:  # they shape beam search only (greedy decoding would silently ignore them)
-        _refuse_flags(cfg, ("length_penalty", "no_repeat_ngram_size"), "--num-beams N (N > 1)")
     r = evaluate_seq2seq(cfg.checkpoint, cfg.file, task=cfg.task, out=cfg.out or CLASSIFY_OUT,
                          source_column=cfg.source_column, target_column=cfg.target_column,
                          batch_size=cfg.batch_size, max_source_len=cfg.max_source_len,
-                         max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams,
-                         length_penalty=cfg.length_penalty, no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+                         max_new_tokens=cfg.max_new_tokens, beams=cfg.beam_options(),
                          skip_bad_rows=cfg.skip_bad_rows, device=cfg.device, precision=cfg.precision, verify=verify)
     names = {"bleu": "BLEU", "chrf": "chrF", "rouge_1": "ROUGE-1", "rouge_2": "ROUGE-2", "rouge_l": "ROUGE-L"}
     shown = " | ".join(f"{names[k]} {r.scores[k]:.2f}" if k in r.signatures else f"{names[k]} {r.scores[k]:.4f}"
@@ -227,7 +223,7 @@ def _run_seq2seq(cfg: EvalConfig, out, verify: bool) -> int:
 COMPARE_ONLY = ("compare", "lstm_checkpoint", "ngram_order", "steps", "lr", "transformer_preset", "lstm_preset",
                 "seed")
 GENERATION_FLAGS = ("source_column", "target_column", "max_source_len", "max_new_tokens", "num_beams",
-                    "length_penalty", "no_repeat_ngram_size", "skip_bad_rows")
+                    "length_penalty", "no_repeat_ngram_size", "early_stopping", "skip_bad_rows")
 # The settings each task on a file reads; given with another task, they would be silently ignored.
 TASK_FLAGS = {"classification": ("file", "text_column", "label_column", "label_separator", "max_source_len",
                                   "skip_bad_rows"),

@@ -30,6 +30,9 @@ examples:
 Beam search (--num-beams N > 1) is Hugging Face's `generate(num_beams=N)`: deterministic, so the sampling options
 (--temperature other than 0, --top-k, --top-p, --min-p, --repetition-penalty) are refused with it and --seed does
 nothing; the best beam is known only at the end, so its text is printed whole (no streaming), and --stop cuts it.
+--length-penalty, --no-repeat-ngram-size and --early-stopping shape beam search only, so without --num-beams N
+(N > 1) they are refused. `lmforge eval --task translation / summarisation` and `lmforge predict` take the same
+four options.
 """
 
 

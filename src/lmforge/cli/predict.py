@@ -7,9 +7,10 @@ import argparse
 from dataclasses import dataclass
 
 from lmforge.cli.common import add_no_verify, add_verb, verify_wanted
-from lmforge.config import Config, field, resolve
+from lmforge.config import field, resolve
 from lmforge.device import DEVICES
 from lmforge.errors import UserError
+from lmforge.infer.generate import BeamSearchConfig
 from lmforge.runtime import PRECISIONS
 
 ORDER = 37
@@ -23,17 +24,23 @@ checkpoint's model can do:
                                                 labels over 0.5 and every label's probability); --text-column
   extractive QA (--objective extractive_qa)     "predicted" answer ("" for no answer past --no-answer-threshold)
                                                 in the context; --question-column, --context-column
-  seq2seq (--objective seq2seq, t5 or decoder)  "generated" target, greedy or with --num-beams; --source-column
+  seq2seq (--objective seq2seq, t5 or decoder)  "generated" target, greedy or with --num-beams N (and
+                                                --length-penalty, --no-repeat-ngram-size, --early-stopping,
+                                                as in `lmforge generate`); --source-column
 
 examples:
   lmforge predict runs/sst2 --file reviews.tsv --text-column sentence --out reviews.predictions.jsonl
   lmforge predict runs/bert-squad --file questions.jsonl --out answers.jsonl
   lmforge predict runs/mt --file english.tsv --source-column en --num-beams 4 --out german.jsonl
+  lmforge predict runs/sum --file articles.jsonl --source-column article --num-beams 4 --no-repeat-ngram-size 3 \\
+      --length-penalty 2.0 --early-stopping --out summaries.jsonl
 """
 
 
 @dataclass
-class PredictOptions(Config):
+class PredictOptions(BeamSearchConfig):
+    # num_beams, length_penalty, no_repeat_ngram_size, early_stopping: `lmforge generate`'s (BeamSearchConfig),
+    # read for a seq2seq checkpoint.
     file: str | None = field(None, "the input file (.tsv or .csv with a header row, or .jsonl)")
     out: str = field("predictions.jsonl", "output JSONL file (written whole or not at all)")
     text_column: str = field("text", "classifier: column of the text")
@@ -44,7 +51,6 @@ class PredictOptions(Config):
     max_source_len: int | None = field(None, "truncate texts / sources to N tokens (default: too long is an error)",
                                        min=1)
     max_new_tokens: int = field(128, "seq2seq: longest generated target", min=1)
-    num_beams: int = field(1, "seq2seq: beam search with this many beams (1 = greedy)", min=1)
     no_answer_threshold: float = field(0.0, "extractive QA: answer \"\" when the no-answer score beats the best "
                                             "span's by more than this", finite=True)
     skip_bad_rows: bool = field(False, "leave out (no output line) and count rows with an empty text, or a text / "
@@ -68,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                                 question_column=o.question_column, context_column=o.context_column,
                                 source_column=o.source_column, batch_size=o.batch_size,
                                 max_source_len=o.max_source_len, max_new_tokens=o.max_new_tokens,
-                                num_beams=o.num_beams, no_answer_threshold=o.no_answer_threshold,
+                                beams=o.beam_options(), no_answer_threshold=o.no_answer_threshold,
                                 bad_rows=bad_rows, device=o.device, precision=o.precision, verify=verify)
     if bad_rows.skipped:
         print(bad_rows.summary())

@@ -11,8 +11,8 @@ What the checkpoint's model can do decides what is predicted (`models.registry.c
 - extract_span: each question's answer in its context, or "" when the no-answer margin exceeds
   `no_answer_threshold` (`eval.qa.question_answers`). Columns: `question_column`, `context_column`.
 - generate: each source's generated target, read with the seq2seq template (`data.examples.seq2seq_source`) and
-  generated greedily or with beams (`eval.seq2seq.generate_targets`); for free continuation of a prompt use
-  `lmforge generate`. Columns: `source_column`.
+  generated greedily or by beam search with `beams` (`eval.seq2seq.generate_targets`); for free continuation of
+  a prompt use `lmforge generate`. Columns: `source_column`.
 
 The file is TSV or CSV with a header row, or JSONL (any of them may be gzipped); each output line is the input's columns
 plus the prediction, in file order, written atomically.
@@ -26,24 +26,29 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lmforge.data.examples import BadRows
+    from lmforge.infer.generate import BeamSearchConfig
 
 
 def predict_file(checkpoint: str | Path, file: str | Path, *, out: str | Path, text_column: str = "text",
                  question_column: str = "question", context_column: str = "context",
                  source_column: str = "source", batch_size: int = 16, max_source_len: int | None = None,
-                 max_new_tokens: int = 128, num_beams: int = 1, no_answer_threshold: float = 0.0,
-                 bad_rows: BadRows | None = None, device: str = "auto", precision: str = "auto",
-                 verify: bool = True) -> tuple[Path, int, str]:
+                 max_new_tokens: int = 128, beams: BeamSearchConfig | None = None,
+                 no_answer_threshold: float = 0.0, bad_rows: BadRows | None = None, device: str = "auto",
+                 precision: str = "auto", verify: bool = True) -> tuple[Path, int, str]:
     """Write one JSON line per row of `file` with the checkpoint's prediction; (out, rows, what was predicted).
 
-    A row with an empty text, or a text / source longer than the model's context (without `max_source_len`), is
-    one error line, or when `bad_rows` skips (`--skip-bad-rows`) has no output line and is counted there."""
+    `beams` (num_beams > 1: beam search, with `lmforge generate`'s options) applies to a generating checkpoint;
+    its beam-only options without num_beams > 1 are one line of error. A row with an empty text, or a text /
+    source longer than the model's context (without `max_source_len`), is one error line, or when `bad_rows` skips
+    (`--skip-bad-rows`) has no output line and is counted there."""
     from lmforge.atomic import atomic_file
     from lmforge.data.examples import BadRows, kept_rows, read_pairs
     from lmforge.errors import UserError
     from lmforge.eval.task_checkpoint import open_task_checkpoint, require_file
+    from lmforge.infer.generate import GenerationConfig, check_beam_options
     from lmforge.models.registry import CLASSIFY, EXTRACT_SPAN, GENERATE, can, describe
 
+    check_beam_options(GenerationConfig.deterministic(max_new_tokens, beams))  # before loading anything
     file = require_file(file, "input file", fix="pass --file FILE (.tsv or .csv with a header row, or .jsonl)")
     ckpt = open_task_checkpoint(checkpoint, device=device, precision=precision, verify=verify)
     path, model, cfg, tok, special, rt = ckpt.path, ckpt.model, ckpt.cfg, ckpt.tokenizer, ckpt.special, ckpt.runtime
@@ -88,7 +93,7 @@ def predict_file(checkpoint: str | Path, file: str | Path, *, out: str | Path, t
                                                          where=file, needed_for="predict", bad_rows=bad_rows))
         with rt.autocast():
             generated = generate_targets(model, tok, ids, special, max_new_tokens=max_new_tokens,
-                                         num_beams=num_beams, batch_size=batch_size)
+                                         beams=beams, batch_size=batch_size)
         records = [{source_column: s, "generated": g} for s, g in zip(sources, generated, strict=True)]
     else:
         raise UserError(f"predict needs a checkpoint that classifies, extracts answer spans or generates; this one is "

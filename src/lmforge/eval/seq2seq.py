@@ -2,17 +2,19 @@
 or ROUGE-1/2/L (summarisation).
 
     from lmforge.eval.seq2seq import evaluate_seq2seq
+    from lmforge.infer.generate import BeamSearchConfig
 
-    result = evaluate_seq2seq("runs/mt", "test.tsv", task="translation", out="runs/mt-test", num_beams=4)
+    result = evaluate_seq2seq("runs/mt", "test.tsv", task="translation", out="runs/mt-test",
+                              beams=BeamSearchConfig(num_beams=4, no_repeat_ngram_size=3))
     print(result.scores["bleu"], result.signatures["bleu"])
 
 Any checkpoint that can generate (`models.registry.can(cfg, GENERATE)`): an encoder-decoder trained with
 `--objective seq2seq`, or a decoder trained with it on the prompt template `<eos> source <sep>`
 (`data.examples.seq2seq_source`, the one template of training and generation). Generation goes through the one
-sampler of `lmforge.infer.generate` (greedy, or `beam_search_ids` with num_beams > 1), batch by batch; the
-outputs are decoded without special tokens and scored against the file's reference texts by `eval.metrics`
-(sacrebleu, rouge-score). `generate_targets` is also what the seq2seq objective's `generate_eval` evaluation and
-`lmforge predict` call.
+sampler of `lmforge.infer.generate` (greedy, or `beam_search_ids` with a `BeamSearchConfig` of num_beams > 1:
+the beam options `lmforge generate` takes), batch by batch; the outputs are decoded without special tokens and
+scored against the file's reference texts by `eval.metrics` (sacrebleu, rouge-score). `generate_targets` is also
+what the seq2seq objective's `generate_eval` evaluation (greedy) and `lmforge predict` call.
 
 Written into `out`: metrics.json (every score, the sacrebleu signatures, the settings and counts) and
 predictions.jsonl (source, reference, generated; one line per pair, in file order).
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from lmforge.data.examples import BadRows
+    from lmforge.infer.generate import BeamSearchConfig
     from lmforge.models.config import ModelConfig
 
 GENERATION_TASKS = {"translation": ("bleu", "chrf"), "summarisation": ("rouge_1", "rouge_2", "rouge_l")}
@@ -53,18 +56,19 @@ class Seq2SeqEval:
 
 
 def generate_targets(model: nn.Module, tokenizer: Tokenizer, sources: Sequence[Sequence[int]],
-                     special_ids: Mapping[str, int], *, max_new_tokens: int, num_beams: int = 1,
-                     length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, batch_size: int = 16) -> list[str]:
-    """The generated target text for each framed source (`seq2seq_source`), greedy or by beam search."""
+                     special_ids: Mapping[str, int], *, max_new_tokens: int, beams: BeamSearchConfig | None = None,
+                     batch_size: int = 16) -> list[str]:
+    """The generated target text for each framed source (`seq2seq_source`): greedy, or by beam search with
+    `beams`' options when its num_beams > 1 (refused in one line: a beam-only option without it)."""
     from lmforge.data.tokenizer import decoder_start_id
-    from lmforge.infer.generate import GenerationConfig, beam_search_ids, generate_ids
+    from lmforge.infer.generate import GenerationConfig, beam_search_ids, check_beam_options, generate_ids
     from lmforge.models.registry import Kind, kind_of
 
-    cfg = GenerationConfig(temperature=0.0, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                           length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
+    cfg = GenerationConfig.deterministic(max_new_tokens, beams)
+    check_beam_options(cfg)
     special = dict(special_ids)
     start = decoder_start_id(special) if kind_of(model.cfg) == Kind.ENCODER_DECODER else None
-    run = beam_search_ids if num_beams > 1 else generate_ids
+    run = beam_search_ids if cfg.num_beams > 1 else generate_ids
     texts: list[str] = []
     for at in range(0, len(sources), batch_size):
         chunk = [list(s) for s in sources[at:at + batch_size]]
@@ -122,22 +126,27 @@ def encode_sources(model_cfg: ModelConfig, tokenizer: Tokenizer, special_ids: Ma
 
 def evaluate_seq2seq(checkpoint: str | Path, file: str | Path, *, task: str, out: str | Path,
                      source_column: str = "source", target_column: str = "target", batch_size: int = 16,
-                     max_source_len: int | None = None, max_new_tokens: int = 128, num_beams: int = 1,
-                     length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, skip_bad_rows: bool = False,
+                     max_source_len: int | None = None, max_new_tokens: int = 128,
+                     beams: BeamSearchConfig | None = None, skip_bad_rows: bool = False,
                      device: str = "auto", precision: str = "auto", verify: bool = True) -> Seq2SeqEval:
-    """Generate a target for every pair of `file` with `checkpoint` (or a run directory's best) and score it.
+    """Generate a target for every pair of `file` with `checkpoint` (or a run directory's best) and score it;
+    greedy, or beam search with `beams` (num_beams > 1).
 
     An empty source or reference, or a source too long for the model (without `max_source_len`), is one error line,
     or with `skip_bad_rows` the pair is left out and counted (`Seq2SeqEval.bad_rows`)."""
     from lmforge.atomic import write_json
+    from lmforge.config import to_dict
     from lmforge.data.examples import BadRows, kept_rows, read_pairs
     from lmforge.errors import UserError
     from lmforge.eval.metrics import bleu, chrf, rouge
     from lmforge.eval.task_checkpoint import open_task_checkpoint, require_file
+    from lmforge.infer.generate import BeamSearchConfig, GenerationConfig, check_beam_options
     from lmforge.models.registry import GENERATE
 
     if task not in GENERATION_TASKS:
         raise ValueError(f"task must be one of {sorted(GENERATION_TASKS)}")
+    beams = (beams or BeamSearchConfig()).beam_options()
+    check_beam_options(GenerationConfig.deterministic(max_new_tokens, beams))  # before loading anything
     file = require_file(file, "pairs file", fix="pass --file FILE (.tsv or .csv with a header row, or .jsonl)")
     ckpt = open_task_checkpoint(checkpoint, capability=GENERATE, needed_for=task,
                                 fix="pass a checkpoint trained with --objective seq2seq", device=device,
@@ -153,9 +162,8 @@ def evaluate_seq2seq(checkpoint: str | Path, file: str | Path, *, task: str, out
         raise UserError(f"every pair was skipped as bad ({bad_rows.summary()})", where=file,
                         fix="truncate sources with --max-source-len N")
     with rt.autocast():
-        generated = generate_targets(model, tok, sources, special, max_new_tokens=max_new_tokens,
-                                     num_beams=num_beams, length_penalty=length_penalty,
-                                     no_repeat_ngram_size=no_repeat_ngram_size, batch_size=batch_size)
+        generated = generate_targets(model, tok, sources, special, max_new_tokens=max_new_tokens, beams=beams,
+                                     batch_size=batch_size)
     references = [t for _, t in rows]
     b, c = bleu(generated, references), chrf(generated, references)
     scores = {"bleu": b.score, "chrf": c.score, **rouge(generated, references)}
@@ -164,9 +172,7 @@ def evaluate_seq2seq(checkpoint: str | Path, file: str | Path, *, task: str, out
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     metrics, predictions = out / METRICS_FILE, out / PREDICTIONS_FILE
-    settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, "num_beams": num_beams,
-                                "length_penalty": length_penalty, "no_repeat_ngram_size": no_repeat_ngram_size,
-                                "max_source_len": max_source_len}
+    settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, **to_dict(beams), "max_source_len": max_source_len}
     write_json(metrics, {"task": task, "checkpoint": str(path), "file": str(file), "source_column": source_column,
                          "target_column": target_column, **scores, "signatures": signatures,
                          "generation": settings,

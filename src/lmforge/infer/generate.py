@@ -8,6 +8,7 @@ cache rows after each step by the chosen beams' parents.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from lmforge.config import field
+from lmforge.config import Config, field
 from lmforge.errors import UserError
 from lmforge.infer.engine import Engine, SamplingParams
 from lmforge.infer.sampling import SamplingConfig
@@ -26,18 +27,43 @@ from lmforge.models.registry import GENERATE, Kind, families_that, kind_of, requ
 
 
 @dataclass
-class GenerationConfig(SamplingConfig):
-    max_new_tokens: int = field(100, "tokens to generate after each prompt", min=1)
-    stop: list[str] = field(default_factory=list, repeat=True,
-                            help="stop a sequence when it produces this string (repeat the flag for several)")
-    seed: int | None = field(None, "random seed for sampling; prompt i uses seed + i, so its text does not depend "
-                                   "on the other prompts (default: nondeterministic)")
-    num_beams: int = field(1, "beam search with this many beams (1 = sample, or greedy at --temperature 0)", min=1)
+class BeamSearchConfig(Config):
+    """Beam search's options, defined once: `GenerationConfig` (`lmforge generate`) and the verbs that generate
+    deterministically for a task (`lmforge eval --task translation / summarisation`, `lmforge predict`) inherit
+    them, so each is the same flag with the same default and bounds everywhere. `check_beam_options` refuses the
+    beam-only ones without num_beams > 1."""
+
+    num_beams: int = field(1, "beam search with this many beams (1 = off: greedy decoding, or sampling where "
+                              "--temperature > 0)", min=1)
     length_penalty: float = field(1.0, "beam search: a finished hypothesis scores sum(log p) / length ** this "
                                        "(> 0 favours longer outputs, < 0 shorter)")
     no_repeat_ngram_size: int = field(0, "beam search: never produce an n-gram of this size twice (0 = off)", min=0)
     early_stopping: bool = field(False, "beam search: stop once num_beams hypotheses have ended (off: stop when no "
                                         "running beam can still beat them, as Hugging Face's heuristic)")
+
+    def beam_options(self) -> BeamSearchConfig:
+        """Just these options, of any config that inherits them (an `EvalConfig`, a `PredictOptions`)."""
+        return BeamSearchConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(BeamSearchConfig)})
+
+
+# The options only beam search reads (num_beams > 1); greedy decoding or sampling would silently ignore them.
+BEAM_ONLY = ("length_penalty", "no_repeat_ngram_size", "early_stopping")
+
+
+@dataclass
+class GenerationConfig(BeamSearchConfig, SamplingConfig):
+    max_new_tokens: int = field(100, "tokens to generate after each prompt", min=1)
+    stop: list[str] = field(default_factory=list, repeat=True,
+                            help="stop a sequence when it produces this string (repeat the flag for several)")
+    seed: int | None = field(None, "random seed for sampling; prompt i uses seed + i, so its text does not depend "
+                                   "on the other prompts (default: nondeterministic)")
+
+    @classmethod
+    def deterministic(cls, max_new_tokens: int, beams: BeamSearchConfig | None = None) -> GenerationConfig:
+        """Greedy decoding, or beam search with `beams`' options (num_beams > 1): how task evaluation and
+        prediction generate (`eval.seq2seq.generate_targets`)."""
+        chosen = (beams or BeamSearchConfig()).beam_options()
+        return cls(temperature=0.0, max_new_tokens=max_new_tokens, **dataclasses.asdict(chosen))
 
 
 # on_text(row, new_text) is called as text becomes final, for streaming.
@@ -106,12 +132,19 @@ _SAMPLING_OFF = {"temperature": (SamplingConfig.temperature, 0.0), "top_k": (0,)
                  "repetition_penalty": (1.0,)}
 
 
-def check_beam_options(cfg: GenerationConfig) -> None:
-    """Beam search is a deterministic search: a sampling option set with num_beams > 1 is one line of error."""
+def check_beam_options(cfg: BeamSearchConfig) -> None:
+    """One line of error for options that would be silently ignored: a beam-only option (`BEAM_ONLY`) without
+    num_beams > 1, or (for a `GenerationConfig`) a sampling option with it, as beam search is deterministic."""
     if cfg.num_beams <= 1:
+        defaults = {f.name: f.default for f in dataclasses.fields(BeamSearchConfig)}
+        given = [f"--{name.replace('_', '-')}" for name in BEAM_ONLY if getattr(cfg, name) != defaults[name]]
+        if given:
+            one = len(given) == 1
+            raise UserError(f"{', '.join(given)} only appl{'ies' if one else 'y'} with --num-beams N (N > 1)",
+                            fix=f"add --num-beams N, or leave {'it' if one else 'them'} out")
         return
     given = [f"--{name.replace('_', '-')} {getattr(cfg, name)}" for name, off in _SAMPLING_OFF.items()
-             if getattr(cfg, name) not in off]
+             if hasattr(cfg, name) and getattr(cfg, name) not in off]
     if given:
         raise UserError(f"--num-beams {cfg.num_beams} searches deterministically; {', '.join(given)} only "
                         f"shape sampling", fix="drop them, or sample with --num-beams 1")
