@@ -5,9 +5,9 @@ An examples file is TSV or CSV with a header row (CSV read by the csv module, as
 fields may hold commas and newlines), or JSONL with one object per line (any of them may be gzipped); two of its
 columns (header names / JSON keys) are read, the second may be a JSONL number or boolean (a class label). A bad row
 (an empty text or target, a text longer than the model's context) is one error line, or with `BadRows.skip`
-(`--skip-bad-rows`) left out and counted. The
-held-out examples depend on the file alone (a hash of each example's index), never on a run's seed. Used by the
-seq2seq, contrastive and classification objectives (`lmforge.train.objectives`) and the retrieval evaluation
+(`--skip-bad-rows`) left out and counted. The held-out examples depend on the file alone (a hash of each example's
+index), never on a run's seed. Used by the seq2seq, contrastive and classification objectives
+(`lmforge.train.objectives`), `lmforge eval --task` / `lmforge predict` and the retrieval evaluation
 (`lmforge.eval.retrieval`).
 """
 

@@ -33,8 +33,7 @@ class ExamplesFileOptions(Options):
     """A file of examples: text pairs (seq2seq, contrastive) or labelled texts (classification)."""
 
     pairs: str | None = field(None, "TSV or CSV (with a header row) or JSONL file of text pairs, or of (text, label) "
-                                    "pairs "
-                                    "for classification (contrastive without it: unsupervised SimCSE on the "
+                                    "pairs for classification (contrastive without it: unsupervised SimCSE on the "
                                     "prepared data)")
     pairs_val_fraction: float = field(0.1, "fraction of the examples held out for evaluation (chosen by a hash of "
                                            "the example's index, so always the same ones)",
