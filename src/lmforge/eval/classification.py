@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lmforge.atomic import atomic_file
 
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from lmforge.data.examples import BadRows
     from lmforge.eval.metrics import ClassificationScores, MultiLabelScores
     from lmforge.eval.task_checkpoint import TaskCheckpoint
+
+RowT = TypeVar("RowT")
 
 METRICS_FILE, PREDICTIONS_FILE, CONFUSION_PLOT = "metrics.json", "predictions.jsonl", "confusion.png"
 
@@ -144,17 +146,17 @@ def evaluate_classifier(checkpoint: str | Path, file: str | Path, *, out: str | 
     them to that many tokens, as `--objective-options.max-source-len` does in training.
     """
     from lmforge.atomic import write_json
-    from lmforge.data.examples import UNKNOWN_LABEL, BadRows, encode_texts, kept_rows, read_pairs
+    from lmforge.data.examples import UNKNOWN_LABEL, BadRows, read_pairs
     from lmforge.errors import UserError
     from lmforge.eval.metrics import classification_scores
     from lmforge.eval.task_checkpoint import open_task_checkpoint, require_file
-    from lmforge.models.registry import CLASSIFY, text_frame
+    from lmforge.models.registry import CLASSIFY
 
     file = require_file(file, "labelled file", fix="pass --file FILE (.tsv or .csv with a header row, or .jsonl)")
     ckpt = open_task_checkpoint(checkpoint, capability=CLASSIFY, needed_for="classification",
                                 fix="pass a checkpoint trained with --objective classification", device=device,
                                 precision=precision, verify=verify)
-    path, model, cfg, tok, special, rt = ckpt.path, ckpt.model, ckpt.cfg, ckpt.tokenizer, ckpt.special, ckpt.runtime
+    path, model, cfg, special, rt = ckpt.path, ckpt.model, ckpt.cfg, ckpt.special, ckpt.runtime
     bad_rows = BadRows(file, skip=skip_bad_rows, flag="--skip-bad-rows")
     rows = read_pairs(file, text_column, label_column, flags="--text-column / --label-column",
                       label_separator=label_separator if cfg.multi_label else None, bad_rows=bad_rows)
@@ -179,13 +181,7 @@ def evaluate_classifier(checkpoint: str | Path, file: str | Path, *, out: str | 
         raise UserError(f"no row of the file has a label the checkpoint knows ({', '.join(map(repr, cfg.labels))})",
                         where=file, fix="name the label column with --label-column")
 
-    kept, texts = kept_rows(kept, encode_texts(
-        tok, [text for text, _ in kept], text_frame(cfg, special), special, limit=max_source_len or cfg.max_seq_len,
-        truncate=max_source_len is not None, where=file, bad_rows=bad_rows,
-        fix="truncate texts with --max-source-len N, or shorten the text"))
-    if not kept:
-        raise UserError(f"every row was skipped as bad ({bad_rows.summary()})", where=file,
-                        fix="truncate texts with --max-source-len N")
+    kept, texts = _encoded(ckpt, kept, file, max_source_len, bad_rows)
     predicted, probs = predict(model, texts, special.get("pad", 0), batch_size=batch_size, device=rt.device,
                                autocast=rt.autocast)
     names = list(cfg.labels)
@@ -208,6 +204,25 @@ def evaluate_classifier(checkpoint: str | Path, file: str | Path, *, out: str | 
                           predictions=predictions, plot=plot, bad_rows=bad_rows)
 
 
+def _encoded(ckpt: TaskCheckpoint, rows: list[RowT], file: Path, max_source_len: int | None,
+             bad_rows: BadRows) -> tuple[list[RowT], list[list[int]]]:
+    """The (text, label) rows whose texts fit the model (too long ones skipped through `bad_rows`, or one error
+    line), and those texts' ids as the classifier read texts in training."""
+    from lmforge.data.examples import encode_texts, kept_rows
+    from lmforge.errors import UserError
+    from lmforge.models.registry import text_frame
+
+    cfg, tok, special = ckpt.cfg, ckpt.tokenizer, ckpt.special
+    kept, texts = kept_rows(rows, encode_texts(
+        tok, [text for text, _ in rows], text_frame(cfg, special), special, limit=max_source_len or cfg.max_seq_len,
+        truncate=max_source_len is not None, where=file, bad_rows=bad_rows,
+        fix="truncate texts with --max-source-len N, or shorten the text"))
+    if not kept:
+        raise UserError(f"every row was skipped as bad ({bad_rows.summary()})", where=file,
+                        fix="truncate texts with --max-source-len N")
+    return kept, texts
+
+
 def _counts(kept: list[Any], bad_rows: BadRows) -> dict[str, Any]:
     """metrics.json's counts: the rows read, scored and skipped (and why)."""
     return {"rows": len(kept) + bad_rows.skipped, "scored": len(kept), "skipped": bad_rows.skipped,
@@ -219,12 +234,11 @@ def _evaluate_multilabel(ckpt: TaskCheckpoint, file: Path, rows: list[tuple[str,
                          bad_rows: BadRows, label_separator: str) -> ClassifierEval:
     """`evaluate_classifier` for a multi-label checkpoint: label sets, a label predicted over probability 0.5."""
     from lmforge.atomic import write_json
-    from lmforge.data.examples import UNKNOWN_LABEL, encode_texts, kept_rows, split_labels
+    from lmforge.data.examples import UNKNOWN_LABEL, split_labels
     from lmforge.errors import UserError
     from lmforge.eval.metrics import multilabel_scores
-    from lmforge.models.registry import text_frame
 
-    path, model, cfg, tok, special, rt = ckpt.path, ckpt.model, ckpt.cfg, ckpt.tokenizer, ckpt.special, ckpt.runtime
+    path, model, cfg, special, rt = ckpt.path, ckpt.model, ckpt.cfg, ckpt.special, ckpt.runtime
     names = list(cfg.labels)
     sets = [split_labels(label, label_separator) for _, label in rows]
     bad = [(n, [x for x in s if x not in names]) for n, s in enumerate(sets, start=1) if any(x not in names for x in s)]
@@ -242,13 +256,7 @@ def _evaluate_multilabel(ckpt: TaskCheckpoint, file: Path, rows: list[tuple[str,
     if not kept:
         raise UserError("no row of the file has only labels the checkpoint knows", where=file,
                         fix="name the label column with --label-column")
-    kept, texts = kept_rows(kept, encode_texts(
-        tok, [text for text, _ in kept], text_frame(cfg, special), special, limit=max_source_len or cfg.max_seq_len,
-        truncate=max_source_len is not None, where=file, bad_rows=bad_rows,
-        fix="truncate texts with --max-source-len N, or shorten the text"))
-    if not kept:
-        raise UserError(f"every row was skipped as bad ({bad_rows.summary()})", where=file,
-                        fix="truncate texts with --max-source-len N")
+    kept, texts = _encoded(ckpt, kept, file, max_source_len, bad_rows)
     probs = class_probabilities(model, texts, special.get("pad", 0), batch_size=batch_size, device=rt.device,
                                 autocast=rt.autocast)
     guess = [[names[k] for k, p in enumerate(row) if p > 0.5] for row in probs]
