@@ -129,7 +129,7 @@ class ExtractiveQA(ExampleBatches, Objective):
             # scored on a text the model has read beside its neighbours' answers.
             paragraph: dict[str, int] = {}
             groups = [paragraph.setdefault(q.context, len(paragraph)) for q in self.questions]
-            self.split_examples(len(self.questions), o.val_fraction, "questions", o.squad, groups=groups)
+            self.split_indices(len(self.questions), o.val_fraction, "questions", o.squad, groups=groups)
         self.val_questions = self.val_idx
         # Training walks the windows of the training questions.
         self.train_idx = np.array([w for q in self.train_idx for w in self.windows_of[q]], dtype=np.int64)

@@ -72,9 +72,9 @@ def fit_length(ids: list[int], limit: int, truncate: bool, *, what: str, where: 
 
 class ExampleBatches:
     """Batching for an objective over a list of examples (text pairs, labelled texts): `split_examples` holds a fixed
-    fraction out for evaluation (`held_out`), an `EpochSampler` walks the rest and is the objective's whole state
-    (exact resume), and the held-out examples are read in order, split across ranks. The objective defines
-    `batch(indices)`."""
+    fraction out for evaluation (`held_out`, through `split_indices`), an `EpochSampler` walks the rest and is the
+    objective's whole state (exact resume), and the held-out examples are read in order, split across ranks. The
+    objective defines `batch(indices)`."""
 
     cfg: Any
     rt: Any
@@ -84,11 +84,20 @@ class ExampleBatches:
 
     def split_examples(self, n: int, fraction: float, what: str, where: str | Path,
                        lengths: Sequence[int] | None = None, bucket_batches: int = 0,
-                       val_from: int | None = None, groups: Sequence[int] | None = None) -> None:
-        """`lengths` (one per example) with `bucket_batches` > 0: training batches of similar lengths
-        (`EpochSampler`). `val_from`: the examples from this index on are the held-out ones (another file's),
-        every one before it trains, and `fraction` is ignored. `groups` (one group index per example): whole
-        groups are held out, `fraction` of them by a hash of the group's index (e.g. QA's paragraphs)."""
+                       val_from: int | None = None) -> None:
+        """`split_indices`, then the training sampler over the training examples: with `lengths` (one per example)
+        and `bucket_batches` > 0, batches of similar lengths (`EpochSampler`)."""
+        self.split_indices(n, fraction, what, where, val_from=val_from)
+        train_lengths = None if lengths is None else np.asarray(lengths)[self.train_idx]
+        self.sampler = EpochSampler(len(self.train_idx), self.cfg.batch_size, self.cfg.seed, self.rt.rank,
+                                    self.rt.world_size, lengths=train_lengths, bucket_batches=bucket_batches)
+
+    def split_indices(self, n: int, fraction: float, what: str, where: str | Path, *, val_from: int | None = None,
+                      groups: Sequence[int] | None = None) -> None:
+        """`train_idx` and `val_idx` of `n` examples: `fraction` held out by a hash of each example's index.
+        `val_from`: the examples from this index on are the held-out ones (another file's), every one before it
+        trains, and `fraction` is ignored. `groups` (one group index per example): whole groups are held out,
+        `fraction` of them by a hash of the group's index (e.g. QA's paragraphs)."""
         if val_from is not None:
             val = np.arange(n) >= val_from
         elif groups is not None:
@@ -101,9 +110,6 @@ class ExampleBatches:
             raise UserError(f"only {len(self.train_idx)} training {what}", where=where, fix=f"give more {what}")
         if not len(self.val_idx):
             warn_no_evaluation(self.rt, f"no held-out {what} in {where}")
-        train_lengths = None if lengths is None else np.asarray(lengths)[self.train_idx]
-        self.sampler = EpochSampler(len(self.train_idx), self.cfg.batch_size, self.cfg.seed, self.rt.rank,
-                                    self.rt.world_size, lengths=train_lengths, bucket_batches=bucket_batches)
 
     def batch(self, idx: Iterable[int]) -> dict[str, Tensor]:
         raise NotImplementedError
