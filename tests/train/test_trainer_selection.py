@@ -105,15 +105,15 @@ def test_seq2seq_selects_by_the_generated_texts_score(tmp_path, tiny_data, capsy
     assert rc == 0
     key = "val_" + select_by.removeprefix("val_")
     best, saved = selected(records, key, tmp_path / "run")
-    by_loss, _ = selected(records, "val_loss", tmp_path / "run")
-    assert best["step"] != by_loss["step"]  # else selecting by the loss would pass too (this run: 48 or 54 vs 60)
-    assert saved["step"] == best["step"] and saved[key] == best[key]
-    assert best[key] > 0 and best["step"] < 60
+    # On the development CPU the metric peaks before the loss does (steps 48 / 54 against 60), so selecting by the
+    # loss would fail this; that gap rests on exact float trajectories, which another CPU may not reproduce, so it is
+    # not asserted here (test_extractive_qa_selects_by_exact_match asserts a gap that holds by construction).
+    assert saved["step"] == best["step"] and saved[key] == best[key] and best[key] > 0
     summary = capsys.readouterr().out
     assert f"(val {key[4:]} {best[key]:.4f}, val loss {best['val_loss']:.4f} at step {best['step']})" in summary
     # The summary's first line reports the last evaluation's generated-text scores beside its loss.
     last = [r for r in records if r.get("event") == "eval"][-1]
-    assert last["val_bleu"] != best["val_bleu"] and last["val_chrf"] > 0
+    assert last["val_chrf"] > 0
     assert (f"trained 60 steps (completed): val loss {last['val_loss']:.4f}, accuracy {last['val_accuracy']:.4f}, "
             f"BLEU {last['val_bleu']:.2f}, chrF {last['val_chrf']:.2f}, ROUGE-L {last['val_rouge_l']:.4f}\n") in summary
 
@@ -127,7 +127,8 @@ def test_extractive_qa_selects_by_exact_match(tmp_path, tiny_data, capsys):
     assert rc == 0
     best, saved = selected(records, "val_exact_match", tmp_path / "run")
     by_loss, _ = selected(records, "val_loss", tmp_path / "run")
-    assert best["step"] < by_loss["step"]  # exact match peaks (at 1.0) early, the loss keeps falling (10 vs 35)
+    # Exact match saturates at 1.0 early (the first of the ties is kept) while the loss keeps falling (10 vs 35).
+    assert best["step"] < by_loss["step"]
     assert saved["step"] == best["step"] and saved["val_exact_match"] == best["val_exact_match"]
     assert f"(val exact_match {best['val_exact_match']:.4f}, val loss {best['val_loss']:.4f} at step " \
            f"{best['step']})" in capsys.readouterr().out
