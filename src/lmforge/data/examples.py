@@ -56,7 +56,7 @@ class BadRows:
     `flag`, the option that skips them, when there is one); with it (`--skip-bad-rows`) each is left out and
     counted by reason, and `summary()` is the line to print."""
 
-    path: str | Path
+    path: str | Path | None
     skip: bool = False
     flag: str | None = None
     counts: dict[str, int] = dataclass_field(default_factory=dict)
@@ -276,9 +276,7 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], frame: tuple[Sequence[int
             if not truncate:
                 message = (f"the text of example {i + 1} has {len(ids)} tokens{framed}, more than "
                            f"model.max_seq_len {limit}")
-                if bad_rows is None:
-                    raise UserError(message, where=where, fix=fix)
-                bad_rows.reject(TOO_LONG, message, fix=fix)
+                (bad_rows or BadRows(where)).reject(TOO_LONG, message, fix=fix)  # raises unless it skips
                 out.append(None)
                 continue
             ids = [*before, *enc.ids[:max(limit - len(before) - len(after), 1)], *after]

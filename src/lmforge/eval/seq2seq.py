@@ -95,7 +95,7 @@ def encode_sources(model_cfg: ModelConfig, tokenizer: Tokenizer, special_ids: Ma
     """Each source text framed as the seq2seq objective frames it; one line when it does not fit the model (or
     cut to `max_source_len` tokens), or when the tokenizer lacks the template's special tokens. With `bad_rows` a
     source too long is rejected through it: when it skips, the source's entry is None (`kept_rows` drops them)."""
-    from lmforge.data.examples import TOO_LONG, seq2seq_source
+    from lmforge.data.examples import TOO_LONG, BadRows, seq2seq_source
     from lmforge.errors import UserError
     from lmforge.models.registry import Kind, kind_of
 
@@ -115,9 +115,7 @@ def encode_sources(model_cfg: ModelConfig, tokenizer: Tokenizer, special_ids: Ma
             message = (f"the source of row {n} has {len(ids)} tokens, more than the {limit} the model's "
                        f"{model_cfg.max_seq_len} positions leave (with the template's {framing} and room to generate)")
             fix = "truncate sources with --max-source-len N, or shorten the text"
-            if bad_rows is None:
-                raise UserError(message, where=where, fix=fix)
-            bad_rows.reject(TOO_LONG, message, fix=fix)
+            (bad_rows or BadRows(where)).reject(TOO_LONG, message, fix=fix)  # raises unless it skips
             out.append(None)
             continue
         out.append(seq2seq_source(model_cfg, special_ids, ids))

@@ -64,9 +64,7 @@ def fit_length(ids: list[int], limit: int, truncate: bool, *, what: str, where: 
     if truncate:
         return ids[:limit - reserved]
     message = f"{what} has {len(ids) + reserved} tokens, more than the {limit} the model's positions allow"
-    if bad_rows is None:
-        raise UserError(message, where=where, fix=fix)
-    bad_rows.reject(TOO_LONG, message, fix=fix)
+    (bad_rows or BadRows(where)).reject(TOO_LONG, message, fix=fix)  # raises unless it skips
     return None
 
 
